@@ -1,0 +1,232 @@
+"""Errors, one tree under `CodemodeError`; each class has a stable `code`.
+
+    CodemodeError
+    ├── SandboxUnavailable        sandbox_unavailable   the guest could not be built or loaded
+    ├── ConfigError               config_error          a bad configuration (by path and field)
+    ├── ToolError                 tool_error            raised by a tool to fail a call cleanly
+    └── ExecutionError                                  what a run can end with: `RunResult.error`
+        ├── CodeRejected                                the code never ran
+        │   ├── EmptyCode         empty_code
+        │   ├── CodeTooLarge      code_too_large
+        │   ├── InvalidEncoding   invalid_encoding
+        │   └── CodeSyntaxError   syntax_error          with line, column and the line's text
+        ├── UncaughtException     uncaught_exception    type, message, traceback of the model's lines
+        ├── Deadlock              deadlock              every task waits and no tool call is pending
+        ├── ToolCallFailed        tool_error            an uncaught ToolError from a tool call
+        │   ├── UnknownTool       unknown_tool
+        │   ├── InvalidArguments  invalid_arguments     arguments failed the tool's input schema
+        │   └── ToolResultTooLarge tool_result_too_large
+        ├── LimitExceeded
+        │   ├── RunTimeout        timeout
+        │   ├── MemoryLimitExceeded memory_limit
+        │   ├── ToolCallLimitExceeded tool_call_limit
+        │   └── BatchLimitExceeded batch_limit
+        └── SandboxCrashed        sandbox_crashed       the guest trapped or answered garbage
+
+Lower-level errors (wasmtime traps, MCP errors) are converted in the backend or
+hub that sees them, with `raise ... from exc`; they never reach callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "BatchLimitExceeded",
+    "CodeRejected",
+    "CodeSyntaxError",
+    "CodeTooLarge",
+    "CodemodeError",
+    "ConfigError",
+    "Deadlock",
+    "EmptyCode",
+    "ExecutionError",
+    "InvalidArguments",
+    "InvalidEncoding",
+    "LimitExceeded",
+    "MemoryLimitExceeded",
+    "RunTimeout",
+    "SandboxCrashed",
+    "SandboxUnavailable",
+    "ToolCallFailed",
+    "ToolCallLimitExceeded",
+    "ToolError",
+    "ToolResultTooLarge",
+    "TracebackLine",
+    "UncaughtException",
+    "UnknownTool",
+]
+
+
+class CodemodeError(Exception):
+    """Root of every error codemode raises or reports."""
+
+    code: ClassVar[str] = "codemode_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description: `code`, `type`, `message` and any details."""
+        return {"code": self.code, "type": type(self).__name__, "message": self.message}
+
+
+class SandboxUnavailable(CodemodeError):
+    """The sandbox guest could not be built or loaded."""
+
+    code = "sandbox_unavailable"
+
+
+class ConfigError(CodemodeError):
+    """A configuration is invalid."""
+
+    code = "config_error"
+
+
+class ToolError(CodemodeError):
+    """Raise from a tool function to fail the call with a clean message.
+
+    The model's code sees it as a catchable `ToolError` inside the sandbox."""
+
+    code = "tool_error"
+
+
+class ExecutionError(CodemodeError):
+    """A run did not produce a result. Found in `RunResult.error`, never raised
+    by `Sandbox.run`; `RunResult.raise_for_error()` raises it."""
+
+
+class CodeRejected(ExecutionError):
+    """The code was refused before it ran."""
+
+
+class EmptyCode(CodeRejected):
+    code = "empty_code"
+
+
+class CodeTooLarge(CodeRejected):
+    code = "code_too_large"
+
+
+class InvalidEncoding(CodeRejected):
+    code = "invalid_encoding"
+
+
+class CodeSyntaxError(CodeRejected):
+    code = "syntax_error"
+
+    def __init__(self, message: str, *, line: int | None, column: int | None, text: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+        self.text = text
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line else "unknown line"
+        caret = ""
+        if self.text and self.column:
+            caret = f"\n    {self.text}\n    {' ' * (self.column - 1)}^"
+        return f"{self.message} ({where}){caret}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "line": self.line, "column": self.column, "text": self.text}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TracebackLine:
+    """One frame of the model's own code: line number, function, source text."""
+
+    line: int
+    name: str
+    text: str
+
+
+class _HasTraceback(ExecutionError):
+    def __init__(self, message: str, *, traceback: list[TracebackLine] | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback or []
+
+    def to_dict(self) -> dict[str, Any]:
+        frames = [{"line": f.line, "name": f.name, "text": f.text} for f in self.traceback]
+        return {**super().to_dict(), "traceback": frames}
+
+
+class UncaughtException(_HasTraceback):
+    """The model's code raised and did not catch. `exc_type` is the exception's
+    class name inside the sandbox."""
+
+    code = "uncaught_exception"
+
+    def __init__(self, message: str, *, exc_type: str, traceback: list[TracebackLine] | None = None) -> None:
+        super().__init__(message, traceback=traceback)
+        self.exc_type = exc_type
+
+    def __str__(self) -> str:
+        lines = [f"{self.exc_type}: {self.message}"]
+        lines += [f"  line {f.line}, in {f.name}: {f.text}" for f in self.traceback]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "exc_type": self.exc_type}
+
+
+class Deadlock(_HasTraceback):
+    code = "deadlock"
+
+
+class ToolCallFailed(_HasTraceback):
+    """A tool call failed and the model's code did not catch the ToolError."""
+
+    code = "tool_error"
+
+    def __init__(self, message: str, *, tool: str | None = None, traceback: list[TracebackLine] | None = None) -> None:
+        super().__init__(message, traceback=traceback)
+        self.tool = tool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "tool": self.tool}
+
+
+class UnknownTool(ToolCallFailed):
+    code = "unknown_tool"
+
+
+class InvalidArguments(ToolCallFailed):
+    code = "invalid_arguments"
+
+
+class ToolResultTooLarge(ToolCallFailed):
+    code = "tool_result_too_large"
+
+
+class LimitExceeded(ExecutionError):
+    """A run hit one of its `Limits`."""
+
+
+class RunTimeout(LimitExceeded):
+    code = "timeout"
+
+
+class MemoryLimitExceeded(LimitExceeded):
+    code = "memory_limit"
+
+
+class ToolCallLimitExceeded(LimitExceeded):
+    code = "tool_call_limit"
+
+
+class BatchLimitExceeded(LimitExceeded):
+    code = "batch_limit"
+
+
+class SandboxCrashed(ExecutionError):
+    """The guest trapped (other than by a limit) or answered something unreadable."""
+
+    code = "sandbox_crashed"
+
+
+TOOL_ERRORS_BY_CODE: dict[str, type[ToolCallFailed]] = {
+    cls.code: cls for cls in (ToolCallFailed, UnknownTool, InvalidArguments, ToolResultTooLarge)
+}

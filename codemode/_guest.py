@@ -1,0 +1,190 @@
+"""Building the sandbox guest and caching it.
+
+The guest (the WIT world and the Python runtime in `sandbox/`) is built into a
+WebAssembly component with componentize-py, then compiled by wasmtime and
+serialized. Both artifacts live in a user cache directory under a key that
+hashes the guest sources and the componentize-py and wasmtime versions, so a
+change to any of them builds afresh. A manifest records each artifact's sha256;
+an artifact that does not match is rebuilt, never deserialized (wasmtime trusts
+serialized code completely).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from ._errors import SandboxUnavailable
+
+__all__ = ["GuestArtifacts", "cache_root", "ensure_built", "guest_source_dir"]
+
+logger = logging.getLogger("codemode")
+
+WORLD = "sandbox"
+_BUILD_TIMEOUT_S = 600
+_lock = threading.Lock()
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"codemode: {message}", file=sys.stderr, flush=True)
+
+
+def guest_source_dir() -> Path:
+    """The guest sources: packaged inside the wheel, or `sandbox/` of a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_guest_src", here.parent / "sandbox"):
+        if (candidate / "wit").is_dir() and (candidate / "guest").is_dir():
+            return candidate
+    raise SandboxUnavailable(f"the sandbox guest sources are missing (looked in {here / '_guest_src'} and {here.parent / 'sandbox'})")
+
+
+def cache_root() -> Path:
+    """`$CODEMODE_CACHE_DIR`, or the user cache directory."""
+    env = os.environ.get("CODEMODE_CACHE_DIR")
+    return Path(env) if env else Path(platformdirs.user_cache_dir("codemode"))
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _source_files(src: Path) -> list[Path]:
+    files = [p for sub in ("wit", "guest") for p in (src / sub).rglob("*") if p.is_file()]
+    return sorted(p for p in files if "__pycache__" not in p.parts)
+
+
+def build_key(src: Path | None = None) -> str:
+    src = src or guest_source_dir()
+    digest = hashlib.sha256()
+    for path in _source_files(src):
+        digest.update(path.relative_to(src).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    for part in (_version("componentize-py"), _version("wasmtime"), platform.machine(), sys.implementation.cache_tag):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class GuestArtifacts:
+    directory: Path
+
+    @property
+    def wasm(self) -> Path:
+        return self.directory / "sandbox.wasm"
+
+    @property
+    def cwasm(self) -> Path:
+        return self.directory / "sandbox.cwasm"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def read_manifest(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.manifest.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def record(self, name: str, path: Path) -> None:
+        manifest = self.read_manifest()
+        manifest[name] = _sha256(path)
+        _write_atomic(self.manifest, json.dumps(manifest, indent=2).encode())
+
+    def verified(self, name: str, path: Path) -> bool:
+        """True if `path` exists and matches the sha256 the manifest holds for it."""
+        expected = self.read_manifest().get(name)
+        return bool(expected) and path.is_file() and _sha256(path) == expected
+
+
+def _componentize(src: Path, out: Path) -> None:
+    args = ["componentize-py", "-q", "-d", str(src / "wit"), "-w", WORLD,
+            "componentize", "app", "-p", str(src / "guest"), "-o", str(out)]
+    script = "import sys, componentize_py; sys.argv = sys.argv[1:]; componentize_py.script()"
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                              timeout=_BUILD_TIMEOUT_S, cwd=src)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SandboxUnavailable(f"building the sandbox guest failed: {exc}") from exc
+    if proc.returncode != 0 or not out.is_file():
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        hint = " (is componentize-py installed? pip install componentize-py)" if "No module named" in detail else ""
+        raise SandboxUnavailable(f"building the sandbox guest failed{hint}:\n{detail}")
+
+
+def ensure_built(*, compile_wasm: Callable[[bytes], bytes], progress: Progress = _stderr,
+                 force: bool = False) -> GuestArtifacts:
+    """Make sure the component and its compiled form are in the cache, building
+    what is missing, stale or corrupt. `compile_wasm` turns the component's
+    bytes into wasmtime's serialized form.
+
+    Raises `SandboxUnavailable` if the guest cannot be built."""
+    src = guest_source_dir()
+    artifacts = GuestArtifacts(cache_root() / "sandbox" / build_key(src))
+    with _lock:
+        try:
+            artifacts.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SandboxUnavailable(f"cannot create the cache directory {artifacts.directory}: {exc}") from exc
+        if not force and artifacts.verified("cwasm", artifacts.cwasm):
+            return artifacts
+        if force or not artifacts.verified("wasm", artifacts.wasm):
+            if artifacts.wasm.exists() and not force:
+                progress(f"the cached sandbox guest in {artifacts.directory} is corrupt; rebuilding it")
+            progress("building the sandbox guest (first use; this takes about 15 s)…")
+            t0 = time.monotonic()
+            tmp = artifacts.directory / f"build-{os.getpid()}.wasm"
+            try:
+                _componentize(src, tmp)
+                os.replace(tmp, artifacts.wasm)
+            finally:
+                tmp.unlink(missing_ok=True)
+            artifacts.record("wasm", artifacts.wasm)
+            progress(f"built the sandbox guest in {time.monotonic() - t0:.1f} s")
+        progress("compiling the sandbox guest (about 10 s)…")
+        t0 = time.monotonic()
+        try:
+            serialized = compile_wasm(artifacts.wasm.read_bytes())
+        except Exception as exc:  # wasmtime rejected the component: rebuild next time
+            artifacts.wasm.unlink(missing_ok=True)
+            raise SandboxUnavailable(f"compiling the sandbox guest failed: {exc}") from exc
+        _write_atomic(artifacts.cwasm, serialized)
+        artifacts.record("cwasm", artifacts.cwasm)
+        progress(f"compiled the sandbox guest in {time.monotonic() - t0:.1f} s; cached in {artifacts.directory}")
+        return artifacts

@@ -1,0 +1,91 @@
+"""The sandbox's one host function, `call-tools: func(string) -> string`.
+
+wasmtime-py's generic `LinkerInstance.add_func` rebuilds the function's type
+and every value type through ctypes on each call; for this one fixed signature
+that costs more than the rest of a tool-call crossing together. So we register
+a callback that reads one string and writes one string through wasmtime's C
+API directly (measured per crossing: see benchmarks/sandbox.py). If the private
+bindings it needs are not there (a wasmtime-py other than the pinned one), it
+falls back to the public API.
+
+The callback serves every store of the process; the handler for the current
+run is looked up per worker thread, since each run executes on its own thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Callable
+
+from wasmtime.component import Linker
+
+__all__ = ["bind_handler", "register"]
+
+logger = logging.getLogger("codemode")
+
+_local = threading.local()
+Handler = Callable[[str], str]
+
+
+def bind_handler(handler: Handler | None) -> None:
+    """Route this thread's host calls to `handler` (None: unbind)."""
+    _local.handler = handler
+
+
+def _handle(batch: str) -> str:
+    handler = getattr(_local, "handler", None)
+    if handler is None:
+        return '{"abort": "no run is bound to this thread"}'
+    return handler(batch)
+
+
+def _register_public(linker: Linker, name: str) -> None:
+    with linker.root() as root:
+        root.add_func(name, lambda _store, batch: _handle(batch))
+
+
+try:
+    from wasmtime import WasmtimeError
+    from wasmtime import _ffi as ffi
+
+    @ffi.wasmtime_component_func_callback_t  # type: ignore[misc]
+    def _callback(_data, _context, _ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+        try:
+            if nargs != 1 or nresults != 1 or args[0].kind != ffi.WASMTIME_COMPONENT_STRING.value:
+                raise TypeError("call-tools takes one string")
+            batch = ffi.to_str(args[0].of.string)
+            ffi.wasm_byte_vec_delete(ctypes.byref(args[0].of.string))
+            out = _handle(batch)
+            results[0].kind = ffi.WASMTIME_COMPONENT_STRING
+            results[0].of.string = ffi.str_to_capi(out)
+            return 0
+        except BaseException as exc:  # must not unwind through C; becomes a trap
+            logger.exception("call-tools host function failed")
+            err = ffi.wasmtime_error_new(f"host function failed: {exc}".encode())
+            return ctypes.cast(err, ctypes.c_void_p).value or 0
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    def _finalize(_data):  # type: ignore[no-untyped-def]
+        return None
+
+    def _register_direct(linker: Linker, name: str) -> None:
+        with linker.root() as root:
+            raw = name.encode()
+            err = ffi.wasmtime_component_linker_instance_add_func(
+                root.ptr(), ctypes.create_string_buffer(raw), len(raw), _callback, None, _finalize)
+            if err:
+                raise WasmtimeError._from_ptr(err)
+
+    DIRECT = True
+except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py versions
+    DIRECT = False
+
+
+def register(linker: Linker, name: str = "call-tools", *, direct: bool = True) -> None:
+    """Define the host function `name` in `linker`'s root."""
+    if direct and DIRECT:
+        _register_direct(linker, name)
+    else:
+        _register_public(linker, name)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What one run may use. Each limit, when hit, ends the run with a typed
+    error in `RunResult.error` (sizes of output are truncated with a visible
+    marker instead).
+
+    Raises `ValueError` on construction if a limit is not positive."""
+
+    timeout: float = 30.0
+    """Wall-clock seconds for the whole run, tool calls included."""
+    memory: int = 256 * _MIB
+    """Bytes the guest's linear memory may grow to (wasm backend only)."""
+    max_tool_calls: int = 1_000
+    max_batch: int = 256
+    """Tool calls one host crossing may carry (one `asyncio.gather` level)."""
+    max_code_bytes: int = 200_000
+    max_tool_result_bytes: int = 1_000_000
+    """Size of one tool result, as JSON, entering the sandbox."""
+    max_stdout: int = 64_000
+    """Characters of print output kept; the rest is cut with a marker."""
+    max_result: int = 64_000
+    """Characters of the result's JSON kept; the rest is cut with a marker."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"Limits.{field.name} must be a positive number, got {value!r}")
+
+    def replace(self, **changes: float) -> Limits:
+        """A copy with some limits changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,260 @@
+"""The runner: `Sandbox.run(code, tools=..., limits=...)` -> `RunResult`.
+
+It checks the code, renders the stubs for the run's tools, and hands one JSON
+request to a backend on a worker thread. While the guest runs, each batch of
+tool calls comes back to this event loop (`anyio.from_thread.run`), where the
+`Dispatcher` carries it out. The guest's JSON answer becomes a typed result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from ._dispatch import Dispatcher
+from ._errors import (
+    TOOL_ERRORS_BY_CODE,
+    CodeSyntaxError,
+    CodeTooLarge,
+    Deadlock,
+    EmptyCode,
+    ExecutionError,
+    InvalidEncoding,
+    MemoryLimitExceeded,
+    RunTimeout,
+    SandboxCrashed,
+    TracebackLine,
+    UncaughtException,
+)
+from ._limits import Limits
+from ._result import RunResult, RunTimings
+from ._stubgen import StubSet, render_stubs
+from ._tools import Tool
+
+__all__ = ["Backend", "Sandbox"]
+
+logger = logging.getLogger("codemode")
+
+# A thread abandoned at its deadline (restricted backend, or a guest stuck in a
+# host sleep) gets this long to notice before the run reports its timeout.
+_GRACE_S = 1.0
+
+
+class Backend(Protocol):
+    """Where code runs. `execute` blocks; it is called on a worker thread."""
+
+    name: str
+
+    def load(self) -> None: ...
+
+    def execute(self, request_json: str, host_call: Any, limits: Limits) -> tuple[str, float]: ...
+
+
+def _backend(kind: str | Backend) -> Backend:
+    if not isinstance(kind, str):
+        return kind
+    if kind == "wasm":
+        from ._wasm import WasmBackend
+
+        return WasmBackend()
+    if kind == "restricted":
+        from ._restricted import RestrictedBackend
+
+        return RestrictedBackend()
+    raise ValueError(f"unknown backend {kind!r}: use 'wasm' or 'restricted'")
+
+
+class Sandbox:
+    """Runs model-written code against tools, one fresh sandbox per run.
+
+    `backend` is `"wasm"` (default: a fresh WebAssembly instance per run) or
+    `"restricted"` (in-process RestrictedPython, faster to start, NOT a security
+    boundary). `max_concurrency` bounds the runs executing at once; others wait.
+    """
+
+    def __init__(self, *, backend: Literal["wasm", "restricted"] | Backend = "wasm",
+                 limits: Limits | None = None, max_concurrency: int = 8) -> None:
+        self.backend = _backend(backend)
+        self.limits = limits or Limits()
+        self._limiter = anyio.CapacityLimiter(max_concurrency)
+        self._stub_cache: OrderedDict[tuple[int, ...], tuple[list[Tool], StubSet]] = OrderedDict()
+
+    async def __aenter__(self) -> Sandbox:
+        await self.load()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Nothing to release today; kept so a Sandbox is used as a context manager."""
+
+    async def load(self) -> None:
+        """Load (and on first use build) the backend, off the event loop.
+
+        Raises `SandboxUnavailable`."""
+        await anyio.to_thread.run_sync(self.backend.load)
+
+    def stubs(self, tools: Sequence[Tool]) -> StubSet:
+        """The stubs the model's code sees for `tools` (cached per tool set)."""
+        key = tuple(id(t) for t in tools)
+        hit = self._stub_cache.get(key)
+        if hit is not None:
+            self._stub_cache.move_to_end(key)
+            return hit[1]
+        stubs = render_stubs(tools)
+        # The tools themselves are kept so their ids cannot be reused while cached.
+        self._stub_cache[key] = (list(tools), stubs)
+        if len(self._stub_cache) > 64:
+            self._stub_cache.popitem(last=False)
+        return stubs
+
+    async def run(self, code: str | bytes, *, tools: Sequence[Tool] = (), limits: Limits | None = None) -> RunResult:
+        """Run `code` with access to `tools`; never raises for anything the code
+        does: failures are in `RunResult.error`.
+
+        Raises `SandboxUnavailable` if the backend cannot be loaded."""
+        limits = limits or self.limits
+        t0 = time.monotonic()
+        rejected = _check_code(code, limits)
+        if isinstance(rejected, ExecutionError):
+            return self._result(t0, error=rejected)
+        stubs = self.stubs(tools)
+        deadline = t0 + limits.timeout
+        dispatcher = Dispatcher(bindings=stubs.bindings, limits=limits, deadline=deadline, started=t0)
+        request = json.dumps({
+            "code": rejected,
+            "stubs": stubs.source,
+            "limits": {"max_stdout": limits.max_stdout, "max_result": limits.max_result},
+            "deadline_s": limits.timeout,
+        })
+
+        def host_call(batch: str) -> str:
+            return anyio.from_thread.run(dispatcher.run_batch, batch)
+
+        startup = 0.0
+        response: str | None = None
+        error: ExecutionError | None = None
+        async with self._limiter:
+            t_exec = time.monotonic()
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic()) + _GRACE_S):
+                try:
+                    response, startup = await anyio.to_thread.run_sync(
+                        self.backend.execute, request, host_call, limits, abandon_on_cancel=True)
+                except ExecutionError as exc:  # RunTimeout from the restricted backend
+                    error = exc
+                except Exception as exc:
+                    from ._wasm import WasmTrap
+
+                    if not isinstance(exc, WasmTrap):
+                        raise
+                    error = exc.error
+            if response is None and error is None:
+                error = RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")
+        execute_s = time.monotonic() - t_exec
+        if dispatcher.fatal is not None:
+            # The host ended the run; whatever the guest said after that is moot.
+            return self._result(t0, error=dispatcher.fatal, dispatcher=dispatcher, startup=startup, execute_s=execute_s)
+        if error is not None:
+            return self._result(t0, error=error, dispatcher=dispatcher, startup=startup, execute_s=execute_s)
+        assert response is not None
+        return self._from_response(response, limits, t0, dispatcher, startup, execute_s)
+
+    def _from_response(self, response: str, limits: Limits, t0: float, dispatcher: Dispatcher,
+                       startup: float, execute_s: float) -> RunResult:
+        common: dict[str, Any] = {"dispatcher": dispatcher, "startup": startup, "execute_s": execute_s}
+        # Anything beyond what the limits allow for means the guest's runtime was tampered with.
+        if len(response) > 4 * (limits.max_result + limits.max_stdout) + 65_536:
+            return self._result(t0, error=SandboxCrashed("the guest's answer exceeded every size limit"), **common)
+        try:
+            data = json.loads(response)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            stdout, stdout_truncated = _cap(str(data.get("stdout", "")), limits.max_stdout)
+            common.update(stdout=stdout, stdout_truncated=stdout_truncated or bool(data.get("stdout_truncated")))
+            if data.get("ok"):
+                return self._result(t0, value=data.get("value"), value_truncated=bool(data.get("value_truncated")), **common)
+            return self._result(t0, error=_error_from_guest(data.get("error"), limits), **common)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            logger.warning("unreadable answer from the sandbox guest: %r", response[:500])
+            return self._result(t0, error=SandboxCrashed(f"the guest's answer could not be read: {exc}"), **common)
+
+    def _result(self, t0: float, *, dispatcher: Dispatcher | None = None, startup: float = 0.0,
+                execute_s: float = 0.0, **fields: Any) -> RunResult:
+        timings = RunTimings(total_s=time.monotonic() - t0, startup_s=startup, execute_s=execute_s,
+                             tools_s=dispatcher.tools_s if dispatcher else 0.0)
+        calls = list(dispatcher.calls) if dispatcher else []
+        return RunResult(timings=timings, tool_calls=calls, backend=self.backend.name, **fields)
+
+
+def _check_code(code: object, limits: Limits) -> str | ExecutionError:
+    """The code as text, or why it is refused before running."""
+    if isinstance(code, (bytes, bytearray, memoryview)):
+        raw = bytes(code)
+        if len(raw) > limits.max_code_bytes:
+            return CodeTooLarge(f"the code is {len(raw)} bytes; the limit is {limits.max_code_bytes}")
+        try:
+            code = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return InvalidEncoding(f"the code is not valid UTF-8: {exc}")
+    if not isinstance(code, str):
+        return InvalidEncoding(f"the code must be text, not {type(code).__name__}")
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        return InvalidEncoding(f"the code is not valid Unicode text: {exc}")
+    if size > limits.max_code_bytes:
+        return CodeTooLarge(f"the code is {size} bytes; the limit is {limits.max_code_bytes}")
+    if not code.strip():
+        return EmptyCode("the code is empty")
+    if "\x00" in code:
+        return CodeSyntaxError("source code cannot contain null bytes", line=None, column=None, text="")
+    return code
+
+
+def _cap(text: str, limit: int) -> tuple[str, bool]:
+    marker_room = 64
+    if len(text) <= limit + marker_room:
+        return text, False
+    return text[:limit] + f"\n…[truncated {len(text) - limit} characters]", True
+
+
+def _frames(raw: object) -> list[TracebackLine]:
+    frames = []
+    for frame in raw if isinstance(raw, list) else []:
+        if isinstance(frame, dict):
+            frames.append(TracebackLine(line=int(frame.get("line") or 0), name=str(frame.get("name", "")),
+                                        text=str(frame.get("text", ""))))
+    return frames
+
+
+def _error_from_guest(error: object, limits: Limits) -> ExecutionError:
+    if not isinstance(error, dict):
+        return SandboxCrashed("the guest reported a failure without details")
+    kind = error.get("kind")
+    message = str(error.get("message", ""))
+    if kind == "syntax":
+        line, column = error.get("line"), error.get("column")
+        return CodeSyntaxError(message, line=line if isinstance(line, int) else None,
+                               column=column if isinstance(column, int) else None, text=str(error.get("text", "")))
+    frames = _frames(error.get("traceback"))
+    if kind == "tool":
+        cls = TOOL_ERRORS_BY_CODE.get(str(error.get("code")), TOOL_ERRORS_BY_CODE["tool_error"])
+        tool = error.get("tool")
+        return cls(message, tool=str(tool) if tool else None, traceback=frames)
+    if kind == "deadlock":
+        return Deadlock(message, traceback=frames)
+    if kind == "exception":
+        exc_type = str(error.get("type", "Exception"))
+        if exc_type == "MemoryError":
+            return MemoryLimitExceeded(f"the run ran out of memory (limit {limits.memory // (1024 * 1024)} MiB)")
+        return UncaughtException(message, exc_type=exc_type, traceback=frames)
+    return SandboxCrashed(f"the guest failed: {message or kind}")

@@ -1,0 +1,46 @@
+"""The seam between the runner and whatever provides tools.
+
+A `Tool` is a name, a JSON Schema and an async callable. The runner does not care
+whether it wraps an MCP server's tool or a plain Python function; the MCP hub
+produces `Tool`s with one namespace per server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Tool", "ToolFn"]
+
+ToolFn = Callable[..., Awaitable[Any]]
+"""Called with the tool's arguments as keyword arguments, by their schema names."""
+
+_EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tool:
+    """A tool the model's code may call, as `await <namespace>.<name>(...)`.
+
+    `name` and `namespace` may be any strings: the stub generator turns them
+    into valid, unique Python identifiers and keeps the mapping. `fn` receives
+    the arguments by their schema names and returns JSON-serializable data; it
+    may raise `codemode.ToolError` to fail the call with a clean message."""
+
+    name: str
+    fn: ToolFn = field(repr=False, compare=False)
+    input_schema: Mapping[str, Any] = field(default_factory=lambda: dict(_EMPTY_OBJECT_SCHEMA))
+    description: str = ""
+    namespace: str = "tools"
+    output_schema: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("Tool.name must be a non-empty string")
+        if not isinstance(self.namespace, str) or not self.namespace:
+            raise ValueError("Tool.namespace must be a non-empty string")
+        if not callable(self.fn):
+            raise TypeError(f"Tool.fn of {self.name!r} must be callable")
+        if not isinstance(self.input_schema, Mapping):
+            raise TypeError(f"Tool.input_schema of {self.name!r} must be a JSON Schema object")

@@ -1,0 +1,442 @@
+"""The code contract, executed: one request in, one JSON response out.
+
+This module runs inside the WebAssembly component (CPython 3.14 under WASI) and,
+unchanged, in the host process for the `restricted` backend. It must not import
+anything from the host package.
+
+Request (JSON):  {"code", "stubs", "limits": {"max_stdout", "max_result"}, "deadline_s"}
+Response (JSON): {"ok": true,  "value", "value_truncated", "stdout", "stdout_truncated"}
+                 {"ok": false, "error": {"kind", "type", "message", ...}, "stdout", ...}
+
+Tool calls: a stub calls `_call_tool(namespace, name, args)`, which parks a
+future on the running `HostLoop`. When no task can make progress, the loop sends
+every pending call to the host in one crossing (`host_call(batch_json)`), and
+resolves the futures with the outcomes. A host answer of `HostAbort` means the
+host has ended the run (a limit was hit); the guest unwinds without running more
+user code than it must.
+"""
+
+import ast
+import asyncio
+import base64
+import dataclasses
+import datetime
+import decimal
+import fractions
+import inspect
+import json
+import math
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+CODE_FILENAME = "<code>"
+RESULT_NAME = "__codemode_result__"
+TRUNCATION_MARKER = "\n…[truncated {omitted} characters]"
+
+# Kept before user code runs, so a model that patches json or time in its own
+# run cannot break the runtime's answer.
+_dumps = json.dumps
+_loads = json.loads
+_encode_call = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_monotonic = time.monotonic
+_real_sleep = time.sleep
+
+
+class ToolError(Exception):
+    """A tool call failed. Catch it to handle the failure in your code."""
+
+    def __init__(self, message, *, code="tool_error", tool=None):
+        super().__init__(message)
+        self.code = code
+        self.tool = tool
+
+
+class HostAbort(BaseException):
+    """The host ended the run (a limit was hit). Not meant to be caught."""
+
+
+class _Deadlock(RuntimeError):
+    pass
+
+
+class _HostSelector:
+    """Stands where `BaseEventLoop` expects a selector; "polling" means sending the
+    pending tool calls to the host, or sleeping until the next timer."""
+
+    def __init__(self, loop):
+        self._loop = loop
+
+    def select(self, timeout):
+        loop = self._loop
+        if timeout == 0:
+            return []
+        if loop._pending:
+            loop._flush()
+            return []
+        if timeout is None:
+            raise _Deadlock(
+                "every task is waiting and no tool call is pending: the program can never finish"
+            )
+        _guarded_sleep(timeout)
+        return []
+
+    def close(self):
+        pass
+
+
+class HostLoop(asyncio.BaseEventLoop):
+    """An asyncio loop without a selector: it runs tasks until all of them wait
+    on tool calls, then flushes those calls to the host as one batch."""
+
+    def __init__(self):
+        super().__init__()
+        self._host_call = _run_state.host_call
+        self._selector = _HostSelector(self)
+        self._pending = []  # [(call_id, future, call_json)]
+        self._next_id = 0
+
+    def _process_events(self, event_list):
+        pass
+
+    def _write_to_self(self):
+        pass
+
+    def call_tool(self, namespace, name, args):
+        future = self.create_future()
+        try:
+            call_json = _encode_call({"ns": namespace, "tool": name, "args": args})
+        except (TypeError, ValueError) as exc:
+            future.set_exception(
+                ToolError(
+                    f"arguments of {namespace}.{name} are not JSON-serializable: {exc}",
+                    code="invalid_arguments",
+                    tool=f"{namespace}.{name}",
+                )
+            )
+            return future
+        self._next_id += 1
+        self._pending.append((self._next_id, future, call_json))
+        if len(self._pending) == 1 and not self._ready and not self._scheduled:
+            # Nothing else can run before the loop would flush this call alone:
+            # cross now and hand back a done future, saving a loop round trip.
+            self._flush()
+        return future
+
+    def _flush(self):
+        pending = self._pending
+        self._pending = []
+        by_id = {}
+        parts = []
+        for call_id, future, call_json in pending:
+            if not future.cancelled():
+                by_id[call_id] = future
+                parts.append('{"id":%d,"call":%s}' % (call_id, call_json))
+        if not parts:
+            return
+        outcomes = _loads(self._host_call("[" + ",".join(parts) + "]"))
+        if isinstance(outcomes, dict):
+            raise HostAbort(str(outcomes.get("abort", "the host ended the run")))
+        for outcome in outcomes:
+            future = by_id.pop(outcome["id"], None)
+            if future is None or future.done():
+                continue
+            if outcome["ok"]:
+                future.set_result(outcome["value"])
+            else:
+                err = outcome["error"]
+                future.set_exception(
+                    ToolError(err["message"], code=err.get("code", "tool_error"), tool=err.get("tool"))
+                )
+        for future in by_id.values():
+            if not future.done():
+                future.set_exception(ToolError("the host returned no outcome for this call"))
+
+
+# Per run; thread-local because the restricted backend runs several at once in
+# one process, each on its own worker thread.
+_run_state = threading.local()
+
+
+def _guarded_sleep(seconds):
+    """time.sleep that never outlives the run: a host-side sleep cannot be
+    interrupted by the wasm epoch deadline, so cap it here."""
+    seconds = float(seconds)
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    deadline = getattr(_run_state, "deadline", None)
+    if deadline is not None:
+        seconds = min(seconds, max(0.0, deadline - _monotonic()) + 0.05)
+    _real_sleep(seconds)
+
+
+def _call_tool(namespace, name, args):
+    """What every stub calls. Returns an awaitable for the call's outcome."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if not isinstance(loop, HostLoop):
+        raise RuntimeError(
+            f"{namespace}.{name}() must be awaited inside codemode's event loop: "
+            "use top-level `await`, or `asyncio.run(main())`"
+        )
+    return loop.call_tool(namespace, name, {k: v for k, v in args.items() if v is not None})
+
+
+class _CappedText:
+    """A write-only text stream that keeps at most `limit` characters."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.parts = []
+        self.size = 0
+        self.omitted = 0
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        room = self.limit - self.size
+        if room > 0:
+            kept = text[:room]
+            self.parts.append(kept)
+            self.size += len(kept)
+            self.omitted += len(text) - len(kept)
+        else:
+            self.omitted += len(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def text(self):
+        out = "".join(self.parts)
+        if self.omitted:
+            out += TRUNCATION_MARKER.format(omitted=self.omitted)
+        return out
+
+
+def _jsonable(obj):
+    """`default=` for json.dumps: common non-JSON values become data; anything
+    else becomes a (capped) repr instead of an error."""
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    if isinstance(obj, datetime.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, (decimal.Decimal, fractions.Fraction, uuid.UUID)):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return {"base64": base64.b64encode(bytes(obj)).decode("ascii")}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return _safe_repr(obj)
+
+
+def _safe_repr(obj, limit=2000):
+    try:
+        text = repr(obj)
+    except BaseException:  # a hostile __repr__ must not break the answer
+        return f"<unrepresentable {type(obj).__name__} object>"
+    if not isinstance(text, str):
+        return f"<unrepresentable {type(obj).__name__} object>"
+    return text if len(text) <= limit else text[:limit] + TRUNCATION_MARKER.format(omitted=len(text) - limit)
+
+
+def _replace_floats(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: _replace_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_replace_floats(v) for v in obj]
+    return obj
+
+
+def encode_value(value, limit):
+    """(json_text, truncated). Over the limit, the value becomes a string: the
+    start of its JSON text and a visible truncation marker."""
+    try:
+        text = _dumps(value, default=_jsonable, allow_nan=False, ensure_ascii=False)
+    except ValueError:
+        text = _dumps(_replace_floats(value), default=_jsonable, allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        text = _dumps(_safe_repr(value))
+    if len(text) <= limit:
+        return text, False
+    return _dumps(text[:limit] + TRUNCATION_MARKER.format(omitted=len(text) - limit)), True
+
+
+def _prepare(code):
+    """Parse the model's code; make the last expression statement the result."""
+    tree = ast.parse(code, CODE_FILENAME, "exec")
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body[-1]
+        assign = ast.Assign(targets=[ast.Name(RESULT_NAME, ast.Store())], value=last.value)
+        tree.body[-1] = ast.fix_missing_locations(ast.copy_location(assign, last))
+    return tree
+
+
+def _compile_default(tree):
+    return compile(tree, CODE_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+
+
+def _user_frames(tb, code_lines):
+    frames = []
+    for frame in traceback.extract_tb(tb):
+        if frame.filename != CODE_FILENAME:
+            continue
+        lineno = frame.lineno or 0
+        text = code_lines[lineno - 1].strip() if 0 < lineno <= len(code_lines) else ""
+        frames.append({"line": lineno, "name": frame.name, "text": text})
+    return frames
+
+
+def _exception_error(exc, code_lines):
+    error = {
+        "kind": "tool" if isinstance(exc, ToolError) else "exception",
+        "type": type(exc).__name__,
+        "message": _safe_repr(exc, 4000) if not _str_ok(exc) else str(exc)[:4000],
+        "traceback": _user_frames(exc.__traceback__, code_lines),
+    }
+    if isinstance(exc, ToolError):
+        error["code"] = exc.code
+        error["tool"] = exc.tool
+    if isinstance(exc, _Deadlock):
+        error["kind"] = "deadlock"
+    return error
+
+
+def _str_ok(exc):
+    try:
+        str(exc)
+        return True
+    except BaseException:
+        return False
+
+
+def _syntax_error(exc):
+    return {
+        "kind": "syntax",
+        "type": type(exc).__name__,
+        "message": exc.msg or "invalid syntax",
+        "line": exc.lineno,
+        "column": exc.offset,
+        "text": (exc.text or "").rstrip("\n"),
+    }
+
+
+def _run_async(coro):
+    runner = asyncio.Runner(loop_factory=HostLoop)
+    try:
+        return runner.run(coro)
+    finally:
+        # Tasks the program started and never awaited are cancelled, not awaited.
+        try:
+            runner.close()
+        except HostAbort:
+            raise
+        except BaseException:
+            pass
+
+
+def asyncio_run(main, *, debug=None, loop_factory=None):
+    """`asyncio.run` for the sandbox: always on a HostLoop, so tool calls work."""
+    if not inspect.iscoroutine(main):
+        raise ValueError(f"a coroutine was expected, got {main!r}")
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_async(main)
+    main.close()
+    raise RuntimeError(
+        "asyncio.run() cannot be called while the program is already running in the "
+        "event loop (top-level `await` was used): write `await main()` instead"
+    )
+
+
+def _default_globals(out):
+    return {}
+
+
+def execute(request, host_call, *, compile_code=_compile_default, make_globals=_default_globals):
+    """Run one request; return the response as a dict (never raises, but for HostAbort).
+
+    `make_globals(out)` returns the globals for the model's code and routes its
+    output into `out` (a _CappedText)."""
+    limits = request.get("limits") or {}
+    max_stdout = int(limits.get("max_stdout", 64_000))
+    max_result = int(limits.get("max_result", 64_000))
+    deadline_s = request.get("deadline_s")
+    _run_state.deadline = _monotonic() + float(deadline_s) if deadline_s else None
+    _run_state.host_call = host_call
+
+    out = _CappedText(max_stdout)
+    code = request["code"]
+    code_lines = code.splitlines()
+    response = {"ok": False, "stdout": "", "stdout_truncated": False}
+    try:
+        try:
+            tree = _prepare(code)
+            code_obj = compile_code(tree)
+        except SyntaxError as exc:
+            response["error"] = _syntax_error(exc)
+            return response
+        except ValueError as exc:  # e.g. null bytes, before Python 3.12
+            response["error"] = {"kind": "syntax", "type": "SyntaxError", "message": str(exc),
+                                 "line": None, "column": None, "text": ""}
+            return response
+
+        g = make_globals(out)
+        g.update({"__name__": "__main__", "_call_tool": _call_tool, "ToolError": ToolError})
+        exec(compile(request.get("stubs") or "", "<stubs>", "exec", dont_inherit=True), g)
+        try:
+            if code_obj.co_flags & inspect.CO_COROUTINE:
+                _run_async(eval(code_obj, g))
+            else:
+                exec(code_obj, g)
+            value = g.get(RESULT_NAME)
+            if inspect.iscoroutine(value):
+                value.close()
+                raise TypeError(
+                    "the last expression is a coroutine that was never awaited: "
+                    "did you forget `await`?"
+                )
+        except HostAbort:
+            raise
+        except BaseException as exc:  # the model's code may raise anything, SystemExit included
+            response["error"] = _exception_error(exc, code_lines)
+            return response
+        text, truncated = encode_value(value, max_result)
+        response.update({"ok": True, "value_json": text, "value_truncated": truncated})
+        return response
+    finally:
+        response["stdout"] = out.text()
+        response["stdout_truncated"] = bool(out.omitted)
+
+
+def handle(request_json, host_call, **kwargs):
+    """JSON in, JSON out; the entry point both backends call."""
+    try:
+        request = _loads(request_json)
+        response = execute(request, host_call, **kwargs)
+    except HostAbort:
+        return '{"ok":false,"error":{"kind":"aborted","type":"HostAbort","message":"the host ended the run"}}'
+    except BaseException as exc:  # a runtime bug: still one well-formed answer
+        error = {"kind": "internal", "type": type(exc).__name__, "message": _safe_repr(exc, 2000)}
+        return _dumps({"ok": False, "error": error, "stdout": "", "stdout_truncated": False})
+    value_json = response.pop("value_json", None)
+    body = _dumps(response, ensure_ascii=False)
+    if value_json is None:
+        return body
+    # Splice the already-encoded value in rather than decoding and re-encoding it.
+    return body[:-1] + ',"value":' + value_json + "}"
