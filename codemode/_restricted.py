@@ -139,6 +139,8 @@ def _make_globals(out: Any) -> dict[str, Any]:
     names.update(limited_builtins)
     names.update(utility_builtins)
     names.update({name: getattr(builtins, name) for name in _EXTRA_BUILTINS})
+    # limited_builtins caps range() at 1,000 items, which breaks ordinary programs.
+    names["range"] = range
     names["__import__"] = _guarded_import
     names["__build_class__"] = builtins.__build_class__
     names["locals"] = builtins.locals  # the stubs pass their arguments with locals()

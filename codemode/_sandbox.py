@@ -58,13 +58,20 @@ class Backend(Protocol):
     def execute(self, request_json: str, host_call: Any, limits: Limits) -> tuple[str, float]: ...
 
 
+_shared_wasm: Backend | None = None
+
+
 def _backend(kind: str | Backend) -> Backend:
+    global _shared_wasm
     if not isinstance(kind, str):
         return kind
     if kind == "wasm":
-        from ._wasm import WasmBackend
+        # One engine and compiled component per process, shared by every Sandbox.
+        if _shared_wasm is None:
+            from ._wasm import WasmBackend
 
-        return WasmBackend()
+            _shared_wasm = WasmBackend()
+        return _shared_wasm
     if kind == "restricted":
         from ._restricted import RestrictedBackend
 
