@@ -10,15 +10,18 @@ the guest reports.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
+import weakref
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
 import jsonschema
 
 from ._errors import (
@@ -31,35 +34,53 @@ from ._errors import (
 from ._limits import Limits
 from ._result import ToolCallRecord
 from ._stubgen import ToolBinding
+from ._tools import Tool
 
 __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("codemode")
 
 
-@cache
-def _validator_for(schema_json: str) -> jsonschema.protocols.Validator:
-    schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema)
+_validators: weakref.WeakKeyDictionary[Tool, jsonschema.protocols.Validator | None] = weakref.WeakKeyDictionary()
 
 
-def _validation_error(binding: ToolBinding, arguments: Mapping[str, Any]) -> str | None:
-    schema = binding.tool.input_schema
+def _validator(tool: Tool) -> jsonschema.protocols.Validator | None:
+    """The tool's compiled input-schema validator (None: the schema is unusable)."""
     try:
-        validator = _validator_for(json.dumps(schema, sort_keys=True, default=repr))
-        error = jsonschema.exceptions.best_match(validator.iter_errors(dict(arguments)))
+        return _validators[tool]
+    except KeyError:
+        pass
+    schema = dict(tool.input_schema)
+    try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+        validator: jsonschema.protocols.Validator | None = cls(schema)
     except (jsonschema.exceptions.SchemaError, TypeError, ValueError) as exc:
         # A server's broken schema must not stop its tool from being called.
+        logger.warning("input schema of tool %r cannot be checked: %s", tool.name, exc)
+        validator = None
+    _validators[tool] = validator
+    return validator
+
+
+def _validation_error(binding: ToolBinding, arguments: dict[str, Any]) -> str | None:
+    validator = _validator(binding.tool)
+    if validator is None:
+        return None
+    try:
+        if validator.is_valid(arguments):
+            return None
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    except (jsonschema.exceptions.SchemaError, TypeError, ValueError, RecursionError) as exc:
         logger.warning("input schema of %s cannot be checked: %s", binding.qualified_name, exc)
         return None
     if error is None:
         return None
-    path = ".".join(str(p) for p in error.absolute_path)
-    py_names = {wire: py for py, wire in binding.params.items()}
-    if error.absolute_path and isinstance(error.absolute_path[0], str):
-        head = py_names.get(error.absolute_path[0], error.absolute_path[0])
-        path = ".".join([head, *(str(p) for p in list(error.absolute_path)[1:])])
+    parts = list(error.absolute_path)
+    if parts and isinstance(parts[0], str):
+        py_names = {wire: py for py, wire in binding.params.items()}
+        parts[0] = py_names.get(parts[0], parts[0])
+    path = ".".join(str(p) for p in parts)
     return f"{path}: {error.message}" if path else error.message
 
 
@@ -89,26 +110,51 @@ class Dispatcher:
             self.fatal = error
         return json.dumps({"abort": self.fatal.message})
 
-    async def run_batch(self, batch_json: str) -> str:
-        """Carry out one batch; the answer the guest receives, as JSON."""
+    def _admit(self, batch: list[dict[str, Any]]) -> str | None:
+        """The abort answer if this batch may not run; None if it may."""
         if self.fatal is not None:
             return self._abort(self.fatal)
-        batch = json.loads(batch_json)
         if len(batch) > self.limits.max_batch:
             return self._abort(BatchLimitExceeded(
                 f"{len(batch)} tool calls in one batch; the limit is {self.limits.max_batch}"))
         if len(self.calls) + len(batch) > self.limits.max_tool_calls:
             return self._abort(ToolCallLimitExceeded(
                 f"more than {self.limits.max_tool_calls} tool calls in one run"))
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
+        if self.deadline - time.monotonic() <= 0:
             return self._abort(RunTimeout(f"the run exceeded its {self.limits.timeout:g} s timeout"))
         self._batches += 1
+        return None
+
+    def try_inline(self, batch_json: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """On the worker thread: carry out a batch that needs no event loop (one
+        call to a sync tool, or a refusal). (answer or None, the parsed batch)."""
+        batch = json.loads(batch_json)
+        if len(batch) != 1:
+            return None, batch
+        item = batch[0]
+        binding = self._binding(item)
+        if binding is not None and binding.tool.is_async:
+            return None, batch
+        refused = self._admit(batch)
+        if refused is not None:
+            return refused, batch
+        t0 = time.monotonic()
+        answer = "[" + self._call_sync(item, self._batches) + "]"
+        self.tools_s += time.monotonic() - t0
+        return answer, batch
+
+    async def run_batch(self, batch: list[dict[str, Any]], *, admitted: bool = False) -> str:
+        """On the event loop: carry out one batch concurrently; the answer the
+        guest receives, as JSON."""
+        if not admitted:
+            refused = self._admit(batch)
+            if refused is not None:
+                return refused
         outcomes: list[str] = [""] * len(batch)
         t0 = time.monotonic()
-        with anyio.move_on_after(remaining) as scope:
+        with anyio.move_on_after(self.deadline - time.monotonic()) as scope:
             if len(batch) == 1:
-                outcomes[0] = await self._one(batch[0], self._batches)
+                outcomes[0] = await self._call_async(batch[0], self._batches)
             else:
                 async with anyio.create_task_group() as tg:
                     for i, item in enumerate(batch):
@@ -120,46 +166,79 @@ class Dispatcher:
         return "[" + ",".join(outcomes) + "]"
 
     async def _store(self, outcomes: list[str], i: int, item: dict[str, Any], batch: int) -> None:
-        outcomes[i] = await self._one(item, batch)
+        outcomes[i] = await self._call_async(item, batch)
 
-    async def _one(self, item: dict[str, Any], batch: int) -> str:
+    def _binding(self, item: dict[str, Any]) -> ToolBinding | None:
         call = item.get("call") or {}
-        namespace, name = str(call.get("ns")), str(call.get("tool"))
+        return self.bindings.get((str(call.get("ns")), str(call.get("tool"))))
+
+    def _prepare(self, item: dict[str, Any]) -> tuple[ToolBinding, dict[str, Any]]:
+        """The binding and wire-named arguments of a call. Raises _Failure."""
+        call = item.get("call") or {}
+        binding = self._binding(item)
+        if binding is None:
+            raise _Failure("unknown_tool", f"there is no tool {call.get('ns')}.{call.get('tool')}")
         py_args = call.get("args") if isinstance(call.get("args"), dict) else {}
+        unexpected = [k for k in py_args if k not in binding.params]
+        if unexpected:
+            raise _Failure("invalid_arguments",
+                           f"{binding.qualified_name}() got unexpected arguments: {', '.join(map(str, unexpected))}")
+        wire_args = {binding.params[k]: v for k, v in py_args.items()}
+        problem = _validation_error(binding, wire_args)
+        if problem:
+            raise _Failure("invalid_arguments", f"invalid arguments for {binding.qualified_name}: {problem}")
+        return binding, wire_args
+
+    def _call_sync(self, item: dict[str, Any], batch: int) -> str:
         started = time.monotonic()
-        wire_args: dict[str, Any] = {}
+        binding, wire_args = None, {}
         try:
-            binding = self.bindings.get((namespace, name))
-            if binding is None:
-                raise _Failure("unknown_tool", f"there is no tool {namespace}.{name}")
-            unexpected = [k for k in py_args if k not in binding.params]
-            if unexpected:
-                raise _Failure("invalid_arguments",
-                               f"{binding.qualified_name}() got unexpected arguments: {', '.join(map(str, unexpected))}")
-            wire_args = {binding.params[k]: v for k, v in py_args.items()}
-            problem = _validation_error(binding, wire_args)
-            if problem:
-                raise _Failure("invalid_arguments", f"invalid arguments for {binding.qualified_name}: {problem}")
+            binding, wire_args = self._prepare(item)
             value = binding.tool.fn(**wire_args)
-            if hasattr(value, "__await__"):
-                value = await value
-            try:
-                encoded = json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise _Failure("tool_error", f"{binding.qualified_name} returned data that is not JSON: {exc}") from exc
-            if len(encoded) > self.limits.max_tool_result_bytes:
-                raise _Failure("tool_result_too_large",
-                               f"{binding.qualified_name} returned {len(encoded)} bytes; "
-                               f"the limit is {self.limits.max_tool_result_bytes}")
-            self._record(namespace, name, wire_args, started, batch)
-            return '{"id":%d,"ok":true,"value":%s}' % (item["id"], encoded)
-        except _Failure as failure:
-            code, message = failure.code, failure.message
-        except ToolError as exc:
+            if hasattr(value, "__await__"):  # a sync function that returned an awaitable
+                value = anyio.from_thread.run(_await, value)
+            return self._success(item, binding, wire_args, value, started, batch)
+        except Exception as exc:
+            return self._failure(item, binding, wire_args, exc, started, batch)
+
+    async def _call_async(self, item: dict[str, Any], batch: int) -> str:
+        started = time.monotonic()
+        binding, wire_args = None, {}
+        try:
+            binding, wire_args = self._prepare(item)
+            if binding.tool.is_async:
+                value = await binding.tool.fn(**wire_args)
+            else:  # sync tools in a gather: each on a thread of its own
+                value = await anyio.to_thread.run_sync(functools.partial(binding.tool.fn, **wire_args))
+                if hasattr(value, "__await__"):
+                    value = await value
+            return self._success(item, binding, wire_args, value, started, batch)
+        except Exception as exc:
+            return self._failure(item, binding, wire_args, exc, started, batch)
+
+    def _success(self, item: dict[str, Any], binding: ToolBinding, wire_args: dict[str, Any], value: Any,
+                 started: float, batch: int) -> str:
+        try:
+            encoded = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise _Failure("tool_error", f"{binding.qualified_name} returned data that is not JSON: {exc}") from exc
+        if len(encoded) > self.limits.max_tool_result_bytes:
+            raise _Failure("tool_result_too_large",
+                           f"{binding.qualified_name} returned {len(encoded)} bytes; "
+                           f"the limit is {self.limits.max_tool_result_bytes}")
+        self._record(binding.namespace, binding.name, wire_args, started, batch)
+        return '{"id":%d,"ok":true,"value":%s}' % (item["id"], encoded)
+
+    def _failure(self, item: dict[str, Any], binding: ToolBinding | None, wire_args: dict[str, Any],
+                 exc: Exception, started: float, batch: int) -> str:
+        if isinstance(exc, (_Failure, ToolError)):
             code, message = exc.code, exc.message
-        except Exception as exc:  # a tool's own bug becomes a ToolError for the model
-            logger.warning("tool %s.%s raised", namespace, name, exc_info=True)
+        else:  # a tool's own bug becomes a ToolError for the model
+            logger.warning("tool %s raised", binding.qualified_name if binding else "?", exc_info=exc)
             code, message = "tool_error", f"{type(exc).__name__}: {exc}"
+        call = item.get("call") or {}
+        namespace = binding.namespace if binding else str(call.get("ns"))
+        name = binding.name if binding else str(call.get("tool"))
         self._record(namespace, name, wire_args, started, batch, code=code, message=message)
         error = {"code": code, "message": message, "tool": f"{namespace}.{name}"}
         return json.dumps({"id": item["id"], "ok": False, "error": error})
@@ -171,3 +250,7 @@ class Dispatcher:
             namespace=namespace, tool=name, arguments=args, ok=code is None,
             error_code=code, error_message=message, batch=batch,
             started_s=round(started - self.started, 6), duration_s=round(now - started, 6)))
+
+
+async def _await(value: Any) -> Any:
+    return await value

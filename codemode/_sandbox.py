@@ -144,7 +144,12 @@ class Sandbox:
             "deadline_s": limits.timeout,
         })
 
-        def host_call(batch: str) -> str:
+        def host_call(batch_json: str) -> str:
+            # Sync tools are answered right here on the worker thread; async
+            # tools (and gathers) cross to the event loop.
+            answer, batch = dispatcher.try_inline(batch_json)
+            if answer is not None:
+                return answer
             return anyio.from_thread.run(dispatcher.run_batch, batch)
 
         startup = 0.0

@@ -7,26 +7,35 @@ produces `Tool`s with one namespace per server.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 __all__ = ["Tool", "ToolFn"]
 
-ToolFn = Callable[..., Awaitable[Any]]
-"""Called with the tool's arguments as keyword arguments, by their schema names."""
+ToolFn = Callable[..., Awaitable[Any] | Any]
+"""Called with the tool's arguments as keyword arguments, by their schema names.
+
+An async function runs on the event loop that called `Sandbox.run` (so it may
+use loop-bound resources: MCP sessions, HTTP client pools). A plain function
+cannot depend on the loop, so a lone call runs directly on the sandbox's worker
+thread, skipping the hop to the event loop; calls in one `gather` each get a
+thread of their own."""
 
 _EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Tool:
     """A tool the model's code may call, as `await <namespace>.<name>(...)`.
 
     `name` and `namespace` may be any strings: the stub generator turns them
     into valid, unique Python identifiers and keeps the mapping. `fn` receives
     the arguments by their schema names and returns JSON-serializable data; it
-    may raise `codemode.ToolError` to fail the call with a clean message."""
+    may raise `codemode.ToolError` to fail the call with a clean message. See
+    `ToolFn` for where sync and async functions run. Tools compare by identity."""
 
     name: str
     fn: ToolFn = field(repr=False, compare=False)
@@ -44,3 +53,9 @@ class Tool:
             raise TypeError(f"Tool.fn of {self.name!r} must be callable")
         if not isinstance(self.input_schema, Mapping):
             raise TypeError(f"Tool.input_schema of {self.name!r} must be a JSON Schema object")
+
+    @cached_property
+    def is_async(self) -> bool:
+        """True if `fn` must run on the event loop."""
+        fn = self.fn
+        return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
