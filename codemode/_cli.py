@@ -44,6 +44,19 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", action="store_true", help="with --json: include the tool-call log")
 
 
+def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument("--config", "-c", required=required, metavar="PATH",
+                   help="an mcpServers JSON file (as used by Claude Desktop, Cursor, VS Code)")
+
+
+def _add_network_flags(p: argparse.ArgumentParser, *, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs --token)")
+    p.add_argument("--port", type=int, default=port, help=f"port (default {port}; 0 picks a free one)")
+    p.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` (default: $CODEMODE_TOKEN)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser Origin allowed to call (repeatable; default: none but localhost)")
+
+
 def _limits(args: argparse.Namespace) -> Limits:
     try:
         return Limits(timeout=args.timeout, memory=args.memory_mb * 1024 * 1024, max_tool_calls=args.max_tool_calls)
@@ -66,8 +79,42 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a program (file or stdin) in the sandbox",
                          description="Run a program in the sandbox and print its result (the value of its last expression).")
     run.add_argument("program", nargs="?", default="-", help="a Python file, or - for stdin (default)")
-    run.add_argument("--demo-tools", action="store_true", help="give the program the built-in demo tools as `tools`")
+    _add_config_flag(run)
     _add_limit_flags(run)
+
+    stubs = sub.add_parser("stubs", help="print the typed stubs of the configured tools",
+                           description="Print the typed Python stubs a model reads (all tools, or the named ones).")
+    _add_config_flag(stubs, required=True)
+    stubs.add_argument("tools", nargs="*", metavar="NAMESPACE.TOOL", help="only these tools (default: all)")
+
+    search = sub.add_parser("search", help="search the configured tools",
+                            description="Rank the configured tools by how well they match a query (BM25).")
+    _add_config_flag(search, required=True)
+    search.add_argument("query", help="what the tool should do, in words")
+    search.add_argument("--limit", type=int, default=10, help="at most this many hits (default 10)")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON")
+
+    pin = sub.add_parser("pin", help="pin (or re-approve) the configured tool definitions",
+                         description="Record a hash of every tool definition in codemode.lock.json beside the config. "
+                                     "Changed definitions are refused until re-approved with --update.")
+    _add_config_flag(pin, required=True)
+    pin.add_argument("--update", action="store_true", help="re-approve changed definitions and forget removed tools")
+
+    serve = sub.add_parser("serve", help="serve code mode over HTTP (FastAPI)",
+                           description="Serve /v1/execute, /v1/runs, /v1/tools/search, /v1/stubs, /healthz, /metrics.")
+    _add_config_flag(serve)
+    _add_network_flags(serve, port=8000)
+    serve.add_argument("--max-concurrency", type=int, default=4, help="runs executing at once (default 4)")
+    serve.add_argument("--queue", type=int, default=16, help="runs waiting beyond those; more get 429 (default 16)")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
+    serve.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
+
+    mcp = sub.add_parser("mcp", help="serve code mode as an MCP server (stdio, or --http)",
+                         description="Serve the tools search_tools, get_tool_stubs and execute_code over MCP.")
+    _add_config_flag(mcp)
+    mcp.add_argument("--http", action="store_true", help="serve Streamable HTTP instead of stdio")
+    _add_network_flags(mcp, port=8765)
+    mcp.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
 
     sandbox = sub.add_parser("sandbox", help="manage the sandbox guest", description="Manage the sandbox guest.")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
@@ -101,19 +148,44 @@ def _print_result(result: RunResult, args: argparse.Namespace) -> int:
 
 
 async def _run(code: bytes | str, args: argparse.Namespace, tools: list[Any]) -> RunResult:
-    from ._sandbox import Sandbox
+    from ._core import CodeMode
 
-    async with Sandbox(backend=args.backend, limits=_limits(args)) as sandbox:
-        return await sandbox.run(code, tools=tools)
+    cm = _code_mode(args, tools=tools, backend=args.backend, limits=_limits(args))
+    async with cm:
+        _report_failures(cm)
+        return await cm.execute(code)
+
+
+def _code_mode(args: argparse.Namespace, **kwargs: Any) -> Any:
+    from ._core import CodeMode
+
+    if getattr(args, "config", None):
+        return CodeMode.from_config(args.config, **kwargs)
+    return CodeMode(**kwargs)
+
+
+def _report_failures(cm: Any) -> None:
+    for namespace, failure in cm.failures.items():
+        print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import DEMO_PROGRAM, demo_tools
+    from ._config import parse_config
+    from ._core import CodeMode
+    from ._demo import DEMO_PROGRAM, demo_config
 
-    if not args.json:
-        print("# program (tools: tools.list_cities, tools.forecast; each call takes 0.2 s)", file=sys.stderr)
-        print(DEMO_PROGRAM, file=sys.stderr)
-    result = anyio.run(_run, DEMO_PROGRAM, args, demo_tools())
+    async def go() -> RunResult:
+        async with CodeMode(config=parse_config(demo_config(), source="<built-in demo>"),
+                            backend=args.backend, limits=_limits(args)) as cm:
+            _report_failures(cm)
+            if not args.json:
+                print("# stubs the model reads (two MCP servers, started over stdio):", file=sys.stderr)
+                print(cm.stubs(), file=sys.stderr)
+                print("# the model's program:", file=sys.stderr)
+                print(DEMO_PROGRAM, file=sys.stderr)
+            return await cm.execute(DEMO_PROGRAM)
+
+    result = anyio.run(go)
     code = _print_result(result, args)
     if not args.json:
         batches = len({c.batch for c in result.tool_calls})
@@ -123,12 +195,81 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    tools: list[Any] = []
-    if args.demo_tools:
-        from ._demo import demo_tools
+    return _print_result(anyio.run(_run, _read_program(args.program), args, []), args)
 
-        tools = demo_tools()
-    return _print_result(anyio.run(_run, _read_program(args.program), args, tools), args)
+
+def _cmd_stubs(args: argparse.Namespace) -> int:
+    async def go() -> str:
+        async with _code_mode(args) as cm:
+            _report_failures(cm)
+            return str(cm.stubs(args.tools or None))
+    print(anyio.run(go), end="")
+    return EXIT_OK
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    async def go() -> list[Any]:
+        async with _code_mode(args) as cm:
+            _report_failures(cm)
+            return list(cm.search_tools(args.query, limit=args.limit))
+    hits = anyio.run(go)
+    if args.json:
+        print(json.dumps([{"name": h.qualified_name, "score": round(h.score, 4), "signature": h.signature,
+                           "summary": h.summary} for h in hits], indent=2, ensure_ascii=False))
+    else:
+        for hit in hits:
+            print(hit.line)
+        if not hits:
+            print("no tool matches", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_pin(args: argparse.Namespace) -> int:
+    from ._config import load_config
+    from ._pinning import LOCK_FILE_NAME, PinStore, ToolRef
+    from ._upstream import Hub
+
+    lock = Path(args.config).parent / LOCK_FILE_NAME
+
+    async def go() -> Any:
+        async with Hub(load_config(args.config)) as hub:
+            for namespace, failure in hub.failures.items():
+                print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
+            store, tools = PinStore.load(lock), hub.tools()
+            if args.update:
+                report = store.update(tools)
+            else:  # pin what is new; what changed stays refused until --update
+                report = store.check(tools)
+                new = set(report.new)
+                store.approve([t for t in tools if ToolRef(server=t.namespace, tool=t.name) in new])
+            store.save()
+            return report
+    report = anyio.run(go)
+    for ref in report.new:
+        print(f"pinned new   {ref.server}.{ref.tool}")
+    for change in report.changed:
+        verb = "re-approved" if args.update else "CHANGED    "
+        print(f"{verb}  {change.server}.{change.tool} ({', '.join(change.fields)})")
+    for ref in report.removed:
+        print(f"{'forgot' if args.update else 'removed':<11}  {ref.server}.{ref.tool}")
+    print(f"codemode: {len(report.unchanged)} unchanged; lock file {lock}", file=sys.stderr)
+    if report.changed and not args.update:
+        print("codemode: changed definitions stay refused; review them, then run `codemode pin --update`",
+              file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ._http import cli_main
+
+    return cli_main(args)
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from ._mcp_server import cli_main
+
+    return cli_main(args)
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
@@ -141,7 +282,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"demo": _cmd_demo, "run": _cmd_run, "sandbox": _cmd_sandbox}
+    handlers = {"demo": _cmd_demo, "run": _cmd_run, "stubs": _cmd_stubs, "search": _cmd_search, "pin": _cmd_pin,
+                "serve": _cmd_serve, "mcp": _cmd_mcp, "sandbox": _cmd_sandbox}
     try:
         return handlers[args.command](args)
     except _UsageError as exc:

@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 import weakref
 from typing import Any
@@ -103,6 +103,8 @@ class Dispatcher:
     calls: list[ToolCallRecord] = field(default_factory=list)
     fatal: ExecutionError | None = None
     tools_s: float = 0.0
+    on_event: Callable[[dict[str, Any]], None] | None = None
+    """Told of each call as it starts and ends (from the thread the call runs on)."""
     _batches: int = 0
 
     def _abort(self, error: ExecutionError) -> str:
@@ -187,6 +189,9 @@ class Dispatcher:
         problem = _validation_error(binding, wire_args)
         if problem:
             raise _Failure("invalid_arguments", f"invalid arguments for {binding.qualified_name}: {problem}")
+        if self.on_event is not None:
+            self.on_event({"type": "tool_call_started", "namespace": binding.namespace, "tool": binding.name,
+                           "arguments": wire_args, "batch": self._batches})
         return binding, wire_args
 
     def _call_sync(self, item: dict[str, Any], batch: int) -> str:
@@ -246,10 +251,13 @@ class Dispatcher:
     def _record(self, namespace: str, name: str, args: dict[str, Any], started: float, batch: int,
                 *, code: str | None = None, message: str | None = None) -> None:
         now = time.monotonic()
-        self.calls.append(ToolCallRecord(
+        record = ToolCallRecord(
             namespace=namespace, tool=name, arguments=args, ok=code is None,
             error_code=code, error_message=message, batch=batch,
-            started_s=round(started - self.started, 6), duration_s=round(now - started, 6)))
+            started_s=round(started - self.started, 6), duration_s=round(now - started, 6))
+        self.calls.append(record)
+        if self.on_event is not None:
+            self.on_event({"type": "tool_call_finished", **record.to_dict()})
 
 
 async def _await(value: Any) -> Any:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -124,9 +125,11 @@ class Sandbox:
             self._stub_cache.popitem(last=False)
         return stubs
 
-    async def run(self, code: str | bytes, *, tools: Sequence[Tool] = (), limits: Limits | None = None) -> RunResult:
+    async def run(self, code: str | bytes, *, tools: Sequence[Tool] = (), limits: Limits | None = None,
+                  on_event: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
         """Run `code` with access to `tools`; never raises for anything the code
-        does: failures are in `RunResult.error`.
+        does: failures are in `RunResult.error`. `on_event` is told, on this event
+        loop, of each tool call as it starts and as it ends.
 
         Raises `SandboxUnavailable` if the backend cannot be loaded."""
         limits = limits or self.limits
@@ -136,7 +139,8 @@ class Sandbox:
             return self._result(t0, error=rejected)
         stubs = self.stubs(tools)
         deadline = t0 + limits.timeout
-        dispatcher = Dispatcher(bindings=stubs.bindings, limits=limits, deadline=deadline, started=t0)
+        dispatcher = Dispatcher(bindings=stubs.bindings, limits=limits, deadline=deadline, started=t0,
+                                on_event=_on_loop(on_event) if on_event else None)
         request = json.dumps({
             "code": rejected,
             "stubs": stubs.source,
@@ -205,6 +209,19 @@ class Sandbox:
                              tools_s=dispatcher.tools_s if dispatcher else 0.0)
         calls = list(dispatcher.calls) if dispatcher else []
         return RunResult(timings=timings, tool_calls=calls, backend=self.backend.name, **fields)
+
+
+def _on_loop(callback: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """`callback`, delivered on the current event loop from whatever thread calls it."""
+    loop_thread = threading.get_ident()
+
+    def deliver(event: dict[str, Any]) -> None:
+        if threading.get_ident() == loop_thread:
+            callback(event)
+        else:
+            anyio.from_thread.run_sync(callback, event)
+
+    return deliver
 
 
 def _check_code(code: object, limits: Limits) -> str | ExecutionError:

@@ -1,0 +1,178 @@
+"""`CodeMode`: the one core behind every interface (Python API, HTTP, MCP server).
+
+It owns the upstream hub (MCP servers from a config), any in-process tools, the
+pin store, the discovery index and the sandbox, and offers the three things a
+model does: find tools, read their stubs, run code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Literal
+
+from ._config import Config, load_config
+from ._discovery import ServerSummary, ToolHit, ToolIndex
+from ._limits import Limits
+from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned
+from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION
+from ._result import RunResult
+from ._sandbox import Backend, Sandbox
+from ._tools import Tool
+from ._upstream import Hub, ServerFailure
+
+__all__ = ["CodeMode"]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class CodeMode:
+    """Code mode over a set of tools: MCP servers from a config, Python tools, or both.
+
+        async with CodeMode.from_config("mcp.json") as cm:
+            hits = cm.search_tools("read a file")
+            stubs = cm.stubs([h.qualified_name for h in hits[:2]])
+            result = await cm.execute(code)
+
+    Tool definitions are pinned in a lock file beside the config (trust on first
+    use); a definition that later changes is refused until re-approved.
+    """
+
+    def __init__(self, *, config: Config | None = None, tools: Sequence[Tool] = (), sandbox: Sandbox | None = None,
+                 backend: Literal["wasm", "restricted"] | Backend = "wasm", limits: Limits | None = None,
+                 lock_file: str | Path | None = None, pin_policy: PinPolicy | None = None) -> None:
+        self.config = config
+        self.sandbox = sandbox or Sandbox(backend=backend, limits=limits)
+        self._static = list(tools)
+        self._hub = Hub(config) if config is not None and config.servers else None
+        self._pins = PinStore.load(lock_file) if lock_file is not None else None
+        self._policy = pin_policy or PinPolicy()
+        self._stack: AsyncExitStack | None = None
+        self._cache_key: tuple[int, int] | None = None
+        self._tools: list[Tool] = []
+        self._index: ToolIndex | None = None
+
+    @classmethod
+    def from_config(cls, path: str | Path, **kwargs: Any) -> CodeMode:
+        """CodeMode over the MCP servers of an `mcpServers` config file; the lock
+        file defaults to `codemode.lock.json` beside it.
+
+        Raises `ConfigError` for an unreadable or invalid file or lock file."""
+        path = Path(path)
+        kwargs.setdefault("lock_file", path.parent / LOCK_FILE_NAME)
+        return cls(config=load_config(path), **kwargs)
+
+    async def __aenter__(self) -> CodeMode:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Connect to every server (failures go to `failures`) and load the sandbox.
+
+        Raises `SandboxUnavailable`."""
+        self._stack = AsyncExitStack()
+        if self._hub is not None:
+            await self._stack.enter_async_context(self._hub)
+        await self.sandbox.load()
+
+    async def aclose(self) -> None:
+        """Close every upstream session. Safe to call twice."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def failures(self) -> dict[str, ServerFailure]:
+        """Servers that could not be reached, by namespace."""
+        return dict(self._hub.failures) if self._hub is not None else {}
+
+    def tools(self) -> list[Tool]:
+        """Every tool the model may call now: in-process tools, then each
+        server's, less those whose definitions changed since they were pinned."""
+        generation = self._hub.generation if self._hub is not None else 0
+        key = (generation, len(self.failures))
+        if key != self._cache_key:
+            tools = self._static + (self._hub.tools() if self._hub is not None else [])
+            if self._pins is not None:
+                tools = filter_pinned(tools, self._pins, self._policy)
+            self._tools, self._index, self._cache_key = tools, None, key
+        return self._tools
+
+    @property
+    def index(self) -> ToolIndex:
+        if self._index is None or self._cache_key is None:
+            tools = self.tools()
+            self._index = ToolIndex(tools, stubs=self.sandbox.stubs(tools))
+        return self._index
+
+    def list_servers(self) -> list[ServerSummary]:
+        return self.index.servers()
+
+    def search_tools(self, query: str, limit: int = 10) -> list[ToolHit]:
+        """Tools ranked by how well their names and descriptions match `query`."""
+        return self.index.search(query, limit=limit)
+
+    def stubs(self, names: Sequence[str] | None = None) -> str:
+        """Stubs for the named tools (`namespace.tool`), or for every tool.
+
+        Raises `ToolNotFound` (with suggestions) for unknown names."""
+        if names is None:
+            return self.sandbox.stubs(self.tools()).source
+        return self.index.get_stubs(names)
+
+    async def execute(self, code: str | bytes, *, limits: Limits | None = None,
+                      on_event: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+        """Run `code` against the tools; see `Sandbox.run`."""
+        tools = self.tools()
+        return await self.sandbox.run(code, tools=_referenced(code, tools, self.sandbox), limits=limits,
+                                      on_event=on_event)
+
+    def system_prompt(self) -> str:
+        """Instructions for a model plus a compact index of the servers and tools."""
+        lines = [CODE_CONTRACT, "Available namespaces (use search_tools / get_tool_stubs for details):"]
+        for server in self.list_servers():
+            names = ", ".join(server.tools[:12]) + (", …" if len(server.tools) > 12 else "")
+            lines.append(f"- {server.namespace} ({server.tool_count} tools): {names}")
+        if self.failures:
+            lines.append("Unavailable: " + ", ".join(sorted(self.failures)))
+        return "\n".join(lines)
+
+    def tool_definition(self, format: Literal["openai", "anthropic"] = "openai") -> dict[str, Any]:
+        """A ready definition of an `execute_code` tool for a model API.
+
+        Raises `ValueError` for an unknown format."""
+        schema = {"type": "object", "properties": {"code": {
+            "type": "string", "description": "Python source; the value of its last expression is returned."}},
+            "required": ["code"], "additionalProperties": False}
+        if format == "openai":
+            return {"type": "function", "function": {"name": "execute_code", "description": EXECUTE_DESCRIPTION,
+                                                     "parameters": schema}}
+        if format == "anthropic":
+            return {"name": "execute_code", "description": EXECUTE_DESCRIPTION, "input_schema": schema}
+        raise ValueError(f"unknown tool definition format {format!r}: use 'openai' or 'anthropic'")
+
+
+def _referenced(code: str | bytes, tools: list[Tool], sandbox: Sandbox) -> list[Tool]:
+    """Only the namespaces the code names get stubs in the run: with many
+    servers, rendering and executing every stub would dominate a short run."""
+    if isinstance(code, (bytes, bytearray)):
+        try:
+            code = bytes(code).decode("utf-8")
+        except UnicodeDecodeError:
+            return tools
+    bindings = sandbox.stubs(tools).bindings
+    names = set(_IDENT.findall(code))
+    wanted = {b.tool.namespace for (ns, _), b in bindings.items() if ns in names}
+    subset = [t for t in tools if t.namespace in wanted]
+    # Names that collided may be assigned differently in a subset; then the
+    # stubs the model read would not be the ones that run. Keep them all.
+    same = all(bindings.get(key) is not None and bindings[key].tool is b.tool
+               for key, b in sandbox.stubs(subset).bindings.items())
+    return subset if same else tools
+
+

@@ -1,0 +1,30 @@
+"""What a model is told about code mode: one text, used by the Python API's
+system prompt and tool definitions and by the MCP server's tool descriptions."""
+
+from __future__ import annotations
+
+__all__ = ["CODE_CONTRACT", "EXECUTE_DESCRIPTION", "GET_STUBS_DESCRIPTION", "SEARCH_DESCRIPTION"]
+
+CODE_CONTRACT = """\
+Write Python 3 to do the task in one step; it runs in a sandbox and only its final value comes back.
+- Each MCP server is a namespace of async functions: `await server.tool(arg=...)`, keyword arguments only.
+  Their typed stubs (signatures, docstrings, TypedDicts) come from `get_tool_stubs`.
+- Top-level `await` works. The value of the last expression is the result (keep it small: filter,
+  count or summarize in code instead of returning raw data). `print` output is returned separately.
+- Run independent calls concurrently: `await asyncio.gather(*(server.tool(x=i) for i in items))`.
+- A failed call raises `ToolError` (with `.code`); catch it to handle the failure.
+- Available modules: json, re, math, datetime, collections, itertools, functools, statistics, asyncio and
+  the rest of a small standard-library set. No files, network or processes: use the tools.
+"""
+
+SEARCH_DESCRIPTION = (
+    "Find tools by what they do. Returns one line per tool: `namespace.tool(signature) -> type  # summary`. "
+    "Then call get_tool_stubs for the few tools you will use, and execute_code once with a program."
+)
+
+GET_STUBS_DESCRIPTION = (
+    "Typed Python stubs (signatures, docstrings, input/output types) for the named tools, "
+    "e.g. [\"filesystem.read_text_file\"]. Read them before writing code that calls those tools."
+)
+
+EXECUTE_DESCRIPTION = "Run a Python program that composes tool calls, and return its final value.\n\n" + CODE_CONTRACT

@@ -1,0 +1,87 @@
+"""The public MCP reference servers the tests run against, pinned, installed on
+first use into the repo's `.cache/reference/` (npm packages, and a venv for the
+PyPI server so its own `mcp` pin cannot clash with ours).
+
+    python -m tests.reference_servers      # install now (CI does this first)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / ".cache" / "reference"
+
+NPM = {
+    "@modelcontextprotocol/server-everything": "2026.8.31",
+    "@modelcontextprotocol/server-memory": "2026.8.31",
+    "@modelcontextprotocol/server-filesystem": "2026.8.31",
+    "@modelcontextprotocol/inspector": "2.12.0",
+}
+PYPI = {"mcp-server-time": "2026.10.19"}
+
+
+class Unavailable(Exception):
+    """A reference server cannot be installed here (no npm, no registry)."""
+
+
+def _log(message: str) -> None:
+    print(f"reference servers: {message}", file=sys.stderr, flush=True)
+
+
+def _stamp(path: Path, pins: dict[str, str]) -> bool:
+    try:
+        return json.loads(path.read_text()) == pins
+    except (OSError, ValueError):
+        return False
+
+
+def npm_bin(name: str) -> Path:
+    """Path of an installed npm reference binary (installing the set if needed)."""
+    ensure_npm()
+    return ROOT / "npm" / "node_modules" / ".bin" / name
+
+
+def ensure_npm() -> None:
+    target = ROOT / "npm"
+    stamp = target / "codemode-pins.json"
+    if _stamp(stamp, NPM):
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise Unavailable("npm is not installed")
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "package.json").write_text(json.dumps({"private": True, "dependencies": NPM}, indent=2))
+    _log(f"installing {', '.join(f'{k}@{v}' for k, v in NPM.items())} (once)…")
+    proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise Unavailable(f"npm install failed: {proc.stderr.strip()[-1000:]}")
+    stamp.write_text(json.dumps(NPM))
+
+
+def time_server() -> list[str]:
+    """The command that runs the pinned `mcp-server-time` (installing it if needed)."""
+    target = ROOT / "venv-time"
+    stamp = target / "codemode-pins.json"
+    python = target / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if not _stamp(stamp, PYPI):
+        _log(f"installing {', '.join(f'{k}=={v}' for k, v in PYPI.items())} into {target} (once)…")
+        venv.EnvBuilder(with_pip=True, clear=True).create(target)
+        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               *(f"{k}=={v}" for k, v in PYPI.items())], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise Unavailable(f"pip install failed: {proc.stderr.strip()[-1000:]}")
+        stamp.write_text(json.dumps(PYPI))
+    return [str(python), "-m", "mcp_server_time", "--local-timezone", "UTC"]
+
+
+if __name__ == "__main__":
+    ensure_npm()
+    time_server()
+    _log(f"ready in {ROOT}")
