@@ -1,0 +1,116 @@
+"""The `codemode` command, as a user runs it: real processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codemode._demo import demo_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def codemode(*args: str, stdin: str | None = None, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "codemode", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture
+def demo_config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps(demo_config()))
+    return path
+
+
+def test_demo_runs_a_gather_over_bundled_mcp_servers() -> None:
+    proc = codemode("demo", "--json", "--trace")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ok"] and out["value"]["warmest"] == "Lima"
+    forecasts = [c for c in out["tool_calls"] if c["tool"] == "forecast"]
+    assert len(forecasts) == 5 and len({c["batch"] for c in forecasts}) == 1
+
+
+def test_run_chains_calls_across_servers_and_prints_only_the_result(demo_config_file: Path) -> None:
+    program = ("cities = await weather.list_cities()\n"
+               "f = await weather.forecast(city=cities[0], days=1)\n"
+               "n = await notes.add_note(text=str(f['highs_c'][0]))\n"
+               "(await notes.list_notes())[n - 1]\n")
+    proc = codemode("run", "--config", str(demo_config_file), stdin=program)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "13.0"  # Cairo, the first city, day one
+
+
+@pytest.mark.slow
+def test_the_example_config_and_program_work() -> None:
+    proc = codemode("run", "--config", "examples/mcp.json", "examples/program.py", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["remembered"] == [json.loads(proc.stdout)["hottest"]]
+
+
+def test_stubs_and_search_read_the_configured_servers(demo_config_file: Path) -> None:
+    stubs = codemode("stubs", "--config", str(demo_config_file))
+    assert stubs.returncode == 0, stubs.stderr
+    assert "class weather:" in stubs.stdout and "class notes:" in stubs.stdout
+    compile(stubs.stdout, "stubs.py", "exec")
+    one = codemode("stubs", "--config", str(demo_config_file), "notes.add_note")
+    assert "async def add_note" in one.stdout and "forecast" not in one.stdout
+    hits = codemode("search", "--config", str(demo_config_file), "temperature forecast for a city", "--json")
+    assert hits.returncode == 0, hits.stderr
+    assert json.loads(hits.stdout)[0]["name"] == "weather.forecast"
+
+
+def test_pin_records_definitions_and_refuses_a_changed_one(demo_config_file: Path) -> None:
+    first = codemode("pin", "--config", str(demo_config_file))
+    assert first.returncode == 0, first.stderr
+    lock = demo_config_file.parent / "codemode.lock.json"
+    data = json.loads(lock.read_text())
+    assert set(data["tools"]) == {"weather", "notes"}
+    # A rug pull: the pinned description no longer matches what the server says.
+    data["tools"]["notes"]["add_note"]["sha256"] = "0" * 64
+    lock.write_text(json.dumps(data))
+    refused = codemode("run", "--config", str(demo_config_file), stdin="await notes.add_note(text='x')")
+    assert refused.returncode == 3
+    assert "notes" in refused.stderr and "add_note" in refused.stderr and "codemode pin --update" in refused.stderr
+    check = codemode("pin", "--config", str(demo_config_file))
+    assert check.returncode == 1 and "CHANGED" in check.stdout
+    update = codemode("pin", "--config", str(demo_config_file), "--update")
+    assert update.returncode == 0, update.stderr
+    again = codemode("run", "--config", str(demo_config_file), stdin="await notes.add_note(text='x')")
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize(("args", "stdin", "code"), [
+    (["run"], "1/0", 1),
+    (["run", "--json"], "1/0", 1),
+    (["run", "/no/such/file.py"], None, 2),
+    (["run", "--timeout", "-1"], "1", 2),
+    (["stubs", "--config", "/no/such/config.json"], None, 3),
+    (["nonsense"], None, 2),
+])
+def test_exit_codes_scripts_can_rely_on(args: list[str], stdin: str | None, code: int) -> None:
+    proc = codemode(*args, stdin=stdin)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_config_names_the_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"mcpServers": {"x": {"command": 42}}}))
+    proc = codemode("stubs", "--config", str(bad))
+    assert proc.returncode == 3
+    assert str(bad) in proc.stderr and "command" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_json_output_of_a_failed_run_has_the_error_code() -> None:
+    proc = codemode("run", "--json", stdin="x = 1\nundefined_name\n")
+    assert proc.returncode == 1
+    error = json.loads(proc.stdout)["error"]
+    assert error["code"] == "uncaught_exception" and error["exc_type"] == "NameError"
+    assert error["traceback"][0]["line"] == 2
