@@ -1,55 +1,466 @@
 """JSON Schema -> Python type annotations, as source text.
 
+`SchemaTypes` converts the schemas of one stub module and collects the
+TypedDicts that object schemas become. Schemas come from servers, so nothing
+here trusts their shape: whatever a schema is (not a dict, a `$ref` cycle,
+1000 levels deep, an enum of a million values), the answer is an annotation,
+`Any` at worst, with a note saying why for the docstring.
+
 Every value that comes from a schema reaches the annotation through `repr`, so
-a hostile enum value cannot break out of a `Literal[...]`."""
+a hostile enum value cannot break out of a `Literal[...]`; every name goes
+through `codemode._names`.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["annotation_for"]
+from ._names import GLOBAL_RESERVED, clean_text, type_name_part, unique_identifier
+
+__all__ = [
+    "ANY", "MAX_DEPTH", "MAX_TEXT", "Annotation", "Field", "SchemaTypes", "TypedDictDef",
+    "annotation_for", "default_source", "describe", "describe_text", "dump_schema", "is_record",
+    "json_scalar", "json_text", "resolve_ref", "sentences",
+]
 
 _SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None"}
-_LITERAL_TYPES = (str, int, bool, type(None))
+# Past this depth a schema is shown as `Any`: real schemas are far shallower,
+# and it bounds the recursion whatever the input.
+MAX_DEPTH = 12
+# A `Literal` longer than this helps no reader; the values' type is used instead.
+_MAX_LITERALS = 64
+_MAX_LITERAL_CHARS = 2_000
+_MAX_DUMP = 300
+_MAX_NOTES = 3
+MAX_TEXT = 4_000
+"""Descriptions are cut to this many characters: a 10 MB description must not
+make a 10 MB stub (real ones stay well under)."""
+_MAX_DEFAULT_CHARS = 120
+_CONSTRAINTS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+                "pattern", "format", "minItems", "maxItems", "uniqueItems", "multipleOf")
 
 
-def _union(parts: list[str]) -> str:
-    seen: list[str] = []
+@dataclass(frozen=True)
+class Annotation:
+    """An annotation as the members of a union, and the TypedDicts it names."""
+
+    members: tuple[str, ...]
+    refs: frozenset[str] = frozenset()
+
+    @property
+    def text(self) -> str:
+        return " | ".join(self.members)
+
+
+ANY = Annotation(("Any",))
+_NONE = Annotation(("None",))
+
+
+def _simple(text: str) -> Annotation:
+    return Annotation((text,))
+
+
+@dataclass(kw_only=True)
+class Field:
+    key: str
+    """The key as the server spells it."""
+    annotation: Annotation
+    required: bool
+    doc: str
+
+
+@dataclass(kw_only=True)
+class TypedDictDef:
+    name: str
+    description: str
+    fields: list[Field] = field(default_factory=list)
+    extra: Annotation | None = None
+    """The type of keys beyond `fields`, when the schema allows them."""
+
+    @property
+    def doc(self) -> str:
+        lines = [self.description] if self.description else []
+        documented = [f for f in self.fields if f.doc]
+        if documented:
+            # A key that is not a plain name is shown as a repr: it may hold anything.
+            lines += [*([""] if lines else []), "Keys:",
+                      *(f"    {f.key if f.key.isidentifier() else repr(f.key)}: {f.doc}" for f in documented)]
+        if self.extra is not None:
+            lines += [*([""] if lines else []), f"Other keys are allowed too, with values of type {self.extra.text}."]
+        return "\n".join(lines)
+
+
+class _Full(Exception):
+    pass
+
+
+def json_text(value: object, *, limit: int, max_string: int | None = None) -> str:
+    """`value` as JSON, cut off after about `limit` characters. A cyclic or
+    shared (DAG) structure from an in-process caller costs at most `limit`
+    work; whatever JSON cannot hold is shown by its type's name."""
+    out: list[str] = []
+    budget = [limit]
+
+    def put(piece: str) -> None:
+        out.append(piece)
+        budget[0] -= len(piece)
+        if budget[0] < 0:
+            raise _Full
+
+    def write(node: object, depth: int) -> None:
+        if depth > 64:
+            put('"…"')
+        elif isinstance(node, Mapping):
+            put("{")
+            for i, (key, item) in enumerate(node.items()):
+                put(f"{', ' if i else ''}{json_scalar(str(key), max_string)}: ")
+                write(item, depth + 1)
+            put("}")
+        elif isinstance(node, (list, tuple)):
+            put("[")
+            for i, item in enumerate(node):
+                if i:
+                    put(", ")
+                write(item, depth + 1)
+            put("]")
+        else:
+            put(json_scalar(node, max_string))
+
+    try:
+        write(value, 0)
+    except _Full:
+        out.append("…")
+    return "".join(out)
+
+
+def json_scalar(value: object, max_string: int | None = None) -> str:
+    """A scalar as JSON; anything else as its type's name, in a JSON string."""
+    if isinstance(value, str):
+        return json.dumps(value[:max_string] if max_string else value, ensure_ascii=False)
+    if isinstance(value, (bool, int, float)) or value is None:
+        try:
+            return json.dumps(value)
+        except ValueError:  # an int too long to print
+            return '"<int>"'
+    return json.dumps(f"<{type(value).__name__}>")
+
+
+def dump_schema(schema: object) -> str:
+    """A short, one-line JSON rendering of `schema` for a docstring."""
+    text = " ".join(clean_text(json_text(schema, limit=_MAX_DUMP, max_string=_MAX_DUMP)).split())
+    return text if len(text) <= _MAX_DUMP else text[:_MAX_DUMP] + "…"
+
+
+def describe(schema: object) -> str:
+    """A property's description plus its constraints, on one line."""
+    if not isinstance(schema, Mapping):
+        return ""
+    text = " ".join(describe_text(schema.get("description")).split())
+    limits = [f"{k}={dump_schema(schema[k])}" for k in _CONSTRAINTS if k in schema]
+    if limits:
+        text = f"{text} ({', '.join(limits)})" if text else ", ".join(limits)
+    return text
+
+
+def sentences(parts: list[str]) -> str:
+    """Non-empty `parts` joined as sentences: "Text. Note." rather than "Text Note"."""
+    parts = [p for p in parts if p]
+    return " ".join(p if p.endswith((".", "!", "?", "…", ":")) or i == len(parts) - 1 else p + "."
+                    for i, p in enumerate(parts))
+
+
+def describe_text(text: object) -> str:
+    """A description from a schema, cleaned and cut to a sane length; empty if
+    it is not a string."""
+    if not isinstance(text, str):
+        return ""
+    text = clean_text(text[:MAX_TEXT + 1]).strip()
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
+
+
+def _literal(value: object) -> str | None:
+    """`value` as a `Literal` member, or None if `Literal` cannot hold it."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**30 else None  # repr of a huge int raises
+    return None
+
+
+def _type_of(value: object) -> Annotation:
+    if value is None:
+        return _NONE
+    for kind, text in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str")):
+        if isinstance(value, kind):
+            return _simple(text)
+    if isinstance(value, list):
+        return _simple("list[Any]")
+    if isinstance(value, Mapping):
+        return _simple("dict[str, Any]")
+    return ANY
+
+
+def _union(parts: list[Annotation]) -> Annotation:
+    """`A | B`, without repeats, Literals merged into one, `None` last; `Any`
+    if any part is `Any`."""
+    members: dict[str, None] = {}
+    literals: dict[str, None] = {}
     for part in parts:
-        if part == "Any":
-            return "Any"
-        if part not in seen:
-            seen.append(part)
-    return " | ".join(seen) if seen else "Any"
+        if "Any" in part.members:
+            return ANY
+        for member in part.members:
+            if member.startswith("Literal[") and member.endswith("]"):
+                literals[member[len("Literal["):-1]] = None
+                member = "Literal"  # holds the merged Literal's place
+            members[member] = None
+    if not members:
+        return ANY
+    ordered = [f"Literal[{', '.join(literals)}]" if m == "Literal" else m
+               for m in sorted(members, key=lambda m: m == "None")]
+    return Annotation(tuple(ordered), frozenset().union(*(p.refs for p in parts)))
 
 
-def annotation_for(schema: object, *, depth: int = 0) -> str:
-    """The annotation for `schema`; `Any` for whatever it cannot express."""
-    if depth > 20 or not isinstance(schema, Mapping):
-        return "Any"
-    if "const" in schema and isinstance(schema["const"], _LITERAL_TYPES):
-        return f"Literal[{schema['const']!r}]"
+def default_source(schema: Mapping[str, Any], annotation: Annotation) -> str | None:
+    """The schema's default as source text, if it is a short scalar that fits
+    the annotation: the stub sends its defaults, so one that does not fit
+    would make every call fail."""
+    default = schema.get("default")
+    if isinstance(default, float):
+        text = repr(default) if math.isfinite(default) else None
+    else:
+        text = _literal(default) if default is not None else None
+    if text is None or len(text) > _MAX_DEFAULT_CHARS:
+        return None
     enum = schema.get("enum")
-    if isinstance(enum, list) and enum and all(isinstance(v, _LITERAL_TYPES) for v in enum):
-        values = [v for v in enum if v is not None]
-        lit = f"Literal[{', '.join(repr(v) for v in values)}]" if values else "None"
-        return lit + (" | None" if None in enum and values else "")
-    for key in ("anyOf", "oneOf"):
-        options = schema.get(key)
-        if isinstance(options, list) and options:
-            return _union([annotation_for(o, depth=depth + 1) for o in options])
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        return _union([annotation_for({**schema, "type": k}, depth=depth + 1) for k in kind])
-    if kind in _SCALARS:
-        return _SCALARS[kind]
-    if kind == "array":
+    allowed = enum if isinstance(enum, list) else [schema["const"]] if "const" in schema else None
+    if allowed is not None:
+        return text if any(type(a) is type(default) and a == default for a in allowed) else None
+    kind = _type_of(default).text
+    fits = "Any" in annotation.members or kind in annotation.members or (
+        kind == "int" and "float" in annotation.members)
+    return text if fits else None
+
+
+def resolve_ref(root: Mapping[str, Any], ref: str) -> object:
+    """The value at local JSON pointer `ref` (`#/$defs/Name`) in `root`; raises LookupError."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        raise LookupError(ref)  # remote references are never fetched
+    node: object = root
+    for raw in ref[2:].split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise LookupError(ref)
+    return node
+
+
+def is_record(schema: object) -> bool:
+    """Whether `schema` is an object with named properties (a TypedDict)."""
+    return (isinstance(schema, Mapping) and isinstance(schema.get("properties"), Mapping)
+            and bool(schema["properties"]) and schema.get("type", "object") == "object")
+
+
+def _note(notes: list[str], note: str) -> None:
+    # A union of a thousand broken branches needs one note, not a thousand.
+    if len(notes) < _MAX_NOTES and note not in notes:
+        notes.append(note)
+
+
+_MemoKey = tuple[int, str]  # (id of the root schema, reference): roots outlive the render
+_NO_ROOT: Mapping[str, Any] = {}
+# Schema nodes converted per annotation: `$ref`s to shared definitions can
+# make a small schema stand for an exponentially large one.
+_MAX_NODES = 10_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class SchemaTypes:
+    """Converts the schemas of one stub module; collects their TypedDicts.
+
+    `taken` is the module's set of names: TypedDict names are added to it, so
+    they never collide with namespaces, tools or each other."""
+
+    def __init__(self, taken: set[str], *, inline_objects: bool = False) -> None:
+        self.taken = taken
+        self.typed_dicts: list[TypedDictDef] = []
+        """In dependency order: each refers only to earlier ones, or to itself
+        or an enclosing one through a recursive `$ref`."""
+        self._inline_objects = inline_objects
+        self._memo: dict[_MemoKey, str] = {}
+        self._resolving: set[_MemoKey] = set()
+        self._owner: list[str] = []
+        self._budget = _MAX_NODES
+
+    def annotation(self, schema: object, *, root: object, owner: list[str], path: list[str],
+                   notes: list[str]) -> Annotation:
+        """The annotation for `schema`, whose `$ref`s resolve against `root`.
+
+        TypedDicts are named `owner + path (+ nested keys)`, or `owner +
+        definition name` for `$ref` targets. Why a part is `Any` goes to `notes`."""
+        self._owner = owner
+        self._budget = _MAX_NODES
+        root_map = root if isinstance(root, Mapping) else _NO_ROOT
+        done, memo = len(self.typed_dicts), dict(self._memo)
+        try:
+            return self._convert(schema, root_map, [*owner, *path], notes, 0, None)
+        except (_TooLarge, RecursionError):
+            # Drop this schema's half-built TypedDicts: none may refer to a
+            # name that never gets defined.
+            del self.typed_dicts[done:]
+            self._memo = memo
+            self._resolving.clear()
+            return self._unexpressible("too large", schema, notes)
+
+    def _unexpressible(self, why: str, schema: object, notes: list[str]) -> Annotation:
+        if len(notes) < _MAX_NOTES and not any(n.startswith(f"Type not expressible ({why})") for n in notes):
+            _note(notes, f"Type not expressible ({why}); schema: {dump_schema(schema)}")
+        return ANY
+
+    def _convert(self, schema: object, root: Mapping[str, Any], path: list[str], notes: list[str],
+                 depth: int, memo_key: _MemoKey | None) -> Annotation:
+        if schema is True or (isinstance(schema, Mapping) and not schema):
+            return ANY
+        if not isinstance(schema, Mapping):
+            return self._unexpressible("not a JSON Schema object", schema, notes)
+        if depth > MAX_DEPTH:
+            return self._unexpressible("nested too deeply", schema, notes)
+        self._budget -= 1
+        if self._budget < 0:
+            raise _TooLarge
+        ann = self._convert_mapping(schema, root, path, notes, depth, memo_key)
+        return _union([ann, _NONE]) if schema.get("nullable") is True else ann
+
+    def _convert_mapping(self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str],
+                         notes: list[str], depth: int, memo_key: _MemoKey | None) -> Annotation:
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            return self._ref(ref, schema, root, notes, depth)
+        if "const" in schema:
+            const, member = schema["const"], _literal(schema["const"])
+            return _NONE if const is None else _simple(f"Literal[{member}]") if member else _type_of(const)
+        enum = schema.get("enum")
+        if isinstance(enum, list) and enum:
+            return self._enum(enum, notes)
+        for key in ("anyOf", "oneOf"):
+            options = schema.get(key)
+            if isinstance(options, list) and options:
+                union = _union([self._convert(o, root, [*path, f"Option{i}"], notes, depth + 1, None)
+                                for i, o in enumerate(options, 1)])
+                if union.members == ANY.members and "type" in schema:
+                    # Options that only add constraints to a typed schema.
+                    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
+                    return self._convert(rest, root, path, notes, depth + 1, memo_key)
+                return union
+        all_of = schema.get("allOf")
+        if isinstance(all_of, list) and all_of:
+            if len(all_of) == 1 and not any(k in schema for k in ("type", "properties", "items")):
+                return self._convert(all_of[0], root, path, notes, depth + 1, memo_key)
+            return self._unexpressible("allOf", schema, notes)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if isinstance(k, str)]
+            if not kinds:
+                return self._unexpressible("unknown type", schema, notes)
+            return _union([self._convert({**schema, "type": k}, root, path, notes, depth + 1, memo_key)
+                           for k in dict.fromkeys(kinds)])
+        if kind is None:
+            kind = "object" if "properties" in schema else "array" if "items" in schema else None
+            if kind is None:
+                return ANY  # no type given: any value is valid
+        if isinstance(kind, str) and kind in _SCALARS:
+            return _simple(_SCALARS[kind])
+        if kind == "array":
+            return self._array(schema, root, path, notes, depth)
+        if kind == "object":
+            return self._object(schema, root, path, notes, depth, memo_key)
+        return self._unexpressible("unknown type", schema, notes)
+
+    def _ref(self, ref: str, schema: Mapping[str, Any], root: Mapping[str, Any], notes: list[str],
+             depth: int) -> Annotation:
+        key = (id(root), ref)
+        if key in self._memo:
+            name = self._memo[key]
+            return Annotation((name,), frozenset({name}))
+        if key in self._resolving:  # a cycle that never passes through an object
+            return self._unexpressible("recursive reference", schema, notes)
+        try:
+            target = resolve_ref(root, ref)
+        except LookupError:
+            return self._unexpressible("unresolvable reference", schema, notes)
+        self._resolving.add(key)
+        try:
+            # Named after the definition, so every use shares one TypedDict.
+            path = [*self._owner, type_name_part(ref.rsplit("/", 1)[-1], fallback="Def")]
+            return self._convert(target, root, path, notes, depth + 1, key)
+        finally:
+            self._resolving.discard(key)
+
+    def _enum(self, values: list[Any], notes: list[str]) -> Annotation:
+        literals = [_literal(v) for v in values if v is not None]
+        if (None in literals or len(literals) > _MAX_LITERALS
+                or sum(len(m or "") for m in literals) > _MAX_LITERAL_CHARS):
+            shown = ", ".join(dump_schema(v) for v in values[:5])
+            _note(notes, f"One of {len(values)} values: {shown}{', …' if len(values) > 5 else ''}")
+            return _union([_type_of(v) for v in values])
+        # reprs tell 1 from True, which a set of the values would merge.
+        members = list(dict.fromkeys(m for m in literals if m is not None))
+        parts = [_simple(f"Literal[{', '.join(members)}]")] if members else []
+        return _union(parts + ([_NONE] if any(v is None for v in values) else []))
+
+    def _array(self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str], notes: list[str],
+               depth: int) -> Annotation:
         items = schema.get("items")
-        return f"list[{annotation_for(items, depth=depth + 1)}]" if items is not None else "list[Any]"
-    if kind == "object":
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, Mapping) and not schema.get("properties"):
-            return f"dict[str, {annotation_for(extra, depth=depth + 1)}]"
-        return "dict[str, Any]"
-    return "Any"
+        prefix = items if isinstance(items, list) else schema.get("prefixItems")
+        if isinstance(prefix, list) and prefix:  # tuples: the values of any position
+            item = _union([self._convert(i, root, [*path, f"Item{n}"], notes, depth + 1, None)
+                           for n, i in enumerate(prefix, 1)])
+        elif items is None or items is True or isinstance(items, list):
+            item = ANY
+        else:  # the item type of a list property is named after the property
+            item = self._convert(items, root, path, notes, depth + 1, None)
+        return Annotation((f"list[{item.text}]",), item.refs)
+
+    def _object(self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str], notes: list[str],
+                depth: int, memo_key: _MemoKey | None) -> Annotation:
+        extra_schema = schema.get("additionalProperties")
+        extra: Annotation | None = None
+        if extra_schema is True or isinstance(extra_schema, Mapping):
+            extra = self._convert(extra_schema, root, [*path, "Value"], notes, depth + 1, None)
+        if not is_record(schema) or self._inline_objects:
+            value = extra or ANY
+            return Annotation((f"dict[str, {value.text}]",), value.refs)
+        name = unique_identifier("_".join(path) or "Object", self.taken, fallback="Object",
+                                 reserved=GLOBAL_RESERVED)
+        if memo_key is not None:
+            self._memo[memo_key] = name  # before the fields, so that they can refer back to it
+        required = schema.get("required")
+        required_keys = {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
+        record = TypedDictDef(name=name, description=describe_text(schema.get("description")), extra=extra)
+        for key, prop in schema["properties"].items():
+            field_notes: list[str] = []
+            ann = self._convert(prop, root, [*path, type_name_part(key, fallback="Key")], field_notes,
+                                depth + 1, None)
+            if isinstance(prop, Mapping) and "default" in prop:
+                field_notes.insert(0, f"Default: {dump_schema(prop['default'])}.")
+            doc = sentences([describe(prop), *field_notes])
+            record.fields.append(Field(key=str(key), annotation=ann, required=key in required_keys, doc=doc))
+        self.typed_dicts.append(record)
+        return Annotation((name,), frozenset({name}))
+
+
+def annotation_for(schema: object) -> str:
+    """The annotation for `schema` alone, objects as `dict[str, ...]`; `Any`
+    for whatever it cannot express."""
+    return SchemaTypes(set(), inline_objects=True).annotation(schema, root=schema, owner=[], path=[], notes=[]).text

@@ -4,6 +4,11 @@ The stub source is both what the model reads and what runs in the sandbox. Each
 stub forwards its arguments to `_call_tool(namespace, tool, locals())`; the host
 keeps the mapping from the Python names back to the wire names (`StubSet.bindings`),
 so a tool or parameter whose name is not a valid identifier still works.
+
+The module holds, in order: the header, one `typing` import, the TypedDicts the
+schemas need (dependencies first), and one class per namespace. Server text
+reaches it only through the template's `docstring` and `pyrepr` filters and
+names only through `codemode._names`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -18,13 +24,26 @@ from typing import Any
 
 import jinja2
 
-from ._names import clean_text, unique_identifier
-from ._schema_types import annotation_for
+from ._names import GLOBAL_RESERVED, MEMBER_RESERVED, clean_text, is_field_name, type_name_part, unique_identifier
+from ._schema_types import (
+    MAX_TEXT,
+    Annotation,
+    SchemaTypes,
+    TypedDictDef,
+    default_source,
+    describe,
+    describe_text,
+    dump_schema,
+    sentences,
+    json_scalar,
+    resolve_ref,
+)
 from ._tools import Tool
 
 __all__ = ["StubSet", "ToolBinding", "render_stubs"]
 
-_SCALAR_DEFAULT_TYPES = (str, int, float, bool)
+# A signature longer than this is written one parameter per line.
+_LINE = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,14 +66,66 @@ class StubSet:
     bindings: Mapping[tuple[str, str], ToolBinding] = field(default_factory=dict)
 
 
+# What the template sees. Every str here is an identifier from `_names`, an
+# annotation from `_schema_types`, a repr, or text for the `docstring` filter.
+
+@dataclass(kw_only=True)
+class _Param:
+    py_name: str
+    wire: str
+    annotation: str
+    default: str | None
+    """Source text of the default; None for a required parameter."""
+    doc: str
+
+
+@dataclass(kw_only=True)
+class _Stub:
+    py_name: str
+    params: list[_Param]
+    returns: str
+    doc: str
+    multiline: bool = False
+
+
+@dataclass(kw_only=True)
+class _Namespace:
+    py_name: str
+    doc: str
+    tools: list[_Stub]
+
+
+@dataclass(kw_only=True)
+class _FieldView:
+    key: str
+    annotation: str
+    required: bool
+    quoted: bool
+    """A forward reference: quoted so the module executes at import time."""
+
+
+@dataclass(kw_only=True)
+class _TypedDictView:
+    name: str
+    doc: str
+    functional: bool
+    """Some key cannot be a class-body name (`class`, `a-b`): use `TypedDict(...)`."""
+    fields: list[_FieldView]
+
+
 def _docstring(text: str, indent: int) -> str:
     """A triple-quoted literal whose value is `text`, whatever `text` holds."""
-    body = clean_text(text).strip().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    if body.endswith('"'):
-        body = body[:-1] + '\\"'
+    body = clean_text(text).strip().replace("\\", "\\\\")
+    # Every quote is now unescaped; a run of three would close the literal, and
+    # so would one at the very end (it merges with the closing quotes).
+    body = _QUOTES.sub(lambda m: m[0].replace('"', '\\"') if len(m[0]) >= 3 or m.end() == len(body) else m[0],
+                       body)
     pad = " " * indent
     body = "\n".join((pad + line) if line.strip() else "" for line in body.split("\n")).lstrip()
     return f'"""{body}"""' if "\n" not in body else f'"""{body}\n{pad}"""'
+
+
+_QUOTES = re.compile('"+')
 
 
 @cache
@@ -70,85 +141,197 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _tool_doc(tool: Tool, params: list[dict[str, Any]]) -> str:
-    lines = [clean_text(tool.description).strip() or f"Tool {tool.name!r}."]
-    described = [p for p in params if p["description"] or p["py_name"] != p["wire"]]
-    if described:
-        lines += ["", "Args:"]
-        for p in described:
-            note = f" (sent as {p['wire']!r})" if p["py_name"] != p["wire"] else ""
-            text = " ".join(clean_text(p["description"]).split())
-            lines.append(f"    {p['py_name']}: " + " ".join(part for part in (text, note.strip()) if part))
-    return "\n".join(lines)
+def _text(value: object) -> str:
+    """Server text for a docstring: cleaned and cut to `MAX_TEXT`."""
+    return describe_text(value if isinstance(value, str) else "")
 
 
-def _param_default(schema: Mapping[str, Any]) -> str:
-    default = schema.get("default")
-    if isinstance(default, _SCALAR_DEFAULT_TYPES):
-        return repr(default)
-    return "None"
+def _input_object(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The object schema whose properties are a tool's parameters: the input
+    schema itself, or what its root `$ref` (which some generators emit) points to."""
+    node: object = schema
+    for _ in range(4):
+        if isinstance(node, Mapping) and isinstance(node.get("properties"), Mapping):
+            return node
+        ref = node.get("$ref") if isinstance(node, Mapping) else None
+        try:
+            node = resolve_ref(schema, ref) if isinstance(ref, str) else None
+        except LookupError:
+            break
+    return {}
 
 
-def _tool_model(tool: Tool, taken: set[str]) -> tuple[dict[str, Any], dict[str, str]]:
+def _required(schema: Mapping[str, Any]) -> set[str]:
+    required = schema.get("required")
+    return {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
+
+
+def _optional(annotation: Annotation) -> str:
+    if "Any" in annotation.members or "None" in annotation.members:
+        return annotation.text
+    return annotation.text + " | None"
+
+
+def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dict[str, str]]:
     schema = tool.input_schema
-    props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
-    required = set(r for r in schema.get("required", []) if isinstance(r, str)) if isinstance(schema.get("required"), list) else set()
-    param_names: set[str] = set()
-    params: list[dict[str, Any]] = []
-    for wire, prop in props.items():
-        prop = prop if isinstance(prop, Mapping) else {}
-        py = unique_identifier(wire, param_names, fallback="arg")
+    owner = [type_name_part(tool.namespace, fallback="Server"), type_name_part(tool.name, fallback="Tool")]
+    args_schema = _input_object(schema)
+    props: Mapping[Any, Any] = args_schema.get("properties", {})
+    required = _required(args_schema)
+    taken: set[str] = set()
+    params: list[_Param] = []
+    for wire_key, prop in props.items():
+        wire = str(wire_key)
+        py = unique_identifier(wire, taken, fallback="arg")
+        notes: list[str] = []
+        ann = types.annotation(prop, root=schema, owner=owner, path=[type_name_part(wire, fallback="Arg")],
+                               notes=notes)
+        prop_map: Mapping[str, Any] = prop if isinstance(prop, Mapping) else {}
         is_required = wire in required
-        annotation = annotation_for(prop)
-        if not is_required and _param_default(prop) == "None" and annotation not in ("Any", "None") and not annotation.endswith("| None"):
-            annotation += " | None"
-        params.append({
-            "py_name": py,
-            "wire": str(wire),
-            "annotation": annotation,
-            "required": is_required,
-            "default": _param_default(prop),
-            "description": str(prop.get("description", "")),
-        })
+        default = None if is_required else default_source(prop_map, ann)
+        if "default" in prop_map and default is None:
+            notes.insert(0, f"Default: {dump_schema(prop_map['default'])}.")
+        if py != wire:
+            notes.append(f"Sent as {wire!r}.")
+        if is_required or default is not None:
+            annotation = ann.text
+        else:  # `None` means "not sent": the guest drops None-valued arguments
+            annotation, default = _optional(ann), "None"
+        params.append(_Param(py_name=py, wire=wire, annotation=annotation, default=default,
+                             doc=sentences([describe(prop_map), *notes])))
     # Required parameters first, so that a reader sees them first.
-    params.sort(key=lambda p: not p["required"])
-    py_name = unique_identifier(tool.name, taken, fallback="tool")
-    returns = annotation_for(tool.output_schema) if tool.output_schema is not None else "Any"
-    model = {"py_name": py_name, "params": params, "returns": returns, "doc": _tool_doc(tool, params)}
-    return model, {p["py_name"]: p["wire"] for p in params}
+    params.sort(key=lambda p: p.default is not None)
+
+    returns, return_notes = "Any", list[str]()
+    if tool.output_schema is not None:
+        ann = types.annotation(tool.output_schema, root=tool.output_schema, owner=owner, path=["Result"],
+                               notes=return_notes)
+        returns = ann.text
+
+    # Names are shown as reprs: escaped, so nothing in them is invisible.
+    lines = [_text(tool.description) or f"Calls the tool {tool.name[:MAX_TEXT]!r}."]
+    if py_name != tool.name:
+        lines.append(f"The server calls this tool {tool.name[:MAX_TEXT]!r}.")
+    # Keyword parameters cannot say "one of these shapes" or "any keys at all".
+    shapeless = not args_schema and any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf"))
+    if shapeless or schema.get("additionalProperties") not in (None, False):
+        lines.append(f"Input schema (not expressible as parameters): {dump_schema(schema)}")
+    documented = [p for p in params if p.doc]
+    if documented:
+        lines += ["", "Args:", *(f"    {p.py_name}: {p.doc}" for p in documented)]
+    output_doc = sentences([describe(tool.output_schema), *return_notes])
+    if output_doc:
+        lines += ["", "Returns:", f"    {output_doc}"]
+
+    one_line = sum(len(p.py_name) + len(p.annotation) + len(p.default or "") + 6 for p in params)
+    stub = _Stub(py_name=py_name, params=params, returns=returns, doc="\n".join(lines),
+                 multiline=len(py_name) + one_line + len(returns) + 25 > _LINE)
+    return stub, {p.py_name: p.wire for p in params}
 
 
-def _input_hash(tools: Iterable[Tool]) -> str:
-    digest = hashlib.sha256()
-    for tool in tools:
-        record = [tool.namespace, tool.name, tool.description, tool.input_schema, tool.output_schema]
-        digest.update(json.dumps(record, sort_keys=True, default=repr).encode())
+def _typed_dict_views(defs: list[TypedDictDef]) -> list[_TypedDictView]:
+    names = {d.name for d in defs}
+    views: list[_TypedDictView] = []
+    defined: set[str] = set()
+    for d in defs:
+        functional = not all(is_field_name(f.key, names) for f in d.fields)
+        fields = [_FieldView(key=f.key, annotation=f.annotation.text, required=f.required,
+                             quoted=bool(f.annotation.refs - defined)) for f in d.fields]
+        views.append(_TypedDictView(name=d.name, doc=d.doc, functional=functional, fields=fields))
+        defined.add(d.name)
+    return views
+
+
+def _digest(value: object, memo: dict[int, bytes], depth: int = 0) -> bytes:
+    """A structural hash of JSON-like data. Memoized by object, so a shared
+    (DAG) or cyclic structure from an in-process caller costs one visit per
+    object instead of hanging, as `json.dumps` would."""
+    if not isinstance(value, (Mapping, list, tuple)) or depth > 64:
+        return hashlib.sha256(json_scalar(value).encode("utf-8", "surrogatepass")).digest()
+    # Only containers are memoized: they live as long as the input, so their
+    # ids cannot be reused by temporaries.
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) or v is None for v in value):
+        try:  # a long enum, at C speed
+            return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")).digest()
+        except ValueError:
+            pass
+    key = id(value)
+    if key not in memo:
+        memo[key] = b"<cycle>"  # what a reference back into this node hashes as
+        h = hashlib.sha256(b"{" if isinstance(value, Mapping) else b"[")
+        pairs = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for k, v in pairs:
+            h.update(_digest(str(k), memo, depth + 1) + _digest(v, memo, depth + 1))
+        memo[key] = h.digest()
+    return memo[key]
+
+
+def _is_tree(value: object, seen: set[int], depth: int = 0) -> bool:
+    """Whether no container in `value` is reached twice (true of parsed JSON)."""
+    if not isinstance(value, (Mapping, list, tuple)):
+        return True
+    if id(value) in seen or depth > 64:
+        return False
+    seen.add(id(value))
+    return all(_is_tree(v, seen, depth + 1) for v in (value.values() if isinstance(value, Mapping) else value))
+
+
+def _hash(value: object) -> bytes:
+    try:
+        if not _is_tree(value, set()):
+            raise ValueError("shared or cyclic")
+        text = json.dumps(value, ensure_ascii=False, default=lambda o: f"<{type(o).__name__}>")
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    except (ValueError, TypeError, RecursionError):  # that, odd keys, huge ints
+        return _digest(value, {})
+
+
+def _input_hash(tools: list[Tool], namespace_docs: Mapping[str, str]) -> str:
+    digest = hashlib.sha256(_hash(dict(namespace_docs)))
+    for t in tools:
+        digest.update(_hash([t.namespace, t.name, t.description, t.input_schema, t.output_schema]))
     return digest.hexdigest()[:16]
 
 
 def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | None = None) -> StubSet:
     """Stubs for `tools`, one class per namespace, and the bindings back to them.
 
+    Names are mangled predictably (`codemode._names`); names that collide after
+    mangling get `_2`, `_3`, ... in input order.
+
     Raises `ValueError` if the rendered source does not parse (a bug in codemode,
     never a result of what a server sent)."""
     tools = list(tools)
+    namespace_docs = namespace_docs or {}
     by_namespace: dict[str, list[Tool]] = {}
     for tool in tools:
         by_namespace.setdefault(tool.namespace, []).append(tool)
-    ns_taken: set[str] = set()
-    namespaces = []
-    bindings: dict[tuple[str, str], ToolBinding] = {}
+
+    # Names first, all of them, so TypedDict names can avoid every one.
+    module_names: set[str] = set()
+    named: list[tuple[str, str, list[tuple[Tool, str]]]] = []
     for namespace, members in by_namespace.items():
-        ns_py = unique_identifier(namespace, ns_taken, fallback="server")
-        taken: set[str] = set()
-        models = []
-        for tool in members:
-            model, params = _tool_model(tool, taken)
-            models.append(model)
-            bindings[(ns_py, model["py_name"])] = ToolBinding(tool=tool, namespace=ns_py, name=model["py_name"], params=params)
-        doc = (namespace_docs or {}).get(namespace) or f"Tools of {namespace!r}."
-        namespaces.append({"py_name": ns_py, "doc": doc, "tools": models})
-    source = _environment().get_template("stubs.py.jinja").render(namespaces=namespaces, input_hash=_input_hash(tools))
+        ns_py = unique_identifier(namespace, module_names, fallback="server", reserved=GLOBAL_RESERVED)
+        member_names: set[str] = set()
+        named.append((namespace, ns_py, [
+            (tool, unique_identifier(tool.name, member_names, fallback="tool", reserved=MEMBER_RESERVED))
+            for tool in members]))
+    types = SchemaTypes(module_names | {py for _, _, named_tools in named for _, py in named_tools})
+
+    namespaces: list[_Namespace] = []
+    bindings: dict[tuple[str, str], ToolBinding] = {}
+    for namespace, ns_py, named_tools in named:
+        stubs = []
+        for tool, py_name in named_tools:
+            stub, params = _tool_stub(tool, py_name, types)
+            stubs.append(stub)
+            bindings[(ns_py, py_name)] = ToolBinding(tool=tool, namespace=ns_py, name=py_name, params=params)
+        doc = _text(namespace_docs.get(namespace)) or f"Tools of {namespace[:MAX_TEXT]!r}."
+        namespaces.append(_Namespace(py_name=ns_py, doc=doc, tools=stubs))
+
+    source = _environment().get_template("stubs.py.jinja").render(
+        typed_dicts=_typed_dict_views(types.typed_dicts), namespaces=namespaces,
+        input_hash=_input_hash(tools, namespace_docs))
     try:
         ast.parse(source)
     except SyntaxError as exc:  # pragma: no cover - would be a template bug
