@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_network_flags(mcp, port=8765)
     mcp.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
 
+    bench = sub.add_parser("bench", help="run a benchmark (tokens | sandbox) from benchmarks/",
+                           description="Run `python -m benchmarks.NAME ARGS...` from the source checkout. "
+                                       "Pass --quick for a short run; --help after NAME lists its options.")
+    bench.add_argument("name", choices=["tokens", "sandbox"], help="which benchmark")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to the benchmark")
+
     sandbox = sub.add_parser("sandbox", help="manage the sandbox guest", description="Manage the sandbox guest.")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
     build = sandbox_sub.add_parser("build", help="build and cache the guest now (otherwise done on first use)",
@@ -272,6 +278,16 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
     return cli_main(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / f"{args.name}.py").is_file():
+        raise _UsageError("the benchmarks ship with the source checkout: clone the repository and "
+                          "`pip install -e '.[dev]'` there")
+    return subprocess.call([sys.executable, "-m", f"benchmarks.{args.name}", *args.bench_args], cwd=root)
+
+
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     from ._wasm import WasmBackend
 
@@ -283,7 +299,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"demo": _cmd_demo, "run": _cmd_run, "stubs": _cmd_stubs, "search": _cmd_search, "pin": _cmd_pin,
-                "serve": _cmd_serve, "mcp": _cmd_mcp, "sandbox": _cmd_sandbox}
+                "serve": _cmd_serve, "mcp": _cmd_mcp, "bench": _cmd_bench, "sandbox": _cmd_sandbox}
     try:
         return handlers[args.command](args)
     except _UsageError as exc:
