@@ -159,7 +159,8 @@ async def _run(code: bytes | str, args: argparse.Namespace, tools: list[Any]) ->
     cm = _code_mode(args, tools=tools, backend=args.backend, limits=_limits(args))
     async with cm:
         _report_failures(cm)
-        return await cm.execute(code)
+        result: RunResult = await cm.execute(code)
+        return result
 
 
 def _code_mode(args: argparse.Namespace, **kwargs: Any) -> Any:

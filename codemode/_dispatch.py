@@ -180,7 +180,8 @@ class Dispatcher:
         binding = self._binding(item)
         if binding is None:
             raise _Failure("unknown_tool", f"there is no tool {call.get('ns')}.{call.get('tool')}")
-        py_args = call.get("args") if isinstance(call.get("args"), dict) else {}
+        raw_args = call.get("args")
+        py_args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
         unexpected = [k for k in py_args if k not in binding.params]
         if unexpected:
             raise _Failure("invalid_arguments",
@@ -196,7 +197,8 @@ class Dispatcher:
 
     def _call_sync(self, item: dict[str, Any], batch: int) -> str:
         started = time.monotonic()
-        binding, wire_args = None, {}
+        binding: ToolBinding | None = None
+        wire_args: dict[str, Any] = {}
         try:
             binding, wire_args = self._prepare(item)
             value = binding.tool.fn(**wire_args)
@@ -208,7 +210,8 @@ class Dispatcher:
 
     async def _call_async(self, item: dict[str, Any], batch: int) -> str:
         started = time.monotonic()
-        binding, wire_args = None, {}
+        binding: ToolBinding | None = None
+        wire_args: dict[str, Any] = {}
         try:
             binding, wire_args = self._prepare(item)
             if binding.tool.is_async:

@@ -148,13 +148,14 @@ def _componentize(src: Path, out: Path) -> None:
         raise SandboxUnavailable(f"building the sandbox guest failed{hint}:\n{detail}")
 
 
-def ensure_built(*, compile_wasm: Callable[[bytes], bytes], progress: Progress = _stderr,
+def ensure_built(*, compile_wasm: Callable[[bytes], bytes], progress: Progress | None = None,
                  force: bool = False) -> GuestArtifacts:
     """Make sure the component and its compiled form are in the cache, building
     what is missing, stale or corrupt. `compile_wasm` turns the component's
     bytes into wasmtime's serialized form.
 
     Raises `SandboxUnavailable` if the guest cannot be built."""
+    progress = progress or _stderr
     src = guest_source_dir()
     artifacts = GuestArtifacts(cache_root() / "sandbox" / build_key(src))
     with _lock:

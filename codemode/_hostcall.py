@@ -38,7 +38,8 @@ def _handle(batch: str) -> str:
     handler = getattr(_local, "handler", None)
     if handler is None:
         return '{"abort": "no run is bound to this thread"}'
-    return handler(batch)
+    answer: str = handler(batch)
+    return answer
 
 
 def _register_public(linker: Linker, name: str) -> None:
@@ -50,7 +51,7 @@ try:
     from wasmtime import WasmtimeError
     from wasmtime import _ffi as ffi
 
-    @ffi.wasmtime_component_func_callback_t  # type: ignore[misc]
+    @ffi.wasmtime_component_func_callback_t
     def _callback(_data, _context, _ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
         try:
             if nargs != 1 or nresults != 1 or args[0].kind != ffi.WASMTIME_COMPONENT_STRING.value:

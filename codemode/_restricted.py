@@ -24,10 +24,13 @@ import threading
 import time
 import re
 import types
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from RestrictedPython import limited_builtins, safe_builtins, utility_builtins
+from RestrictedPython.Guards import safe_builtins
+from RestrictedPython.Limits import limited_builtins
+from RestrictedPython.Utilities import utility_builtins
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
 from RestrictedPython.Guards import (
     full_write_guard,
@@ -55,7 +58,7 @@ _EXTRA_BUILTINS = (
     "all any dict enumerate filter iter list map max min next reversed set frozenset sum "
     "staticmethod classmethod property super type object Exception BaseException".split()
 )
-_INPLACE = {
+_INPLACE: dict[str, Callable[[Any, Any], Any]] = {
     "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
     "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
     ">>=": operator.irshift, "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
@@ -82,7 +85,7 @@ def _policy(result_name: str) -> type[RestrictingNodeTransformer]:
         """RestrictedPython's policy, with async code allowed under the same
         checks as its sync counterpart, and the runtime's result variable."""
 
-        def check_name(self, node: ast.AST, name: str, allow_magic_methods: bool = False) -> None:
+        def check_name(self, node: Any, name: str | None, allow_magic_methods: bool = False) -> None:
             if name != result_name:
                 super().check_name(node, name, allow_magic_methods)
 
@@ -154,9 +157,13 @@ def _make_globals(out: Any) -> dict[str, Any]:
         "_unpack_sequence_": guarded_unpack_sequence,
         "_write_": full_write_guard,
         "_print_": Printer,
-        "_inplacevar_": lambda op, x, y: _INPLACE[op](x, y),
+        "_inplacevar_": _inplace,
         "_apply_": lambda f, *a, **kw: f(*a, **kw),
     }
+
+
+def _inplace(op: str, x: Any, y: Any) -> Any:
+    return _INPLACE[op](x, y)
 
 
 class RestrictedBackend:
@@ -186,7 +193,9 @@ class RestrictedBackend:
                 exc = SyntaxError("; ".join(errors))
                 exc.lineno = int(match.group(1)) if match else None
                 raise exc
-            return compile(tree, rt.CODE_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+            code: types.CodeType = compile(tree, rt.CODE_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                                           dont_inherit=True)
+            return code
 
         done = threading.Event()
         fired: list[bool] = []

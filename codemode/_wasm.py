@@ -77,15 +77,14 @@ class WasmBackend:
             def compile_wasm(wasm: bytes) -> bytes:
                 return bytes(Component(engine, wasm).serialize())
 
-            kwargs = {"progress": progress} if progress else {}
-            artifacts = _guest.ensure_built(compile_wasm=compile_wasm, force=force_build, **kwargs)
+            artifacts = _guest.ensure_built(compile_wasm=compile_wasm, force=force_build, progress=progress)
             try:
                 component = Component.deserialize_file(engine, str(artifacts.cwasm))
             except wasmtime.WasmtimeError as exc:
                 # Verified bytes that wasmtime still refuses (another wasmtime build):
                 # drop them and compile once more.
                 artifacts.cwasm.unlink(missing_ok=True)
-                artifacts = _guest.ensure_built(compile_wasm=compile_wasm, **kwargs)
+                artifacts = _guest.ensure_built(compile_wasm=compile_wasm, progress=progress)
                 try:
                     component = Component.deserialize_file(engine, str(artifacts.cwasm))
                 except wasmtime.WasmtimeError as exc2:
