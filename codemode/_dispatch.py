@@ -42,6 +42,59 @@ logger = logging.getLogger("codemode")
 
 
 _validators: weakref.WeakKeyDictionary[Tool, jsonschema.protocols.Validator | None] = weakref.WeakKeyDictionary()
+_fast_checks: weakref.WeakKeyDictionary[Tool, Callable[[dict[str, Any]], bool] | None] = weakref.WeakKeyDictionary()
+_encode = json.JSONEncoder(allow_nan=False).encode
+
+# JSON Schema's types, as Python checks (bool is not a number; 1.0 is an integer).
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+_INERT = frozenset({"description", "title", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"})
+
+
+def _fast_check(schema: Mapping[str, Any]) -> Callable[[dict[str, Any]], bool] | None:
+    """An exact, quick `is_valid` for the schemas most tools have: an object whose
+    properties each constrain only their type. None for anything richer."""
+    if set(schema) - _INERT - {"type", "properties", "required", "additionalProperties", "$schema"}:
+        return None
+    if schema.get("type", "object") != "object" or not isinstance(schema.get("properties", {}), Mapping):
+        return None
+    required = schema.get("required", [])
+    extra = schema.get("additionalProperties", True)
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required) or not isinstance(extra, bool):
+        return None
+    types: dict[str, Callable[[Any], bool] | None] = {}
+    for name, prop in schema.get("properties", {}).items():
+        if not isinstance(prop, Mapping) or set(prop) - _INERT - {"type"}:
+            return None
+        kind = prop.get("type")
+        if kind is None:
+            types[name] = None
+        elif isinstance(kind, str) and kind in _TYPE_CHECKS:
+            types[name] = _TYPE_CHECKS[kind]
+        else:
+            return None
+
+    def check(arguments: dict[str, Any]) -> bool:
+        for name in required:
+            if name not in arguments:
+                return False
+        for name, value in arguments.items():
+            if name in types:
+                test = types[name]
+                if test is not None and not test(value):
+                    return False
+            elif not extra:
+                return False
+        return True
+
+    return check
 
 
 def _validator(tool: Tool) -> jsonschema.protocols.Validator | None:
@@ -64,7 +117,15 @@ def _validator(tool: Tool) -> jsonschema.protocols.Validator | None:
 
 
 def _validation_error(binding: ToolBinding, arguments: dict[str, Any]) -> str | None:
-    validator = _validator(binding.tool)
+    tool = binding.tool
+    try:
+        fast = _fast_checks[tool]
+    except KeyError:
+        fast = _fast_checks[tool] = _fast_check(tool.input_schema)
+    if fast is not None and fast(arguments):
+        return None
+    # The full validator decides (and words the error) for anything else.
+    validator = _validator(tool)
     if validator is None:
         return None
     try:
@@ -227,7 +288,7 @@ class Dispatcher:
     def _success(self, item: dict[str, Any], binding: ToolBinding, wire_args: dict[str, Any], value: Any,
                  started: float, batch: int) -> str:
         try:
-            encoded = json.dumps(value, allow_nan=False)
+            encoded = _encode(value)
         except (TypeError, ValueError) as exc:
             raise _Failure("tool_error", f"{binding.qualified_name} returned data that is not JSON: {exc}") from exc
         if len(encoded) > self.limits.max_tool_result_bytes:
