@@ -1,0 +1,78 @@
+"""The Python API, used the way an agent loop would: discover, read stubs, execute."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from codemode import CodeMode, Tool, ToolNotFound
+from codemode._demo import demo_config
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps(demo_config()))
+    return path
+
+
+async def test_an_agent_loop_discovers_reads_stubs_and_executes(config_file: Path) -> None:
+    async with CodeMode.from_config(config_file) as cm:
+        prompt = cm.system_prompt()
+        assert "weather (2 tools)" in prompt and "notes (2 tools)" in prompt and "await" in prompt
+        hits = cm.search_tools("save a note", limit=3)
+        assert hits[0].qualified_name == "notes.add_note"
+        assert hits[0].line.startswith("notes.add_note(")
+        stubs = cm.stubs([hits[0].qualified_name, "weather.forecast"])
+        ast.parse(stubs)
+        assert "async def add_note" in stubs and "async def forecast" in stubs and "list_notes" not in stubs
+        code = ("f = await weather.forecast(city='Oslo', days=2)\n"
+                "n = await notes.add_note(text=str(f['highs_c']))\n"
+                "{'note': n, 'notes': await notes.list_notes()}")
+        result = await cm.execute(code)
+        assert result.ok, result.error
+        assert result.value == {"note": 1, "notes": ["[-2.0, 0.0]"]}
+        assert (config_file.parent / "codemode.lock.json").is_file(), "definitions were pinned on first use"
+
+
+async def test_tool_definitions_are_valid_for_both_apis() -> None:
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    cm = CodeMode(tools=[Tool(name="add", fn=add, input_schema={
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]})])
+    async with cm:
+        openai = json.loads(json.dumps(cm.tool_definition("openai")))
+        assert openai["type"] == "function" and openai["function"]["name"] == "execute_code"
+        assert openai["function"]["parameters"]["required"] == ["code"]
+        anthropic = json.loads(json.dumps(cm.tool_definition("anthropic")))
+        assert anthropic["name"] == "execute_code" and anthropic["input_schema"]["properties"]["code"]["type"] == "string"
+        assert "asyncio.gather" in anthropic["description"]
+        with pytest.raises(ValueError):
+            cm.tool_definition("gemini")  # type: ignore[arg-type]
+        assert (await cm.execute("await tools.add(a=2, b=40)")).value == 42
+
+
+async def test_unknown_stub_names_suggest_close_matches() -> None:
+    async def noop() -> None:
+        return None
+
+    async with CodeMode(tools=[Tool(name="read_file", fn=noop)]) as cm:
+        with pytest.raises(ToolNotFound) as info:
+            cm.stubs(["tools.read_fil"])
+        assert info.value.code == "tool_not_found"
+        assert "tools.read_file" in str(info.value)
+
+
+async def test_only_the_namespaces_a_program_names_are_loaded_into_the_run(config_file: Path) -> None:
+    async with CodeMode.from_config(config_file) as cm:
+        names = "sorted(k for k in globals() if not k.startswith('_') and isinstance(globals()[k], type))"
+        result = await cm.execute(names)
+        assert "weather" not in result.value and "notes" not in result.value
+        result = await cm.execute(f"n = await notes.list_notes()\n{names}")
+        assert "notes" in result.value and "weather" not in result.value
