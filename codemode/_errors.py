@@ -21,6 +21,7 @@
         │   ├── MemoryLimitExceeded memory_limit
         │   ├── ToolCallLimitExceeded tool_call_limit
         │   └── BatchLimitExceeded batch_limit
+        ├── RunCancelled          cancelled             the caller cancelled the run
         └── SandboxCrashed        sandbox_crashed       the guest trapped or answered garbage
 
 Lower-level errors (wasmtime traps, MCP errors) are converted in the backend or
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidEncoding",
     "LimitExceeded",
     "MemoryLimitExceeded",
+    "RunCancelled",
     "RunTimeout",
     "SandboxCrashed",
     "SandboxUnavailable",
@@ -219,6 +221,12 @@ class ToolCallLimitExceeded(LimitExceeded):
 
 class BatchLimitExceeded(LimitExceeded):
     code = "batch_limit"
+
+
+class RunCancelled(ExecutionError):
+    """The run was cancelled by its caller before it finished."""
+
+    code = "cancelled"
 
 
 class SandboxCrashed(ExecutionError):

@@ -41,7 +41,8 @@ from RestrictedPython.Guards import (
 from RestrictedPython.transformer import RestrictingNodeTransformer
 
 from . import _guest
-from ._errors import RunTimeout
+from ._epoch import RunGuard
+from ._errors import RunCancelled, RunTimeout
 from ._limits import Limits
 
 __all__ = ["RestrictedBackend"]
@@ -174,11 +175,12 @@ class RestrictedBackend:
     def load(self, **_: Any) -> None:
         _runtime()
 
-    def execute(self, request_json: str, host_call: Any, limits: Limits) -> tuple[str, float]:
+    def execute(self, request_json: str, host_call: Any, limits: Limits, guard: RunGuard) -> tuple[str, float]:
         """Run one request on this thread; (response JSON, setup seconds).
 
-        Raises `RunTimeout` (as `_Timeout` is raised into the thread) if the
-        deadline passes while Python code is running."""
+        Raises `RunTimeout` or `RunCancelled` (an exception is raised into the
+        thread) if `guard`'s deadline passes or it is cancelled while Python code
+        is running."""
         t0 = time.perf_counter()
         rt = _runtime()
         policy = _policy(rt.RESULT_NAME)
@@ -202,7 +204,10 @@ class RestrictedBackend:
         thread_id = threading.get_ident()
 
         def watchdog() -> None:
-            if done.wait(limits.timeout):
+            while not done.wait(0.01):
+                if guard.cancelled.is_set() or time.monotonic() >= guard.deadline:
+                    break
+            else:
                 return
             fired.append(True)
             # Keep raising until the thread leaves the user's code; a model
@@ -220,5 +225,7 @@ class RestrictedBackend:
         except _Timeout:
             fired.append(True)
         if fired:
+            if guard.cancelled.is_set():
+                raise RunCancelled("the run was cancelled")
             raise RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")
         return response, startup

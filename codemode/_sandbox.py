@@ -21,6 +21,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from ._dispatch import Dispatcher
+from ._epoch import RunGuard
 from ._errors import (
     TOOL_ERRORS_BY_CODE,
     CodeSyntaxError,
@@ -56,7 +57,7 @@ class Backend(Protocol):
 
     def load(self) -> None: ...
 
-    def execute(self, request_json: str, host_call: Any, limits: Limits) -> tuple[str, float]: ...
+    def execute(self, request_json: str, host_call: Any, limits: Limits, guard: RunGuard) -> tuple[str, float]: ...
 
 
 _shared_wasm: Backend | None = None
@@ -159,12 +160,17 @@ class Sandbox:
         startup = 0.0
         response: str | None = None
         error: ExecutionError | None = None
+        guard = RunGuard(deadline=deadline)
         async with self._limiter:
             t_exec = time.monotonic()
             with anyio.move_on_after(max(0.0, deadline - time.monotonic()) + _GRACE_S):
                 try:
                     response, startup = await anyio.to_thread.run_sync(
-                        self.backend.execute, request, host_call, limits, abandon_on_cancel=True)
+                        self.backend.execute, request, host_call, limits, guard, abandon_on_cancel=True)
+                except anyio.get_cancelled_exc_class():
+                    # Our caller gave up: stop the guest within a tick, not at its deadline.
+                    guard.cancelled.set()
+                    raise
                 except ExecutionError as exc:  # RunTimeout from the restricted backend
                     error = exc
                 except Exception as exc:

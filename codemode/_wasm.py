@@ -22,8 +22,8 @@ import wasmtime
 from wasmtime import Config, Engine, Store, WasiConfig
 from wasmtime.component import Component, Linker
 
-from . import _guest, _hostcall
-from ._errors import RunTimeout, SandboxCrashed, SandboxUnavailable
+from . import _epoch, _guest, _hostcall
+from ._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
 from ._limits import Limits
 
 __all__ = ["WasmBackend", "WasmTrap"]
@@ -36,7 +36,7 @@ TICK_S = 0.01
 class WasmTrap(Exception):
     """The guest trapped; `error` is what the run should report."""
 
-    def __init__(self, error: RunTimeout | SandboxCrashed) -> None:
+    def __init__(self, error: RunTimeout | RunCancelled | SandboxCrashed) -> None:
         super().__init__(error.message)
         self.error = error
 
@@ -104,9 +104,11 @@ class WasmBackend:
             if loaded is not None:
                 loaded.engine.increment_epoch()
 
-    def execute(self, request_json: str, host_call: _hostcall.Handler, limits: Limits) -> tuple[str, float]:
+    def execute(self, request_json: str, host_call: _hostcall.Handler, limits: Limits,
+                guard: _epoch.RunGuard) -> tuple[str, float]:
         """Run one request in a fresh instance on this thread; (response JSON,
-        seconds spent instantiating).
+        seconds spent instantiating). The guest traps when `guard`'s deadline
+        passes or it is cancelled.
 
         Raises `WasmTrap` if the guest traps, `SandboxUnavailable` if it cannot load."""
         if self._loaded is None:
@@ -117,7 +119,9 @@ class WasmBackend:
         store = Store(loaded.engine)
         store.set_wasi(WasiConfig())  # no preopened dirs, no env, no args, no sockets
         store.set_limits(memory_size=limits.memory)
-        store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
+        if not _epoch.install(store):
+            store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
+        _epoch.bind(guard)
         _hostcall.bind_handler(host_call)
         try:
             instance = loaded.linker.instantiate(store, loaded.component)
@@ -131,13 +135,18 @@ class WasmBackend:
             raise WasmTrap(_classify_trap(exc, limits)) from exc
         finally:
             _hostcall.bind_handler(None)
+            _epoch.bind(None)
         if not isinstance(response, str):
             raise WasmTrap(SandboxCrashed(f"the guest answered {type(response).__name__}, not a string"))
         return response, startup
 
 
-def _classify_trap(exc: Exception, limits: Limits) -> RunTimeout | SandboxCrashed:
+def _classify_trap(exc: Exception, limits: Limits) -> RunTimeout | RunCancelled | SandboxCrashed:
     text = str(exc)
+    if _epoch.CANCEL_TRAP in text:
+        return RunCancelled("the run was cancelled")
+    if _epoch.DEADLINE_TRAP in text:
+        return RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")
     code = getattr(exc, "trap_code", None)
     if code == wasmtime.TrapCode.INTERRUPT or "interrupt" in text:
         return RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")

@@ -325,3 +325,38 @@ async def test_runs_do_not_block_each_other() -> None:
             for i in range(6):
                 tg.start_soon(one, i)
     assert sorted(results) == list(range(6))
+
+
+@pytest.mark.parametrize("kind", ["wasm", "restricted"])
+async def test_cancelling_a_run_stops_a_spinning_guest_within_a_tick(kind: str) -> None:
+    import threading
+
+    from codemode._sandbox import _backend
+
+    inner = _backend(kind)
+    entered, returned = threading.Event(), threading.Event()
+
+    class Recording:
+        name = inner.name
+
+        def load(self) -> None:
+            inner.load()
+
+        def execute(self, *args: Any) -> Any:
+            entered.set()
+            try:
+                return inner.execute(*args)
+            finally:
+                returned.set()
+
+    sandbox = Sandbox(backend=Recording())
+    await sandbox.load()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: sandbox.run("while True:\n    pass", limits=Limits(timeout=30)))
+        with anyio.fail_after(10):
+            while not entered.is_set():
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    with anyio.fail_after(2):
+        while not returned.is_set():
+            await anyio.sleep(0.01)
