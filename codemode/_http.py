@@ -1,0 +1,598 @@
+"""The HTTP service: `create_app(cm, settings)` and the `codemode serve` command.
+
+Endpoints (all through one `CodeMode`; nothing here re-implements it):
+
+    POST   /v1/execute              run code and wait for the result
+    POST   /v1/runs                 start a run in the background (202)
+    GET    /v1/runs/{id}            its status, and result when done
+    GET    /v1/runs/{id}/events     Server-Sent Events: each tool call, then the result
+    DELETE /v1/runs/{id}            cancel it and its in-flight tool calls
+    GET    /v1/servers              the compact index of namespaces
+    GET    /v1/tools/search         BM25 search over the tools
+    GET    /v1/stubs                typed stubs (text/x-python)
+    GET    /healthz, /metrics       health, Prometheus metrics
+    GET    /docs                    OpenAPI docs
+
+Safe by default, outermost first: the Host header must be a loopback name when
+bound to loopback and a browser's Origin must be allowed (both defeat DNS
+rebinding); CORS for allowed origins; a bearer token when configured (always,
+off loopback); the body is cut off at a size while it is read; and a bounded
+queue answers 429 rather than letting requests pile up. Every error, from any
+layer, is one problem shape with a stable `code`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import anyio
+from fastapi import FastAPI, Header, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from ._core import CodeMode
+from ._discovery import ToolNotFound
+from ._errors import CodemodeError, ConfigError, SandboxUnavailable
+from ._http_models import (
+    ExecuteRequest,
+    ExecuteResponse,
+    Health,
+    LimitsIn,
+    Problem,
+    RunCreated,
+    RunInfo,
+    SearchResponse,
+    ServersResponse,
+)
+from ._http_runs import Admission, Busy, Executor, Run, RunStore, Ticket
+from ._limits import Limits
+from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ._metrics import Metrics
+from ._result import RunResult
+
+__all__ = ["HttpSettings", "cli_main", "create_app"]
+
+logger = logging.getLogger("codemode.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 2, 3
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+# Nothing in these is secret, and a browser opening /docs cannot send a token.
+_PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+_PROBLEM_TYPE = "application/problem+json"
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+           413: "Content too large", 415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
+           499: "Client closed request", 500: "Internal server error", 503: "Service unavailable"}
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          413: "body_too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "busy",
+          500: "internal_error", 503: "unavailable"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    """How the service binds, whom it lets in and how much it takes on.
+
+    `default_limits` (default: the sandbox's) apply to runs that do not say;
+    `max_limits` (default: `default_limits`) cap what a request may ask for.
+    Finished runs are kept `run_ttl_s` seconds, at most `max_finished_runs` of
+    them; each keeps its last `max_events_per_run` events."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    allow_origins: tuple[str, ...] = ()
+    max_concurrency: int = 4
+    queue: int = 16
+    max_body_bytes: int = 1_000_000
+    default_limits: Limits | None = None
+    max_limits: Limits | None = None
+    run_ttl_s: float = 600.0
+    max_finished_runs: int = 200
+    max_events_per_run: int = 1_000
+    retry_after_s: int = 1
+    sse_ping_s: float = 15.0
+    cancel_wait_s: float = 5.0
+    """How long DELETE waits for a cancelled run to wind down before answering."""
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, for a person; empty if nothing."""
+        out = []
+        if not self.loopback and not self.token:
+            out.append(f"refusing to bind {self.host!r} without a token: anyone who can reach it could run code "
+                       "with your tools; pass --token (or set CODEMODE_TOKEN), or bind 127.0.0.1")
+        if self.max_concurrency < 1:
+            out.append("--max-concurrency must be at least 1")
+        if self.queue < 0:
+            out.append("--queue must not be negative")
+        if self.max_body_bytes < 1:
+            out.append("--max-body-bytes must be at least 1")
+        if not 0 <= self.port <= 65535:
+            out.append("--port must be between 0 and 65535")
+        return out
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- problems ---------------------------------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """An error answer with a stable `code`; raised by endpoints, rendered as a problem."""
+
+    def __init__(self, status: int, code: str, detail: str, *, title: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.title = title or _TITLES.get(status, "Error")
+        self.headers = headers
+        self.extra = extra
+
+
+def problem(status: int, code: str, detail: str, *, title: str | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """The one error shape: {code, title, detail, status, ...extra}."""
+    body = {"code": code, "title": title or _TITLES.get(status, "Error"), "detail": detail, "status": status, **extra}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=_PROBLEM_TYPE)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return problem(exc.status, exc.code, exc.detail, title=exc.title, headers=exc.headers, **exc.extra)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        # Starlette's default detail is just the status phrase; say something useful instead.
+        detail = exc.detail if isinstance(exc.detail, str) and exc.detail != _phrase(status) else ""
+        if status == 404 and not detail:
+            detail = f"there is no {request.url.path}; see /docs"
+        elif status == 405 and not detail:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem(status, _CODES.get(status, f"http_{status}"), detail or _TITLES.get(status, "Error"),
+                       headers=dict(exc.headers) if exc.headers else None)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            where = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
+            return problem(400, "malformed_json", f"the body is not valid JSON{f': {where}' if where else ''}")
+        content_type = request.headers.get("content-type", "")
+        body_error = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
+        if body_error and content_type and "json" not in content_type.split(";")[0].lower():
+            return problem(415, "unsupported_media_type",
+                           f"send the body as JSON with 'Content-Type: application/json', not {content_type!r}")
+        # loc, msg and type only: echoing `input` back could return a huge body.
+        details = [{"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+                    "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
+        summary = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details[:5])
+        return problem(422, "validation_error", summary or "the request is invalid", errors=details)
+
+    async def on_busy(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Busy)
+        app.state.metrics.rejected.inc(reason="busy")
+        return problem(429, "busy", "every run slot and queue place is taken; retry after a moment",
+                       headers={"Retry-After": str(exc.retry_after_s)})
+
+    async def on_codemode(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CodemodeError)
+        if isinstance(exc, ToolNotFound):
+            return problem(404, exc.code, exc.message, title="Tool not found", suggestions=exc.suggestions)
+        logger.error("codemode error serving %s %s: %s", request.method, request.url.path, exc)
+        return problem(503, exc.code, exc.message)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
+        return problem(500, "internal_error", "an unexpected error; see the server log")
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Busy, on_busy)
+    app.add_exception_handler(CodemodeError, on_codemode)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+# -- middleware (pure ASGI: they must not buffer responses, SSE streams through them) --------------------------------
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class _HostOriginGuard:
+    """Defeats DNS rebinding: a page on evil.example whose name resolves to
+    127.0.0.1 sends `Host: evil.example` and `Origin: http://evil.example`."""
+
+    def __init__(self, app: ASGIApp, *, settings: HttpSettings, metrics: Metrics) -> None:
+        self.app = app
+        self.check_host = settings.loopback
+        self.any_origin = "*" in settings.allow_origins
+        self.origins = frozenset(o.rstrip("/").lower() for o in settings.allow_origins)
+        self.metrics = metrics
+
+    def origin_allowed(self, origin: str) -> bool:
+        origin = origin.rstrip("/").lower()
+        if self.any_origin or origin in self.origins:
+            return True
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and _is_loopback(parts.hostname or "")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = _header(scope, b"host")
+        if self.check_host and host is not None and not _is_loopback(_hostname(host)):
+            self.metrics.rejected.inc(reason="forbidden_host")
+            response = problem(403, "forbidden_host", "this server is bound to loopback and only answers to a "
+                                                      "loopback Host (localhost, 127.0.0.1, [::1])")
+            return await response(scope, receive, send)
+        origin = _header(scope, b"origin")
+        if origin is not None and not self.origin_allowed(origin):
+            self.metrics.rejected.inc(reason="forbidden_origin")
+            response = problem(403, "forbidden_origin", f"requests from origin {origin!r} are not allowed; "
+                                                        "start the server with --allow-origin to allow it")
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _hostname(host: str) -> str:
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _BearerAuth:
+    def __init__(self, app: ASGIApp, *, token: str, metrics: Metrics) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _PUBLIC_PATHS or _is_preflight(scope):
+            return await self.app(scope, receive, send)
+        given = (_header(scope, b"authorization") or "").encode("latin-1")
+        # Constant time, so the token cannot be guessed a byte at a time.
+        if not hmac.compare_digest(given, self.expected):
+            self.metrics.rejected.inc(reason="unauthorized")
+            detail = "a valid 'Authorization: Bearer <token>' header is required"
+            response = problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _is_preflight(scope: Scope) -> bool:
+    return scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") is not None
+
+
+class _BodyLimit:
+    """Reads the whole body before the app sees it, counting bytes as they come:
+    a chunked upload or a lying Content-Length is cut off at the limit."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.metrics.rejected.inc(reason="body_too_large")
+        response = problem(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
+        await response(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self.reject(scope, receive, send)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = bytes(message.get("body", b""))
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self.reject(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        await self.app(scope, replay, send)
+
+
+# -- the app ----------------------------------------------------------------------------------------------------------
+
+_EXECUTE_DESCRIPTION = """Run `code` and wait for its result.
+
+**A run whose code fails is still HTTP 200, with `ok: false`** and the reason in
+`error` (`{code, type, message, ...}`): the request succeeded, the code did not.
+Non-2xx answers mean the request itself was refused (validation, auth, capacity)
+and carry a problem body `{code, title, detail, status}`.
+
+If the client disconnects, the run is cancelled."""
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": _TITLES[status]} for status in (400, 401, 403, 413, 422, 429, 500)}
+
+
+def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
+    """The FastAPI app over an open `CodeMode` (the caller opens and closes it).
+
+    Raises `ValueError` if `settings.problems()` is not empty."""
+    settings = settings or HttpSettings()
+    if settings.problems():
+        raise ValueError("; ".join(settings.problems()))
+    max_limits = settings.max_limits or settings.default_limits or cm.sandbox.limits
+    default_limits = LimitsIn().resolve(settings.default_limits or cm.sandbox.limits, max_limits)
+    admission = Admission(max_running=settings.max_concurrency, max_waiting=settings.queue,
+                          retry_after_s=settings.retry_after_s)
+    metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
+    executor = Executor(cm, metrics)
+    runs = RunStore(executor, admission, ttl_s=settings.run_ttl_s, max_finished=settings.max_finished_runs,
+                    max_events=settings.max_events_per_run)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runs:
+            yield
+
+    dependencies = []
+    if settings.token:
+        # Declares the scheme so /docs offers "Authorize"; the check itself is `_BearerAuth`.
+        dependencies.append(Security(HTTPBearer(auto_error=False)))
+    app = FastAPI(
+        title="codemode",
+        summary="Run model-written Python that composes tools, in a WebAssembly sandbox.",
+        description="Every error answer is `application/problem+json`: `{code, title, detail, status}` with a "
+                    "stable `code`. A run whose code fails is not an HTTP error: it answers 200 with `ok: false`.",
+        version="1",
+        lifespan=lifespan,
+        dependencies=dependencies,
+        responses=_PROBLEMS,
+    )
+    app.state.metrics = metrics
+    _install_error_handlers(app)
+
+    def limits_for(body: ExecuteRequest) -> Limits:
+        return body.limits.resolve(default_limits, max_limits) if body.limits else default_limits
+
+    @app.post("/v1/execute", response_model=ExecuteResponse, tags=["runs"], summary="Run code and wait",
+              description=_EXECUTE_DESCRIPTION)
+    async def execute(body: ExecuteRequest, request: Request) -> Response:
+        limits = limits_for(body)
+        result = await _run_unless_disconnected(request, admission.reserve(), executor, body.code, limits)
+        if result is None:  # nobody is listening; the status is for the access log
+            return problem(499, "client_closed_request", "the client disconnected; the run was cancelled")
+        return JSONResponse(result.to_dict(trace=body.trace))
+
+    @app.post("/v1/runs", status_code=202, response_model=RunCreated, tags=["runs"], summary="Start a run",
+              description="Start a run in the background. Poll `GET /v1/runs/{id}` or stream "
+                          "`GET /v1/runs/{id}/events`. Finished runs are kept for a while "
+                          f"({settings.run_ttl_s:g} s, at most {settings.max_finished_runs}), then forgotten.")
+    async def start_run(body: ExecuteRequest) -> Response:
+        run = runs.start(body.code, limits_for(body), trace=body.trace)
+        return JSONResponse({"id": run.id, "status": run.status}, status_code=202,
+                            headers={"Location": f"/v1/runs/{run.id}"})
+
+    def find_run(run_id: str) -> Run:
+        run = runs.get(run_id)
+        if run is None:
+            raise ApiError(404, "run_not_found", f"there is no run {run_id!r} (finished runs are kept "
+                                                 f"{settings.run_ttl_s:g} s)", title="Run not found")
+        return run
+
+    @app.get("/v1/runs/{run_id}", response_model=RunInfo, tags=["runs"], summary="A run's status and result")
+    async def get_run(run_id: str) -> Response:
+        return JSONResponse(find_run(run_id).info())
+
+    @app.get("/v1/runs/{run_id}/events", tags=["runs"], summary="Stream a run's events (SSE)",
+             response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}, "description":
+                              "`tool_call_started` and `tool_call_finished` per call (with `id:` sequence numbers), "
+                              "then `result` (the run's status and result), then the stream ends. A late subscriber "
+                              "first gets the events kept so far; `Last-Event-ID` resumes after an id."}})
+    async def run_events(run_id: str,
+                         last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+        run = find_run(run_id)
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        stream = (_sse(name, seq, data) async for name, seq, data in run.subscribe(after, settings.sse_ping_s))
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.delete("/v1/runs/{run_id}", response_model=RunInfo, tags=["runs"], summary="Cancel a run",
+                description="Cancel a queued or running run and its in-flight tool calls; answers the run's "
+                            "state (`cancelled`, or its final status if it had already finished).")
+    async def cancel_run(run_id: str) -> Response:
+        run = find_run(run_id)
+        if not run.finished:
+            run.cancel()
+            with anyio.move_on_after(settings.cancel_wait_s):
+                await run.done.wait()
+        return JSONResponse(run.info())
+
+    _add_catalog_routes(app, cm)
+    _add_ops_routes(app, cm, metrics)
+
+    # Added innermost first: the guard runs before CORS (whose own refusal is not a
+    # problem body), auth after CORS (a preflight carries no token).
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    if settings.token:
+        app.add_middleware(_BearerAuth, token=settings.token, metrics=metrics)
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.allow_origins),
+                       allow_origin_regex=r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
+                       allow_methods=["GET", "POST", "DELETE"],
+                       allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                       expose_headers=["Retry-After", "Location"])
+    app.add_middleware(_HostOriginGuard, settings=settings, metrics=metrics)
+    return app
+
+
+async def _run_unless_disconnected(request: Request, ticket: Ticket, executor: Executor, code: str,
+                                   limits: Limits) -> RunResult | None:
+    """The run's result, or None if the client went away first (then the run is cancelled)."""
+    result: RunResult | None = None
+    async with anyio.create_task_group() as tg:
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            async with ticket:
+                result = await executor.run(code, limits)
+        finally:
+            ticket.release()
+        tg.cancel_scope.cancel()
+    return result
+
+
+def _sse(name: str, seq: int | None, data: Any) -> str:
+    if name == "ping":
+        return ": ping\n\n"
+    lines = [f"id: {seq}"] if seq is not None else []
+    lines.append("event: " + "".join(c for c in name if c.isprintable()))
+    # json.dumps escapes newlines, so the payload is one `data:` line.
+    lines.append("data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    return "\n".join(lines) + "\n\n"
+
+
+def _failures(cm: CodeMode) -> list[dict[str, str]]:
+    return [failure.to_dict() for _, failure in sorted(cm.failures.items())]
+
+
+def _add_catalog_routes(app: FastAPI, cm: CodeMode) -> None:
+    @app.get("/v1/servers", response_model=ServersResponse, tags=["discovery"], summary="Namespaces and their tools")
+    async def servers() -> dict[str, Any]:
+        summaries = [{"namespace": s.namespace, "server": s.server, "tool_count": s.tool_count, "tools": list(s.tools)}
+                     for s in cm.list_servers()]
+        return {"servers": summaries, "failures": _failures(cm)}
+
+    @app.get("/v1/tools/search", response_model=SearchResponse, tags=["discovery"], summary="Search tools")
+    async def search(q: Annotated[str, Query(min_length=1, max_length=1_000, description="What the tool does.")],
+                     limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+        hits = [{"name": h.qualified_name, "namespace": h.namespace, "tool": h.name, "score": round(h.score, 4),
+                 "signature": h.signature, "summary": h.summary} for h in cm.search_tools(q, limit=limit)]
+        return {"hits": hits}
+
+    @app.get("/v1/stubs", tags=["discovery"], summary="Typed Python stubs", response_class=Response,
+             responses={200: {"content": {"text/x-python": {}}}, 404: {"model": Problem,
+                                                                        "description": "An unknown tool name; the "
+                                                                        "problem lists `suggestions`."}})
+    async def stubs(tools: Annotated[str | None, Query(description="Comma-separated `namespace.tool` names; "
+                                                                   "omit for every tool.")] = None) -> Response:
+        names = [n.strip() for n in tools.split(",") if n.strip()] if tools else None
+        return PlainTextResponse(cm.stubs(names), media_type="text/x-python")
+
+
+def _add_ops_routes(app: FastAPI, cm: CodeMode, metrics: Metrics) -> None:
+    @app.get("/healthz", response_model=Health, tags=["ops"], summary="Liveness and upstream state")
+    async def healthz() -> dict[str, Any]:
+        failures = _failures(cm)
+        return {"status": "degraded" if failures else "ok", "backend": cm.sandbox.backend.name,
+                "tools": len(cm.tools()), "failures": failures}
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+# -- the command ------------------------------------------------------------------------------------------------------
+
+def cli_main(args: argparse.Namespace) -> int:
+    """`codemode serve`: load the tools, serve until Ctrl-C. Returns the exit code:
+    0 after a clean stop, 2 for unusable settings (a non-loopback host without a
+    token), 3 if the configuration or sandbox is unavailable or the port cannot be bound."""
+    settings = HttpSettings(host=args.host, port=args.port, token=args.token or os.environ.get("CODEMODE_TOKEN") or None,
+                            allow_origins=tuple(args.allow_origin or ()), max_concurrency=args.max_concurrency,
+                            queue=args.queue, max_body_bytes=args.max_body_bytes)
+    for message in settings.problems():
+        print(f"codemode: {message}", file=sys.stderr)
+    if settings.problems():
+        return EXIT_USAGE
+    try:
+        return anyio.run(_serve, args, settings)
+    except KeyboardInterrupt:
+        print("codemode: stopped", file=sys.stderr)
+        return EXIT_OK
+    except (ConfigError, SandboxUnavailable) as exc:
+        print(f"codemode: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
+    import uvicorn
+
+    from ._sandbox import Sandbox
+
+    # The sandbox's own gate matches ours, so admitted runs do not queue twice.
+    sandbox = Sandbox(backend=args.backend, max_concurrency=settings.max_concurrency)
+    if args.config:
+        cm = CodeMode.from_config(args.config, sandbox=sandbox)
+    else:
+        print("codemode: no --config given: serving with no tools (code runs, but there is nothing to call); "
+              "pass --config mcp.json to serve MCP servers' tools", file=sys.stderr)
+        cm = CodeMode(sandbox=sandbox)
+    async with cm:
+        for namespace, failure in cm.failures.items():
+            print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
+        app = create_app(cm, settings)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level="info",
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's way of saying it could not bind (it has logged why)
+            return EXIT_UNAVAILABLE
+    return EXIT_OK

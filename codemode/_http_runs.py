@@ -1,0 +1,299 @@
+"""Runs for the HTTP service: admission control, the executor every endpoint
+shares, and the store of background runs with their event logs.
+
+Admission: at most `max_running` runs execute at once and `max_waiting` more
+wait for a slot; beyond that a request is refused at once (HTTP 429) rather
+than piling up in memory.
+
+Retention: a finished run (with its result and event log) is kept for
+`ttl_s` seconds, and at most `max_finished` finished runs are kept (the oldest
+go first). Each run keeps at most `max_events` events; a late subscriber that
+missed evicted ones is told how many.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._core import CodeMode
+from ._errors import CodemodeError
+from ._limits import Limits
+from ._metrics import Metrics
+from ._result import RunResult
+
+__all__ = ["Admission", "Busy", "Executor", "Run", "RunStore", "Ticket"]
+
+logger = logging.getLogger("codemode.http")
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+class Busy(Exception):
+    """Every running slot and queue place is taken."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("the server is at capacity")
+        self.retry_after_s = retry_after_s
+
+
+class Admission:
+    """A bounded queue in front of the runner; everything runs on one event loop."""
+
+    def __init__(self, *, max_running: int, max_waiting: int, retry_after_s: int = 1) -> None:
+        self.capacity = max_running + max_waiting
+        self.retry_after_s = retry_after_s
+        self.admitted = 0
+        self.running = 0
+        self._slots = anyio.Semaphore(max_running)
+
+    @property
+    def waiting(self) -> int:
+        return self.admitted - self.running
+
+    def reserve(self) -> Ticket:
+        """A place in the queue, taken now (no await, so no race on the loop).
+
+        Raises `Busy` when the queue is full."""
+        if self.admitted >= self.capacity:
+            raise Busy(self.retry_after_s)
+        self.admitted += 1
+        return Ticket(self)
+
+
+class Ticket:
+    """A reserved place; `async with ticket:` waits for a running slot. The place
+    is given back on exit, or by `release()` if the ticket is never used."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._held = True
+        self._running = False
+
+    async def __aenter__(self) -> None:
+        await self._admission._slots.acquire()
+        self._running = True
+        self._admission.running += 1
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give back the slot and the place. Safe to call twice."""
+        if self._running:
+            self._running = False
+            self._admission.running -= 1
+            self._admission._slots.release()
+        if self._held:
+            self._held = False
+            self._admission.admitted -= 1
+
+
+class Executor:
+    """The one path from any endpoint to `CodeMode.execute`, keeping the metrics."""
+
+    def __init__(self, cm: CodeMode, metrics: Metrics) -> None:
+        self.cm = cm
+        self.metrics = metrics
+
+    async def run(self, code: str, limits: Limits, on_event: EventCallback | None = None) -> RunResult:
+        """Run `code`; cancelling the caller cancels the run and its in-flight tool calls.
+
+        Raises whatever `CodeMode.execute` raises (`SandboxUnavailable`)."""
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("type") == "tool_call_finished":
+                self.metrics.tool_call_finished(event)
+            if on_event is not None:
+                on_event(event)
+
+        try:
+            result = await self.cm.execute(code, limits=limits, on_event=observe)
+        except anyio.get_cancelled_exc_class():
+            self.metrics.run_finished("cancelled", None, None)
+            raise
+        except Exception:
+            self.metrics.run_finished("failed", "internal_error", None)
+            raise
+        error = result.error.code if result.error is not None else None
+        self.metrics.run_finished("succeeded" if result.ok else "failed", error, result.timings.total_s)
+        return result
+
+
+@dataclass(eq=False, kw_only=True)
+class Run:
+    """One background run: its state, result and bounded event log."""
+
+    id: str
+    code: str
+    limits: Limits
+    trace: bool
+    max_events: int
+    status: str = "queued"
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    finished_mono: float | None = None
+    result: RunResult | None = None
+    failure: dict[str, Any] | None = None
+    """A problem body, if the service itself could not carry out the run."""
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    _events: deque[tuple[int, dict[str, Any]]] = field(init=False)
+    _next_seq: int = field(default=1, init=False)
+    _changed: anyio.Event = field(default_factory=anyio.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self._events = deque(maxlen=self.max_events)
+
+    @property
+    def finished(self) -> bool:
+        return self.done.is_set()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Append an event to the log and wake every subscriber."""
+        self._events.append((self._next_seq, event))
+        self._next_seq += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+    def finish(self, status: str, *, result: RunResult | None = None, failure: dict[str, Any] | None = None) -> None:
+        if self.finished:
+            return
+        self.status, self.result, self.failure = status, result, failure
+        self.finished_at, self.finished_mono = time.time(), time.monotonic()
+        self.done.set()
+        self._wake()
+
+    def snapshot(self, after: int) -> tuple[int, list[tuple[int, dict[str, Any]]], bool, anyio.Event]:
+        """Taken with no await in between, so nothing published can be missed:
+        (events lost to the bound, events after seq `after`, finished, the event
+        that fires on the next change)."""
+        first = self._events[0][0] if self._events else self._next_seq
+        lost = max(0, first - (after + 1))
+        return lost, [(seq, ev) for seq, ev in self._events if seq > after], self.finished, self._changed
+
+    async def subscribe(self, after: int, ping_s: float) -> AsyncIterator[tuple[str, int | None, Any]]:
+        """(event name, seq, data) for every event after seq `after`, live ones
+        as they come, then ("result", None, ...) and the end. ("ping", None,
+        None) every `ping_s` of silence keeps proxies from closing the stream."""
+        while True:
+            lost, events, finished, changed = self.snapshot(after)
+            if lost:
+                yield "events_dropped", None, {"count": lost}
+            for seq, event in events:
+                yield str(event.get("type", "event")), seq, event
+                after = seq
+            if finished:
+                yield "result", None, self.info()
+                return
+            with anyio.move_on_after(ping_s) as quiet:
+                await changed.wait()
+            if quiet.cancelled_caught:
+                yield "ping", None, None
+
+    def info(self) -> dict[str, Any]:
+        """The `RunInfo` shape."""
+        return {
+            "id": self.id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result.to_dict(trace=self.trace) if self.result is not None else None,
+            "error": self.failure,
+        }
+
+
+class RunStore:
+    """Background runs; an async context manager owning the task group they run in.
+    Leaving it cancels every run still going."""
+
+    def __init__(self, executor: Executor, admission: Admission, *, ttl_s: float = 600.0, max_finished: int = 200,
+                 max_events: int = 1_000) -> None:
+        self.executor = executor
+        self.admission = admission
+        self.ttl_s = ttl_s
+        self.max_finished = max_finished
+        self.max_events = max_events
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._tg: TaskGroup | None = None
+
+    async def __aenter__(self) -> RunStore:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return None
+        tg.cancel_scope.cancel()
+        return await tg.__aexit__(exc_type, exc, tb)
+
+    def start(self, code: str, limits: Limits, *, trace: bool) -> Run:
+        """Admit a run and start it in the background.
+
+        Raises `Busy` when the queue is full, `RuntimeError` if the store is not open."""
+        if self._tg is None:
+            raise RuntimeError("the run store is not open")
+        self.prune()
+        ticket = self.admission.reserve()
+        run = Run(id="run_" + secrets.token_urlsafe(12), code=code, limits=limits, trace=trace,
+                  max_events=self.max_events)
+        self._runs[run.id] = run
+        self._tg.start_soon(self._drive, run, ticket)
+        return run
+
+    def get(self, run_id: str) -> Run | None:
+        self.prune()
+        return self._runs.get(run_id)
+
+    def prune(self) -> None:
+        """Forget finished runs past their time, then the oldest beyond the count."""
+        now = time.monotonic()
+        finished = [r for r in self._runs.values() if r.finished_mono is not None]
+        expired = [r for r in finished if now - (r.finished_mono or now) > self.ttl_s]
+        excess = len(finished) - len(expired) - self.max_finished
+        survivors = sorted((r for r in finished if r not in expired), key=lambda r: r.finished_mono or now)
+        for run in expired + survivors[:max(0, excess)]:
+            del self._runs[run.id]
+
+    async def _drive(self, run: Run, ticket: Ticket) -> None:
+        try:
+            with run.scope:
+                async with ticket:
+                    run.status, run.started_at = "running", time.time()
+                    result = await self.executor.run(run.code, run.limits, run.publish)
+                run.finish("succeeded" if result.ok else "failed", result=result)
+            if run.started_at is None:  # cancelled while queued: the executor never saw it
+                self.executor.metrics.run_finished("cancelled", None, None)
+        except Exception as exc:  # top level of a background task: becomes the run's typed failure
+            logger.exception("run %s failed inside the service", run.id)
+            # A CodemodeError's message is meant for users; anything else is a bug.
+            if isinstance(exc, CodemodeError):
+                code, detail, status = exc.code, exc.message, 503
+            else:
+                code, detail, status = "internal_error", "an unexpected error; see the server log", 500
+            run.finish("failed", failure={"code": code, "title": "The run could not be carried out",
+                                          "detail": detail, "status": status})
+        finally:
+            ticket.release()
+            # Cancelled by DELETE (scope caught it) or by shutdown (re-raised).
+            run.finish("cancelled")
