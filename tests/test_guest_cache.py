@@ -51,13 +51,18 @@ async def test_first_build_is_cached_reused_and_rebuilt_when_corrupt(tmp_path: P
     await _works(rebuilt)
 
 
-async def test_a_corrupt_compiled_guest_is_recompiled_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Start from the suite's own build, so only the compile step reruns.
+def _copy_of_the_suites_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the suite's own build, so a test reruns only the step it breaks."""
     WasmBackend().load()
     source = cache_root() / "sandbox" / build_key()
     monkeypatch.setenv("CODEMODE_CACHE_DIR", str(tmp_path))
     target = tmp_path / "sandbox" / build_key()
     shutil.copytree(source, target)
+    return target
+
+
+async def test_a_corrupt_compiled_guest_is_recompiled_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = _copy_of_the_suites_cache(tmp_path, monkeypatch)
     _flip_bytes(target / "sandbox.cwasm")
     messages: list[str] = []
     backend = WasmBackend()
@@ -68,11 +73,7 @@ async def test_a_corrupt_compiled_guest_is_recompiled_not_trusted(tmp_path: Path
 
 
 async def test_an_unreadable_manifest_means_recompiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    WasmBackend().load()
-    source = cache_root() / "sandbox" / build_key()
-    monkeypatch.setenv("CODEMODE_CACHE_DIR", str(tmp_path))
-    target = tmp_path / "sandbox" / build_key()
-    shutil.copytree(source, target)
+    target = _copy_of_the_suites_cache(tmp_path, monkeypatch)
     (target / "manifest.json").write_text("{not json")
     messages: list[str] = []
     backend = WasmBackend()
