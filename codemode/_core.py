@@ -7,6 +7,7 @@ model does: find tools, read their stubs, run code.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from ._config import Config, load_config
 from ._discovery import ServerSummary, ToolHit, ToolIndex
 from ._limits import Limits
+from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
 from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned
 from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION
 from ._result import RunResult
@@ -38,19 +40,27 @@ class CodeMode:
 
     Tool definitions are pinned in a lock file beside the config (trust on first
     use); a definition that later changes is refused until re-approved.
+
+    `observe_shapes` (opt-in; True, or a file path) records the shape of the
+    results each tool returns, and gives tools that declare no output schema an
+    inferred return type in their stubs, labelled as observed, not declared.
+    The shapes are kept in `codemode.observed.json` beside the lock file.
     """
 
     def __init__(self, *, config: Config | None = None, tools: Sequence[Tool] = (), sandbox: Sandbox | None = None,
                  backend: Literal["wasm", "restricted"] | Backend = "wasm", limits: Limits | None = None,
-                 lock_file: str | Path | None = None, pin_policy: PinPolicy | None = None) -> None:
+                 lock_file: str | Path | None = None, pin_policy: PinPolicy | None = None,
+                 observe_shapes: bool | str | Path = False) -> None:
         self.config = config
         self.sandbox = sandbox or Sandbox(backend=backend, limits=limits)
         self._static = list(tools)
         self._hub = Hub(config) if config is not None and config.servers else None
         self._pins = PinStore.load(lock_file) if lock_file is not None else None
+        self._shapes = _shape_recorder(observe_shapes, lock_file)
         self._policy = pin_policy or PinPolicy()
+        self._shape_keys: set[tuple[str, str]] = set()
         self._stack: AsyncExitStack | None = None
-        self._cache_key: tuple[int, int] | None = None
+        self._cache_key: tuple[int, int, frozenset[tuple[str, str]]] | None = None
         self._tools: list[Tool] = []
         self._index: ToolIndex | None = None
 
@@ -81,7 +91,9 @@ class CodeMode:
         await self.sandbox.load()
 
     async def aclose(self) -> None:
-        """Close every upstream session. Safe to call twice."""
+        """Close every upstream session (and save observed shapes). Safe to call twice."""
+        if self._shapes is not None and self._shapes.dirty and self._shapes.path is not None:
+            self._shapes.save()
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -95,18 +107,40 @@ class CodeMode:
         """Every tool the model may call now: in-process tools, then each
         server's, less those whose definitions changed since they were pinned."""
         generation = self._hub.generation if self._hub is not None else 0
-        key = (generation, len(self.failures))
+        key = (generation, len(self.failures), self._shapes_seen)
         if key != self._cache_key:
             tools = self._static + (self._hub.tools() if self._hub is not None else [])
             if self._pins is not None:
                 tools = filter_pinned(tools, self._pins, self._policy)
+            # After pinning: what was observed never changes a pinned definition.
+            tools = [self._with_observed_output(t) for t in tools]
             self._tools, self._index, self._cache_key = tools, None, key
         return self._tools
 
     @property
+    def _shapes_seen(self) -> frozenset[tuple[str, str]]:
+        """Which tools have an observed shape (a new one means new stubs)."""
+        return frozenset(self._shape_keys) if self._shapes is not None else frozenset()
+
+    def _with_observed_output(self, tool: Tool) -> Tool:
+        if self._shapes is None or tool.output_schema is not None:
+            return tool
+        schema = self._shapes.inferred_output_schema(tool.namespace, tool.name)
+        if schema is None:
+            return tool
+        note = observed_note(schema) or ""
+        return dataclasses.replace(tool, output_schema=schema, description=f"{tool.description}\n\n{note}".strip())
+
+    def _observe(self, tool: Tool, value: Any) -> None:
+        assert self._shapes is not None
+        self._shapes.observe(tool.namespace, tool.name, value)
+        self._shape_keys.add((tool.namespace, tool.name))
+
+    @property
     def index(self) -> ToolIndex:
-        if self._index is None or self._cache_key is None:
-            tools = self.tools()
+        """The discovery index over `tools()`, rebuilt when they change."""
+        tools = self.tools()  # resets the index when the tools changed
+        if self._index is None:
             self._index = ToolIndex(tools, stubs=self.sandbox.stubs(tools))
         return self._index
 
@@ -130,7 +164,7 @@ class CodeMode:
         """Run `code` against the tools; see `Sandbox.run`."""
         tools = self.tools()
         return await self.sandbox.run(code, tools=_referenced(code, tools, self.sandbox), limits=limits,
-                                      on_event=on_event)
+                                      on_event=on_event, observe=self._observe if self._shapes is not None else None)
 
     def system_prompt(self) -> str:
         """Instructions for a model plus a compact index of the servers and tools."""
@@ -155,6 +189,16 @@ class CodeMode:
         if format == "anthropic":
             return {"name": "execute_code", "description": EXECUTE_DESCRIPTION, "input_schema": schema}
         raise ValueError(f"unknown tool definition format {format!r}: use 'openai' or 'anthropic'")
+
+
+def _shape_recorder(observe: bool | str | Path, lock_file: str | Path | None) -> ShapeRecorder | None:
+    if observe is False:
+        return None
+    if observe is True:
+        if lock_file is None:
+            return ShapeRecorder()  # in memory only
+        return ShapeRecorder.load(Path(lock_file).parent / OBSERVED_FILE_NAME)
+    return ShapeRecorder.load(observe)
 
 
 def _referenced(code: str | bytes, tools: list[Tool], sandbox: Sandbox) -> list[Tool]:

@@ -166,6 +166,8 @@ class Dispatcher:
     tools_s: float = 0.0
     on_event: Callable[[dict[str, Any]], None] | None = None
     """Told of each call as it starts and ends (from the thread the call runs on)."""
+    observe: Callable[[Tool, Any], None] | None = None
+    """Given each successful call's tool and value (for observed output shapes)."""
     _batches: int = 0
 
     def _abort(self, error: ExecutionError) -> str:
@@ -296,6 +298,8 @@ class Dispatcher:
                            f"{binding.qualified_name} returned {len(encoded)} bytes; "
                            f"the limit is {self.limits.max_tool_result_bytes}")
         self._record(binding.namespace, binding.name, wire_args, started, batch)
+        if self.observe is not None:
+            self.observe(binding.tool, value)
         return '{"id":%d,"ok":true,"value":%s}' % (item["id"], encoded)
 
     def _failure(self, item: dict[str, Any], binding: ToolBinding | None, wire_args: dict[str, Any],

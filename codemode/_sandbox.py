@@ -127,10 +127,12 @@ class Sandbox:
         return stubs
 
     async def run(self, code: str | bytes, *, tools: Sequence[Tool] = (), limits: Limits | None = None,
-                  on_event: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+                  on_event: Callable[[dict[str, Any]], None] | None = None,
+                  observe: Callable[[Tool, Any], None] | None = None) -> RunResult:
         """Run `code` with access to `tools`; never raises for anything the code
         does: failures are in `RunResult.error`. `on_event` is told, on this event
-        loop, of each tool call as it starts and as it ends.
+        loop, of each tool call as it starts and as it ends; `observe` is given each
+        successful call's tool and value (from the thread the call ran on).
 
         Raises `SandboxUnavailable` if the backend cannot be loaded."""
         limits = limits or self.limits
@@ -141,7 +143,7 @@ class Sandbox:
         stubs = self.stubs(tools)
         deadline = t0 + limits.timeout
         dispatcher = Dispatcher(bindings=stubs.bindings, limits=limits, deadline=deadline, started=t0,
-                                on_event=_on_loop(on_event) if on_event else None)
+                                on_event=_on_loop(on_event) if on_event else None, observe=observe)
         request = json.dumps({
             "code": rejected,
             "stubs": stubs.source,

@@ -76,3 +76,22 @@ async def test_only_the_namespaces_a_program_names_are_loaded_into_the_run(confi
         assert "weather" not in result.value and "notes" not in result.value
         result = await cm.execute(f"n = await notes.list_notes()\n{names}")
         assert "notes" in result.value and "weather" not in result.value
+
+
+async def test_observed_shapes_type_tools_that_declare_no_output(tmp_path: Path) -> None:
+    async def lookup(user: str) -> dict[str, object]:
+        return {"user": user, "age": len(user), "tags": ["a"]}
+
+    tool = Tool(name="lookup", fn=lookup, input_schema={
+        "type": "object", "properties": {"user": {"type": "string"}}, "required": ["user"]})
+    lock = tmp_path / "codemode.lock.json"
+    async with CodeMode(tools=[tool], lock_file=lock, observe_shapes=True) as cm:
+        assert "-> Any" in cm.stubs(["tools.lookup"])
+        assert (await cm.execute("await tools.lookup(user='ada')")).ok
+        stub = cm.stubs(["tools.lookup"])
+        assert "-> Any" not in stub and "age: int" in stub and "observed over 1 call" in stub
+    assert (tmp_path / "codemode.observed.json").is_file()
+    # The pinned definition is the declared one, not the observed one.
+    async with CodeMode(tools=[tool], lock_file=lock, observe_shapes=True) as again:
+        assert "age: int" in again.stubs(["tools.lookup"])
+        assert (await again.execute("(await tools.lookup(user='x'))['age']")).value == 1
