@@ -47,6 +47,9 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
 def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     p.add_argument("--config", "-c", required=required, metavar="PATH",
                    help="an mcpServers JSON file (as used by Claude Desktop, Cursor, VS Code)")
+    p.add_argument("--observe-shapes", action="store_true",
+                   help="record result shapes of tools without an output schema (codemode.observed.json beside "
+                        "the config) and show them as observed return types in the stubs")
 
 
 def _add_network_flags(p: argparse.ArgumentParser, *, port: int) -> None:
@@ -166,6 +169,8 @@ async def _run(code: bytes | str, args: argparse.Namespace, tools: list[Any]) ->
 def _code_mode(args: argparse.Namespace, **kwargs: Any) -> Any:
     from ._core import CodeMode
 
+    if getattr(args, "observe_shapes", False):
+        kwargs["observe_shapes"] = True
     if getattr(args, "config", None):
         return CodeMode.from_config(args.config, **kwargs)
     return CodeMode(**kwargs)

@@ -578,8 +578,9 @@ async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
 
     # The sandbox's own gate matches ours, so admitted runs do not queue twice.
     sandbox = Sandbox(backend=args.backend, max_concurrency=settings.max_concurrency)
+    observe = bool(getattr(args, "observe_shapes", False))
     if args.config:
-        cm = CodeMode.from_config(args.config, sandbox=sandbox)
+        cm = CodeMode.from_config(args.config, sandbox=sandbox, observe_shapes=observe)
     else:
         print("codemode: no --config given: serving with no tools (code runs, but there is nothing to call); "
               "pass --config mcp.json to serve MCP servers' tools", file=sys.stderr)
