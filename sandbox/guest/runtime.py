@@ -41,6 +41,8 @@ TRUNCATION_MARKER = "\n…[truncated {omitted} characters]"
 _dumps = json.dumps
 _loads = json.loads
 _encode_call = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+# The C accessor: no exception raised and caught when there is no loop.
+_get_running_loop = asyncio.events._get_running_loop
 _monotonic = time.monotonic
 _real_sleep = time.sleep
 
@@ -118,11 +120,15 @@ class HostLoop(asyncio.BaseEventLoop):
             )
             return future
         self._next_id += 1
-        self._pending.append((self._next_id, future, call_json))
-        if len(self._pending) == 1 and not self._ready and not self._scheduled:
+        if not self._pending and not self._ready and not self._scheduled:
             # Nothing else can run before the loop would flush this call alone:
             # cross now and hand back a done future, saving a loop round trip.
-            self._flush()
+            outcomes = _loads(self._host_call('[{"id":%d,"call":%s}]' % (self._next_id, call_json)))
+            if isinstance(outcomes, dict):
+                raise HostAbort(str(outcomes.get("abort", "the host ended the run")))
+            _settle(future, outcomes[0])
+            return future
+        self._pending.append((self._next_id, future, call_json))
         return future
 
     def _flush(self):
@@ -141,18 +147,19 @@ class HostLoop(asyncio.BaseEventLoop):
             raise HostAbort(str(outcomes.get("abort", "the host ended the run")))
         for outcome in outcomes:
             future = by_id.pop(outcome["id"], None)
-            if future is None or future.done():
-                continue
-            if outcome["ok"]:
-                future.set_result(outcome["value"])
-            else:
-                err = outcome["error"]
-                future.set_exception(
-                    ToolError(err["message"], code=err.get("code", "tool_error"), tool=err.get("tool"))
-                )
+            if future is not None and not future.done():
+                _settle(future, outcome)
         for future in by_id.values():
             if not future.done():
                 future.set_exception(ToolError("the host returned no outcome for this call"))
+
+
+def _settle(future, outcome):
+    if outcome["ok"]:
+        future.set_result(outcome["value"])
+    else:
+        err = outcome["error"]
+        future.set_exception(ToolError(err["message"], code=err.get("code", "tool_error"), tool=err.get("tool")))
 
 
 # Per run; thread-local because the restricted backend runs several at once in
@@ -174,10 +181,7 @@ def _guarded_sleep(seconds):
 
 def _call_tool(namespace, name, args):
     """What every stub calls. Returns an awaitable for the call's outcome."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
+    loop = _get_running_loop()
     if not isinstance(loop, HostLoop):
         raise RuntimeError(
             f"{namespace}.{name}() must be awaited inside codemode's event loop: "
