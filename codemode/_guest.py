@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,8 @@ def build_key(src: Path | None = None) -> str:
     for path in _source_files(src):
         digest.update(path.relative_to(src).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    for part in (_version("componentize-py"), _version("wasmtime"), platform.machine(), sys.implementation.cache_tag):
+    for part in (_version("componentize-py"), _version("wasmtime"), _version("tzdata"), platform.machine(),
+                 sys.implementation.cache_tag):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:24]
 
@@ -133,9 +135,38 @@ class GuestArtifacts:
         return bool(expected) and path.is_file() and _sha256(path) == expected
 
 
+def _tzdata_module() -> str:
+    """Python source holding the IANA time zone database (from the `tzdata`
+    package): the guest has no filesystem, so `zoneinfo` reads it from here."""
+    import importlib.resources
+
+    root = importlib.resources.files("tzdata").joinpath("zoneinfo")
+    zones: dict[str, bytes] = {}
+
+    def walk(node: importlib.resources.abc.Traversable, prefix: str) -> None:
+        for entry in node.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+            elif not entry.name.startswith("_") and "." not in entry.name:
+                zones[prefix + entry.name] = entry.read_bytes()
+
+    walk(root, "")
+    lines = ['"""Generated at build time from the tzdata package; not in git."""', "ZONES = {"]
+    lines += [f"    {key!r}: {data!r}," for key, data in sorted(zones.items())]
+    return "\n".join(lines + ["}", ""])
+
+
 def _componentize(src: Path, out: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="codemode-guest-") as tmp:
+        guest = Path(tmp) / "guest"
+        shutil.copytree(src / "guest", guest, ignore=shutil.ignore_patterns("__pycache__"))
+        (guest / "_tzdata.py").write_text(_tzdata_module())
+        _run_componentize(src, guest, out)
+
+
+def _run_componentize(src: Path, guest: Path, out: Path) -> None:
     args = ["componentize-py", "-q", "-d", str(src / "wit"), "-w", WORLD,
-            "componentize", "app", "-p", str(src / "guest"), "-o", str(out)]
+            "componentize", "app", "-p", str(guest), "-o", str(out)]
     script = "import sys, componentize_py; sys.argv = sys.argv[1:]; componentize_py.script()"
     try:
         proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,

@@ -232,3 +232,15 @@ async def test_large_stdout_and_result_are_truncated_with_a_marker(backend: str)
     assert result.ok
     assert result.stdout_truncated and "truncated" in result.stdout and len(result.stdout) < 1200
     assert result.value_truncated and isinstance(result.value, str) and "truncated" in result.value
+
+
+async def test_the_curated_stdlib_works_including_time_zones(backend: str) -> None:
+    code = ("import zoneinfo, datetime, statistics, re, collections, decimal\n"
+            "paris = zoneinfo.ZoneInfo('Europe/Paris')\n"
+            "summer = datetime.datetime(2026, 7, 1, 12, tzinfo=paris).utcoffset().total_seconds() / 3600\n"
+            "winter = datetime.datetime(2026, 1, 1, 12, tzinfo=paris).utcoffset().total_seconds() / 3600\n"
+            "[summer, winter, statistics.median([3, 1, 2]), re.sub(r'\\d', '#', 'a1b2'),\n"
+            " collections.Counter('aab').most_common(1)[0][0], str(decimal.Decimal('0.1') * 3)]")
+    result = await run(backend, code)
+    assert result.ok, result.error
+    assert result.value == [2.0, 1.0, 2, "a#b#", "a", "0.3"]
