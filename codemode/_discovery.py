@@ -65,7 +65,7 @@ class ToolNotFound(CodemodeError):
         for name, close in self.suggestions.items():
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             parts.append(f"{name!r}{hint}")
-        super().__init__(f"no such tool: {'; '.join(parts)}; names are 'namespace.tool', see search_tools or list_servers")
+        super().__init__(f"no such tool: {'; '.join(parts)}; names are 'namespace.tool', see search_tools")
 
     @property
     def names(self) -> list[str]:
@@ -430,8 +430,14 @@ class ToolIndex:
                 header_end = node.end_lineno or node.lineno
             else:
                 break
+        kept: set[int] = set()
         for i, node in enumerate(body):
             if (node.end_lineno or node.lineno) <= header_end:
+                continue
+            if _is_docstring(node) and i > 0 and isinstance(body[i - 1], ast.Assign):
+                # The docstring of a functional TypedDict goes where its assignment goes.
+                if i - 1 in kept:
+                    chunks[-1] += "\n" + self._text(node)
                 continue
             if id(node) in chosen_classes:
                 assert isinstance(node, ast.ClassDef)
@@ -439,8 +445,10 @@ class ToolIndex:
             elif i in namespace_stmts:
                 if i in needed:
                     chunks.append(self._text(node))
+                    kept.add(i)
             elif i in needed or i not in needed_all:
                 chunks.append(self._text(node))
+                kept.add(i)
         header = "\n".join(self._source_lines[:header_end]).rstrip()
         source = "\n\n\n".join([header, *chunks]).lstrip("\n") + "\n"
         try:

@@ -333,3 +333,18 @@ def test_get_stubs_from_the_real_generator_defines_every_type_it_uses() -> None:
     used = {n.id for n in ast.walk(module) if isinstance(n, ast.Name)} & full_defs
     assert kept == used | {"fs"}
     assert len(kept) < len(full_defs) - 1  # the other tools' types were left out
+
+
+def test_stubs_for_one_tool_leave_out_other_tools_functional_typeddicts() -> None:
+    async def noop(**_: object) -> None:
+        return None
+
+    link = Tool(name="link", fn=noop, input_schema={"type": "object", "properties": {"edge": {
+        "type": "object", "properties": {"from": {"type": "string", "description": "ORIGIN-OF-EDGE"}},
+        "required": ["from"]}}, "required": ["edge"]})
+    ping = Tool(name="ping", fn=noop)
+    only_ping = get_stubs([link, ping], ["tools.ping"])
+    assert "ORIGIN-OF-EDGE" not in only_ping and "TypedDict('" not in only_ping
+    only_link = get_stubs([link, ping], ["tools.link"])
+    assert "ORIGIN-OF-EDGE" in only_link and "TypedDict('" in only_link
+    ast.parse(only_link)
