@@ -19,7 +19,7 @@ from ._discovery import ServerSummary, ToolHit, ToolIndex
 from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
 from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned
-from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION
+from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION, EXECUTE_SUMMARY
 from ._result import RunResult
 from ._sandbox import Backend, Sandbox
 from ._tools import Tool
@@ -176,18 +176,22 @@ class CodeMode:
             lines.append("Unavailable: " + ", ".join(sorted(self.failures)))
         return "\n".join(lines)
 
-    def tool_definition(self, format: Literal["openai", "anthropic"] = "openai") -> dict[str, Any]:
-        """A ready definition of an `execute_code` tool for a model API.
+    def tool_definition(self, format: Literal["openai", "anthropic"] = "openai", *,
+                        contract: bool = True) -> dict[str, Any]:
+        """A ready definition of an `execute_code` tool for a model API. Its
+        description teaches the code contract; pass `contract=False` when the
+        model also gets `system_prompt()`, which carries the same text.
 
         Raises `ValueError` for an unknown format."""
         schema = {"type": "object", "properties": {"code": {
             "type": "string", "description": "Python source; the value of its last expression is returned."}},
             "required": ["code"], "additionalProperties": False}
+        description = EXECUTE_DESCRIPTION if contract else EXECUTE_SUMMARY
         if format == "openai":
-            return {"type": "function", "function": {"name": "execute_code", "description": EXECUTE_DESCRIPTION,
+            return {"type": "function", "function": {"name": "execute_code", "description": description,
                                                      "parameters": schema}}
         if format == "anthropic":
-            return {"name": "execute_code", "description": EXECUTE_DESCRIPTION, "input_schema": schema}
+            return {"name": "execute_code", "description": description, "input_schema": schema}
         raise ValueError(f"unknown tool definition format {format!r}: use 'openai' or 'anthropic'")
 
 

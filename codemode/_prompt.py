@@ -3,7 +3,7 @@ system prompt and tool definitions and by the MCP server's tool descriptions."""
 
 from __future__ import annotations
 
-__all__ = ["CODE_CONTRACT", "EXECUTE_DESCRIPTION", "GET_STUBS_DESCRIPTION", "SEARCH_DESCRIPTION"]
+__all__ = ["CODE_CONTRACT", "EXECUTE_DESCRIPTION", "EXECUTE_SUMMARY", "GET_STUBS_DESCRIPTION", "SEARCH_DESCRIPTION"]
 
 CODE_CONTRACT = """\
 Write Python 3 to do the task in one step; it runs in a sandbox and only its final value comes back.
@@ -27,4 +27,6 @@ GET_STUBS_DESCRIPTION = (
     "e.g. [\"filesystem.read_text_file\"]. Read them before writing code that calls those tools."
 )
 
-EXECUTE_DESCRIPTION = "Run a Python program that composes tool calls, and return its final value.\n\n" + CODE_CONTRACT
+EXECUTE_SUMMARY = "Run a Python program that composes tool calls, and return its final value."
+
+EXECUTE_DESCRIPTION = EXECUTE_SUMMARY + "\n\n" + CODE_CONTRACT

@@ -56,7 +56,7 @@ _ALLOWED_MODULES = frozenset(
     "statistics string textwrap time typing urllib urllib.parse uuid zoneinfo".split()
 )
 _EXTRA_BUILTINS = (
-    "all any dict enumerate filter iter list map max min next reversed set frozenset sum "
+    "all any dict enumerate filter iter list map max min next reversed set frozenset sorted sum "
     "staticmethod classmethod property super type object Exception BaseException".split()
 )
 _INPLACE: dict[str, Callable[[Any, Any], Any]] = {

@@ -53,6 +53,9 @@ async def test_tool_definitions_are_valid_for_both_apis() -> None:
         anthropic = json.loads(json.dumps(cm.tool_definition("anthropic")))
         assert anthropic["name"] == "execute_code" and anthropic["input_schema"]["properties"]["code"]["type"] == "string"
         assert "asyncio.gather" in anthropic["description"]
+        # With the system prompt, which carries the contract, it need not be said twice.
+        short = cm.tool_definition("anthropic", contract=False)["description"]
+        assert "asyncio.gather" not in short and "asyncio.gather" in cm.system_prompt()
         with pytest.raises(ValueError):
             cm.tool_definition("gemini")  # type: ignore[arg-type]
         assert (await cm.execute("await tools.add(a=2, b=40)")).value == 42
