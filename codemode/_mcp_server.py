@@ -1,0 +1,369 @@
+"""codemode as an MCP server: `search_tools`, `get_tool_stubs` and `execute_code`.
+
+An MCP client (Claude Desktop, Cursor, an agent framework) connects to one
+server, codemode, instead of to every upstream server. The model finds tools,
+reads their typed stubs, and sends one program; codemode runs it in the
+sandbox, proxies each tool call to the upstream server, and returns only the
+program's final value.
+
+    codemode mcp --config mcp.json            # stdio: the client starts us
+    codemode mcp --config mcp.json --http     # Streamable HTTP on 127.0.0.1:8765/mcp
+
+The HTTP side (bind rules, bearer token, Origin allow-list) is in `_mcp_http.py`.
+
+Long runs report one `notifications/progress` per finished tool call to a
+client that sent a progress token. The 2025-11-25 tasks extension is not
+offered: mcp 2.3 ships its wire types but no server support (its method
+tables leave `tasks/*` out on purpose), and hand-rolling it is out of scope.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, cast
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.stdio import stdio_server
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+
+from ._core import CodeMode
+from ._errors import CodemodeError, CodeSyntaxError, ConfigError, ExecutionError, SandboxUnavailable, UncaughtException
+from ._limits import Limits
+from ._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION
+from ._result import RunResult, ToolCallRecord
+
+__all__ = ["build_server", "cli_main", "format_run", "serve_stdio", "server_instructions"]
+
+logger = logging.getLogger("codemode.mcp")
+
+EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 2, 3
+
+STDOUT_CAP = 8_000
+"""Characters of `print` output returned: it rides along with the result into
+the model's context, so it gets a tighter cap than the result itself."""
+MAX_CONCURRENT_RUNS = 4
+"""Runs executing at once; each holds a worker thread and a wasm instance."""
+SEARCH_LIMIT_MAX = 50
+_INDEX_TOOLS = 12
+_TRACE_ARGS_CHARS = 200
+
+_WORKFLOW = (
+    "codemode: do multi-step work with tools by writing one Python program instead of calling tools one by one. "
+    "Find tools with search_tools, read the typed stubs of the few you need with get_tool_stubs, then run the "
+    "program with execute_code; only its final value comes back."
+)
+
+
+def server_instructions(cm: CodeMode) -> str:
+    """The server's `instructions`: the workflow and a compact index of namespaces.
+
+    The code contract itself lives in execute_code's description, which every
+    client shows the model; instructions are not always shown, so they stay short."""
+    lines = [_WORKFLOW, "", "Namespaces (call as `await namespace.tool(...)`):"]
+    servers = cm.list_servers()
+    for server in servers:
+        names = ", ".join(server.tools[:_INDEX_TOOLS]) + (", …" if len(server.tools) > _INDEX_TOOLS else "")
+        lines.append(f"- {server.namespace} ({server.tool_count} tools): {names}")
+    if not servers:
+        lines.append("- (none: no tools are configured)")
+    if cm.failures:
+        lines.append("Unavailable right now: " + ", ".join(sorted(cm.failures)))
+    return "\n".join(lines)
+
+
+def build_server(cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS,
+                 limits: Limits | None = None) -> MCPServer:
+    """An `MCPServer` whose three tools work on `cm`, which must be open.
+
+    Raises `CodemodeError` (e.g. `ToolDefinitionChanged`) if the tool catalog
+    cannot be read."""
+    runs = anyio.CapacityLimiter(max_concurrent_runs)
+    limits = limits or cm.sandbox.limits.replace(max_stdout=min(cm.sandbox.limits.max_stdout, STDOUT_CAP))
+    server: MCPServer = MCPServer("codemode", instructions=server_instructions(cm), log_level="WARNING")
+
+    # structured_output=False: plain text only, else the SDK would echo it as {"result": ...}.
+    # `async def` although nothing awaits: the SDK runs sync tools in worker
+    # threads, and CodeMode's catalog caches belong to the event loop.
+    @server.tool(description=SEARCH_DESCRIPTION, structured_output=False,
+                 annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def search_tools(
+        query: Annotated[str, Field(description="What the tool should do, in a few words, e.g. 'read a file'.")],
+        limit: Annotated[int, Field(ge=1, le=SEARCH_LIMIT_MAX, description="At most this many tools.")] = 10,
+    ) -> CallToolResult:
+        try:
+            hits = cm.search_tools(query, limit=limit)
+        except CodemodeError as exc:
+            return _error_result(exc)
+        if not hits:
+            return _text("No tool matches. Try other words; the server instructions list every namespace.")
+        return _text("\n".join(hit.line for hit in hits))
+
+    @server.tool(description=GET_STUBS_DESCRIPTION, structured_output=False,
+                 annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def get_tool_stubs(
+        names: Annotated[list[str], Field(min_length=1, description="Tool names as `namespace.tool`.")],
+    ) -> CallToolResult:
+        try:
+            return _text(cm.stubs(names))
+        except CodemodeError as exc:  # ToolNotFound: its message names close matches
+            return _error_result(exc)
+
+    @server.tool(description=EXECUTE_DESCRIPTION, annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    async def execute_code(
+        code: Annotated[str, Field(description="Python source; the value of its last expression is the result.")],
+        ctx: Context,
+        trace: Annotated[bool, Field(description="Also return the log of tool calls (debugging only; costs tokens).")]
+        = False,
+    ) -> CallToolResult:
+        async with runs:
+            try:
+                result = await _run_reporting_progress(cm, code, limits, ctx)
+            except CodemodeError as exc:  # the sandbox or the catalog failed, not the code
+                logger.exception("execute_code could not run")
+                return _error_result(exc)
+        return format_run(result, trace=trace)
+
+    return server
+
+
+async def _run_reporting_progress(cm: CodeMode, code: str, limits: Limits, ctx: Context) -> RunResult:
+    """Run `code`, sending one progress notification per finished tool call.
+
+    `on_event` is called synchronously on the loop; a single consumer task keeps
+    the notifications in order (progress must increase). Without a progress
+    token the SDK's `report_progress` is a no-op."""
+    send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+
+    async def report() -> None:
+        done = 0
+        async with receive:
+            async for event in receive:
+                if event.get("type") != "tool_call_finished":
+                    continue
+                done += 1
+                status = "ok" if event.get("ok") else f"failed ({event.get('error_code')})"
+                await ctx.report_progress(done, None, f"{event.get('namespace')}.{event.get('tool')} {status}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(report)
+        with send:  # closing it ends `report` once the queued notifications are out
+            result = await cm.execute(code, limits=limits, on_event=send.send_nowait)
+    return result
+
+
+def format_run(result: RunResult, *, trace: bool = False) -> CallToolResult:
+    """A run as an MCP tool result: the final value (text and structured), the
+    captured stdout after a separator, the error as `isError`, and the tool-call
+    log only when `trace` is set."""
+    structured: dict[str, Any] = {
+        "ok": result.ok,
+        "value": result.value,
+        "value_truncated": result.value_truncated,
+        "stdout": result.stdout,
+        "stdout_truncated": result.stdout_truncated,
+        "error": result.error.to_dict() if result.error else None,
+    }
+    parts = [_error_text(result.error) if result.error is not None else _value_text(result)]
+    if result.stdout:
+        parts.append("--- stdout ---\n" + result.stdout.rstrip("\n"))
+    if trace:
+        structured["tool_calls"] = [call.to_dict() for call in result.tool_calls]
+        structured["timings"] = result.timings.to_dict()
+        parts.append(_trace_text(result.tool_calls))
+    return CallToolResult(content=[TextContent(type="text", text="\n\n".join(parts))],
+                          structured_content=structured, is_error=not result.ok)
+
+
+def _value_text(result: RunResult) -> str:
+    value = result.value
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=repr)
+    if result.value_truncated:
+        text += "\n[the result was truncated: return something smaller, e.g. filter or count in code]"
+    return text
+
+
+def _error_text(error: ExecutionError) -> str:
+    if isinstance(error, (UncaughtException, CodeSyntaxError)):
+        head = str(error)  # these include the exception type, traceback lines or the caret
+    else:
+        head = error.message
+        frames = getattr(error, "traceback", None) or []
+        if frames:
+            head += "\n" + "\n".join(f"  line {f.line}, in {f.name}: {f.text}" for f in frames)
+    return f"Error [{error.code}]: {head}"
+
+
+def _trace_text(calls: list[ToolCallRecord]) -> str:
+    lines = [f"--- tool calls ({len(calls)}) ---"]
+    for call in calls:
+        args = json.dumps(call.arguments, ensure_ascii=False, default=repr)
+        if len(args) > _TRACE_ARGS_CHARS:
+            args = args[:_TRACE_ARGS_CHARS] + "…"
+        status = "ok" if call.ok else f"{call.error_code}: {call.error_message}"
+        lines.append(f"[batch {call.batch}] {call.namespace}.{call.tool}({args}) {status} "
+                     f"at {call.started_s:.3f}s took {call.duration_s:.3f}s")
+    return "\n".join(lines)
+
+
+def _text(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)])
+
+
+def _error_result(exc: CodemodeError) -> CallToolResult:
+    """A failure that is not the code's (unknown tool names, changed pins, no sandbox)."""
+    return CallToolResult(content=[TextContent(type="text", text=f"Error [{exc.code}]: {exc.message}")],
+                          structured_content={"ok": False, "value": None, "error": exc.to_dict()}, is_error=True)
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+class _Shutdown:
+    """What SIGINT/SIGTERM do: cancel the whole server, or, once a graceful stop
+    is registered (uvicorn's), call that first; a second signal cancels outright."""
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self._scope = scope
+        self.graceful: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        graceful, self.graceful = self.graceful, None
+        if graceful is not None:
+            graceful()
+        else:
+            self._scope.cancel()
+
+
+async def _watch_signals(shutdown: _Shutdown, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    # Our own handlers, so that shutdown runs our cleanup (closing upstream
+    # sessions) instead of the default handlers ending the process.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            logger.info("received %s, shutting down", signal.Signals(signum).name)
+            shutdown()
+
+
+async def _serve(args: argparse.Namespace, token: str | None) -> None:
+    async with anyio.create_task_group() as tg:
+        shutdown = _Shutdown(tg.cancel_scope)
+        await tg.start(_watch_signals, shutdown)  # before startup: a signal then aborts it cleanly too
+        cm = CodeMode.from_config(args.config, backend=args.backend) if args.config else CodeMode(backend=args.backend)
+        async with cm:
+            for namespace, failure in cm.failures.items():
+                logger.warning("server %r is unavailable: %s", namespace, failure.message)
+            server = build_server(cm)
+            logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))
+            if args.http:
+                from ._mcp_http import serve_http
+
+                def on_listening(stop: Callable[[], None]) -> None:
+                    shutdown.graceful = stop
+
+                await serve_http(server, host=args.host, port=args.port, token=token,
+                                 allow_origins=list(args.allow_origin), on_listening=on_listening)
+            else:
+                await serve_stdio(server)
+        tg.cancel_scope.cancel()
+
+
+async def serve_stdio(server: MCPServer) -> None:
+    """Serve one client over stdin/stdout until it closes stdin (or we are cancelled)."""
+    async with _stdin_lines() as lines:
+        # stdin is ours (see `_stdin_lines`); the SDK still claims fd 1, so a
+        # stray print from a handler or a child cannot corrupt the protocol.
+        async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
+            lowlevel = server._lowlevel_server  # noqa: SLF001 - MCPServer has no public run(streams)
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
+@asynccontextmanager
+async def _stdin_lines() -> AsyncIterator[MemoryObjectReceiveStream[str]]:
+    """Lines of stdin, read by a daemon thread.
+
+    The SDK reads stdin in an anyio worker thread that cannot be abandoned, so a
+    signal could not stop the server until the client wrote another line. A
+    daemon thread blocked in `os.read` on a duplicate of fd 0 can be left
+    behind at exit (a buffered reader could not: finalization would wait on
+    its lock)."""
+    send, receive = anyio.create_memory_object_stream[str](16)
+    token = anyio.lowlevel.current_token()
+    fd = os.dup(sys.stdin.fileno())
+
+    def pump() -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        try:
+            while chunk := os.read(fd, 65536):
+                pending += decoder.decode(chunk)
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    anyio.from_thread.run(send.send, line + "\n", token=token)
+            if pending := pending + decoder.decode(b"", final=True):  # a last line without its newline
+                anyio.from_thread.run(send.send, pending, token=token)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError, OSError):
+            return  # we are shutting down: the receiver or the event loop is gone
+        finally:
+            os.close(fd)  # only this thread uses it; left open if it is still blocked at exit
+            with contextlib.suppress(RuntimeError):
+                anyio.from_thread.run_sync(send.close, token=token)
+
+    threading.Thread(target=pump, name="codemode-stdin", daemon=True).start()
+    with receive:
+        yield receive
+
+
+def _configure_logging() -> None:
+    # stdout is the protocol in stdio mode: everything else goes to stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("codemode: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("codemode").setLevel(logging.INFO)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """`codemode mcp`: serve over stdio, or Streamable HTTP with `--http`.
+
+    Returns 0 after a clean shutdown, 2 when asked to bind a non-loopback
+    address without a token, 3 for a bad configuration or no sandbox."""
+    from ._mcp_http import is_loopback
+
+    token = args.token or os.environ.get("CODEMODE_TOKEN") or None
+    if args.http and not is_loopback(args.host) and not token:
+        print(f"codemode: refusing to serve on {args.host} without a token: anyone who can reach it could run "
+              "code with your tools. Pass --token or set CODEMODE_TOKEN.", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.http and (args.token or args.allow_origin or args.host != "127.0.0.1"):
+        print("codemode: --host, --port, --token and --allow-origin apply to --http only", file=sys.stderr)
+    if not args.config:
+        print("codemode: no --config given: serving without any tools", file=sys.stderr)
+    _configure_logging()
+    failed: list[str] = []
+    # except*: the serving task group wraps what fails inside it in an ExceptionGroup.
+    try:
+        anyio.run(_serve, args, token)
+    except* (ConfigError, SandboxUnavailable) as group:
+        failed += [str(exc) for exc in group.exceptions]
+    except* CodemodeError as group:  # e.g. tool definitions changed since they were pinned
+        failed += [f"[{exc.code}] {exc}" for exc in group.exceptions if isinstance(exc, CodemodeError)]
+    except* OSError as group:  # the address is taken or not ours
+        failed += [str(exc) for exc in group.exceptions]
+    for message in failed:
+        print(f"codemode: {message}", file=sys.stderr)
+    return EXIT_UNAVAILABLE if failed else EXIT_OK
