@@ -1,9 +1,15 @@
-"""Sandbox speed, side by side in one run: wasm vs restricted vs `python -c`.
+"""Sandbox speed, side by side in one run: codemode's wasm and restricted
+backends against peer sandboxes (pydantic-monty, Pyodide under node, `python -c`).
 
     python -m benchmarks.sandbox [--quick] [--json PATH]
 
-Every figure is measured here, now, on this machine; each says what it is
-(median / p95 of N runs). Ratios are against the wasm backend.
+Same programs, same machine, one run: start + trivial program, a CPU-bound
+loop, a 100-call tool chain through each system's own external-function
+mechanism, everyday-code coverage and peak memory; then codemode's own
+crossing cost and throughput. Every figure is measured here, now; each says
+what it is (median / p95 of N runs). Ratios are against the wasm backend. A
+peer that cannot run a program, or cannot run here at all, is reported with
+the reason.
 """
 
 from __future__ import annotations
@@ -20,8 +26,16 @@ from typing import Any
 
 import anyio
 
+from benchmarks.peers import pyodide, subprocess_runner
+from benchmarks.peers.programs import COVERAGE, CPU, TRIVIAL, chain_program, expected, run_last_expression
 from codemode import Limits, Sandbox, Tool
 from codemode._wasm import WasmBackend
+
+MONTY_PIN = "1.4.0"
+CHAIN_CALLS = 100
+EXPECTED = expected()
+"""What each coverage program returns in this host's CPython."""
+CPU_VALUE = run_last_expression(CPU)
 
 
 def _noop(x: int = 0) -> int:
@@ -109,16 +123,172 @@ def python_c_throughput(threads: int, runs: int) -> float:
     return runs / (time.perf_counter() - t0)
 
 
+# -- peers: the same programs on every system --------------------------------------------------
+
+def _value_problem(value: Any, want: Any) -> str | None:
+    return None if value == want else f"returned {value!r}, expected {want!r}"
+
+
+async def codemode_peer(sandbox: Sandbox, n_cpu: int, n_chain: int) -> dict[str, Any]:
+    """CPU loop, 100-call chain (sync no-op tool) and coverage on one backend."""
+    async def run(code: str, tools: list[Tool] | None = None) -> tuple[Any, float, str | None]:
+        t0 = time.perf_counter()
+        result = await sandbox.run(code, tools=tools or [], limits=LIMITS)
+        elapsed = time.perf_counter() - t0
+        return result.value, elapsed, (None if result.ok else f"{type(result.error).__name__}: "
+                                       f"{str(result.error).splitlines()[0][:160]}")
+    chain = chain_program(CHAIN_CALLS, "await tools.noop(x=i)")
+    cpu, chains = [], []
+    for _ in range(n_cpu):
+        value, elapsed, error = await run(CPU)
+        assert error is None and value == CPU_VALUE, (value, error)
+        cpu.append(elapsed)
+    for _ in range(n_chain):
+        value, elapsed, error = await run(chain, NOOP)
+        assert error is None and value == CHAIN_CALLS - 1, (value, error)
+        chains.append(elapsed)
+    coverage = {}
+    for name, code in COVERAGE.items():
+        value, _, error = await run(code)
+        coverage[name] = error or _value_problem(value, EXPECTED[name]) or "ok"
+    return {"cpu": _stats(cpu), "chain": _stats(chains), "coverage": coverage}
+
+
+def monty_peer(n_cold: int, n_cpu: int, n_chain: int) -> dict[str, Any]:
+    """pydantic-monty: a warm pool of one worker process; each run is a fresh
+    session (`checkout`) fed one program; tools are host functions (`external_lookup`)."""
+    try:
+        import pydantic_monty
+    except ImportError:
+        return {"unavailable": f"pydantic-monty is not installed (pip install pydantic-monty=={MONTY_PIN})"}
+
+    def feed(pool: Any, code: str, lookup: dict[str, Any] | None = None) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        with pool.checkout() as session:
+            value = session.feed_run(code, external_lookup=lookup)
+        return value, time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with pydantic_monty.Monty(min_processes=1, max_processes=1) as pool:
+        feed(pool, TRIVIAL)
+        pool_start = time.perf_counter() - t0
+        for _ in range(4):
+            feed(pool, TRIVIAL)  # warm the worker, as the other systems are warmed
+        start = [feed(pool, TRIVIAL)[1] for _ in range(n_cold)]
+        cpu = []
+        for _ in range(n_cpu):
+            value, elapsed = feed(pool, CPU)
+            assert value == CPU_VALUE, value
+            cpu.append(elapsed)
+        chains, chain = [], chain_program(CHAIN_CALLS, "noop(x=i)")
+        for _ in range(n_chain):
+            value, elapsed = feed(pool, chain, {"noop": _noop})
+            assert value == CHAIN_CALLS - 1, value
+            chains.append(elapsed)
+        coverage = {}
+        for name, code in COVERAGE.items():
+            try:
+                coverage[name] = _value_problem(feed(pool, code)[0], EXPECTED[name]) or "ok"
+            except pydantic_monty.MontyError as exc:
+                coverage[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}"
+    return {"version": pydantic_monty.__version__, "pool_start_ms": pool_start * 1e3, "start": _stats(start),
+            "cpu": _stats(cpu), "chain": _stats(chains), "coverage": coverage}
+
+
+def python_c_peer(n_cpu: int, n_chain: int) -> dict[str, Any]:
+    """A fresh `python -c` process per program; tools over a JSON-lines pipe."""
+    base = [subprocess_runner.run(TRIVIAL)[1] for _ in range(n_chain)]
+    cpu = []
+    for _ in range(n_cpu):
+        value, elapsed, _ = subprocess_runner.run(CPU)
+        assert value == CPU_VALUE, value
+        cpu.append(elapsed)
+    chains, chain, rss = [], chain_program(CHAIN_CALLS, "noop(x=i)"), None
+    for _ in range(n_chain):
+        value, elapsed, rss = subprocess_runner.run(chain, {"noop": _noop})
+        assert value == CHAIN_CALLS - 1, value
+        chains.append(elapsed)
+    coverage = {}
+    for name, code in COVERAGE.items():
+        try:
+            coverage[name] = _value_problem(subprocess_runner.run(code)[0], EXPECTED[name]) or "ok"
+        except RuntimeError as exc:
+            coverage[name] = str(exc)[:160]
+    return {"runner_start": _stats(base), "cpu": _stats(cpu), "chain": _stats(chains), "coverage": coverage,
+            "child_rss_kb": rss}
+
+
+def pyodide_peer(n_cold: int, n_warm: int, n_cpu: int, n_chain: int) -> dict[str, Any]:
+    """Pyodide in node: fresh interpreters (loadPyodide), then warm runs in one
+    interpreter; tools are JS functions called from Python."""
+    spec = {"cold": n_cold, "warm": n_warm, "cpu": {"code": CPU, "n": n_cpu},
+            "chain": {"code": chain_program(CHAIN_CALLS, "noop(i)"), "n": n_chain}, "coverage": COVERAGE}
+    try:
+        data = pyodide.measure(spec)
+    except pyodide.Unavailable as exc:
+        return {"unavailable": str(exc)}
+    if data.get("cpu_value") != CPU_VALUE or data.get("chain_value") != CHAIN_CALLS - 1:
+        return {"unavailable": f"wrong results: cpu {data.get('cpu_value')!r}, chain {data.get('chain_value')!r}"}
+    coverage = {name: (_value_problem(r.get("value"), EXPECTED[name]) or "ok") if r["ok"] else r["error"][:160]
+                for name, r in data["coverage"].items()}
+    return {"version": data["version"], "start": _stats_ms(data["cold_ms"]), "warm": _stats_ms(data["warm_ms"]),
+            "cpu": _stats_ms(data["cpu_ms"]), "chain": _stats_ms(data["chain_ms"]), "coverage": coverage,
+            "rss_kb": data["max_rss_kb"]}
+
+
+def _stats_ms(samples_ms: list[float]) -> dict[str, float]:
+    return _stats([x / 1e3 for x in samples_ms])
+
+
+def memory_probe(system: str) -> dict[str, Any]:
+    """Peak RSS (kB) of a fresh process that runs `system` (see peers/memprobe.py)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.peers.memprobe", system], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        return {"unavailable": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]}
+    peaks: dict[str, Any] = json.loads(proc.stdout)
+    return peaks
+
+
 async def measure(quick: bool) -> dict[str, Any]:
     n_cold, calls, reps, runs, n_py = (30, 200, 3, 40, 5) if quick else (300, 1000, 5, 400, 30)
+    n_cpu, n_chain, n_pyodide = (3, 5, 1) if quick else (10, 20, 3)
     wasm = Sandbox()
     await wasm.load()
     public_api = Sandbox(backend=WasmBackend(direct_host_call=False))
     await public_api.load()
     restricted = Sandbox(backend="restricted")
     out: dict[str, Any] = {"quick": quick, "python": sys.version.split()[0]}
+    monty = monty_peer(n_cold, n_cpu, n_chain)
+    node = pyodide_peer(n_pyodide, n_cold, n_cpu, n_chain)
+    py_c = python_c_peer(n_cpu, n_chain)
     out["cold_start"] = {"wasm": await cold_start(wasm, n_cold), "restricted": await cold_start(restricted, n_cold),
-                         "python -c": python_c(n_py)}
+                         "pydantic-monty": monty.get("start", monty), "python -c": python_c(n_py),
+                         "pyodide": node.get("start", node), "pyodide, warm interpreter": node.get("warm", node)}
+    systems = {"wasm": await codemode_peer(wasm, n_cpu, n_chain),
+               "restricted": await codemode_peer(restricted, n_cpu, n_chain),
+               "pydantic-monty": monty, "python -c": py_c, "pyodide": node}
+    out["cpu"] = {name: s.get("cpu", s) for name, s in systems.items()}
+    out["chain100"] = {}
+    for name, s in systems.items():
+        if "chain" not in s:
+            out["chain100"][name] = s
+            continue
+        base = py_c["runner_start"] if name == "python -c" else (
+            node["warm"] if name == "pyodide" else out["cold_start"][name])
+        out["chain100"][name] = {**s["chain"], "calls": CHAIN_CALLS, "mechanism": MECHANISMS[name],
+                                 "per_call_us": (s["chain"]["median_ms"] - base["median_ms"]) / CHAIN_CALLS * 1e3}
+    out["coverage"] = {name: s.get("coverage", s) for name, s in systems.items()}
+    probes = {name: memory_probe(probe) for name, probe in (("python baseline", "baseline"), ("wasm", "wasm"),
+                                                            ("restricted", "restricted"), ("pydantic-monty", "monty"))}
+    out["memory_kb"] = {name: probe if "unavailable" in probe else {"host": probe["self_kb"],
+                                                                    "worker": probe["children_kb"]}
+                        for name, probe in probes.items()}
+    out["memory_kb"]["python -c"] = {"host": None, "worker": py_c["child_rss_kb"]}
+    out["memory_kb"]["pyodide"] = {"host": node["rss_kb"], "worker": None} if "rss_kb" in node else node
+    out["versions"] = {"pydantic-monty": monty.get("version"), "pyodide": node.get("version"),
+                       "node": _node_version()}
+    out["monty_pool_start_ms"] = monty.get("pool_start_ms")
     out["crossing"] = {"wasm, sync tool": await crossing(wasm, calls, reps),
                        "wasm, sync tool, wasmtime-py public add_func": await crossing(public_api, calls, reps),
                        "wasm, async tool (hop to the event loop)": await crossing(wasm, calls, reps, ASYNC_NOOP),
@@ -132,19 +302,108 @@ async def measure(quick: bool) -> dict[str, Any]:
     return out
 
 
+MECHANISMS = {
+    "wasm": "`await tools.noop(x=i)`: a host function call out of the wasm guest, answered on the worker thread",
+    "restricted": "`await tools.noop(x=i)`: an in-process Python call",
+    "pydantic-monty": "`noop(x=i)`: external function (`external_lookup`), answered by the host over the worker pipe",
+    "python -c": "`noop(x=i)`: a JSON line to the parent over stdout, the reply over stdin",
+    "pyodide": "`noop(i)`: a JS function called from Python (no keyword arguments across the FFI)",
+}
+
+
+def _node_version() -> str | None:
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _unavailable(s: dict[str, Any]) -> str | None:
+    return s.get("unavailable") if isinstance(s, dict) else None
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
 def render(data: dict[str, Any]) -> str:
     cold, cross, tput = data["cold_start"], data["crossing"], data["throughput_runs_per_s"]
     base = cold["wasm"]["median_ms"]
+    versions = data.get("versions", {})
     lines = [
-        f"codemode sandbox benchmark ({'quick' if data['quick'] else 'full'}; host Python {data['python']})",
+        f"codemode sandbox benchmark ({'quick' if data['quick'] else 'full'}; host Python {data['python']}; "
+        f"pydantic-monty {versions.get('pydantic-monty') or '-'}; pyodide {versions.get('pyodide') or '-'} on node "
+        f"{versions.get('node') or '-'}). All figures measured in this run on this machine.",
         "",
-        "Cold start + trivial program (fresh sandbox per run; `1 + 1`)",
-        "| system | median ms | p95 ms | runs | median vs wasm |",
-        "|---|---:|---:|---:|---:|",
+        "Start + trivial program (`1 + 1`), fresh sandbox per run",
+        "| system | what one run is | median ms | p95 ms | runs | median vs wasm |",
+        "|---|---|---:|---:|---:|---:|",
     ]
+    what = {
+        "wasm": "new wasm instance (pre-initialized CPython component) + run",
+        "restricted": "new namespace in this process (not isolated) + run",
+        "pydantic-monty": "new session on a warm worker process (`checkout` + `feed_run`)",
+        "python -c": "new CPython process (`python -c 'print(1 + 1)'`)",
+        "pyodide": "new interpreter in a warm node process (`loadPyodide` + `runPython`)",
+        "pyodide, warm interpreter": "`runPython` in an already-loaded interpreter (fresh globals; no isolation)",
+    }
     for name, s in cold.items():
-        lines.append(f"| {name} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | {s['median_ms'] / base:.2f}x |")
-    lines += ["", "One tool-call crossing (sequential chain of no-op tool calls, per call; median of reps)",
+        if reason := _unavailable(s):
+            lines.append(f"| {name} | {what.get(name, '')} | cannot run here: {reason} | | | |")
+            continue
+        lines.append(f"| {name} | {what.get(name, '')} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | "
+                     f"{_ratio(s['median_ms'], base)} |")
+    if data.get("monty_pool_start_ms") is not None:
+        lines.append(f"\npydantic-monty: starting its worker pool (once per host process) plus the first run took "
+                     f"{data['monty_pool_start_ms']:.1f} ms, measured once. Its README claims a 0.06 ms start; "
+                     "the row above is the comparable figure (a fresh session on a warm worker).")
+    lines += ["", "CPU-bound loop (`total = (total + i * i) % 1_000_003` for 200,000 iterations), start included",
+              "| system | median ms | p95 ms | runs | median vs wasm |", "|---|---:|---:|---:|---:|"]
+    cpu_base = data["cpu"]["wasm"]["median_ms"]
+    for name, s in data["cpu"].items():
+        if reason := _unavailable(s):
+            lines.append(f"| {name} | cannot run here: {reason} | | | |")
+            continue
+        lines.append(f"| {name} | {s['median_ms']:.1f} | {s['p95_ms']:.1f} | {s['n']} | {_ratio(s['median_ms'], cpu_base)} |")
+    lines += ["", f"Tool chain: {CHAIN_CALLS} sequential calls of a no-op host tool, each taking the previous "
+              "result, through each system's own external-function mechanism; start included. Per call = "
+              "(chain median - start median) / 100.",
+              "| system | mechanism | chain median ms | p95 ms | runs | µs per call | chain vs wasm |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    chain_base = data["chain100"]["wasm"]["median_ms"]
+    for name, s in data["chain100"].items():
+        if reason := _unavailable(s):
+            lines.append(f"| {name} | | cannot run here: {reason} | | | | |")
+            continue
+        lines.append(f"| {name} | {s['mechanism']} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | "
+                     f"{s['per_call_us']:.1f} | {_ratio(s['median_ms'], chain_base)} |")
+    lines += ["", f"Everyday model code: {len(COVERAGE)} small programs, each run once; a value that differs from "
+              "CPython's counts as a failure",
+              "| system | programs run correctly | what failed |", "|---|---:|---|"]
+    for name, results in data["coverage"].items():
+        if reason := _unavailable(results):
+            lines.append(f"| {name} | cannot run here | {reason} |")
+            continue
+        failed = {k: v.splitlines()[0][:110] for k, v in results.items() if v != "ok"}
+        detail = "; ".join(f"{k}: {v}" for k, v in failed.items()) or "-"
+        lines.append(f"| {name} | {len(results) - len(failed)} / {len(results)} | {detail} |")
+    lines += ["", "Peak memory (peak RSS, MB; one fresh process per system running the trivial program 20x, the CPU "
+              "loop and the chain; measured once)",
+              "| system | host process | separate worker / child | note |", "|---|---:|---:|---|"]
+    notes = {"python baseline": "an empty Python process: subtract it from in-process hosts",
+             "wasm": "Python host + wasmtime + the CPython component, all in one process",
+             "restricted": "Python host with codemode imported (runs in-process)",
+             "pydantic-monty": "Python host + one `monty` worker process",
+             "python -c": "the child process of the chain run",
+             "pyodide": "the whole node process with one loaded interpreter"}
+    for name, s in data["memory_kb"].items():
+        if reason := _unavailable(s):
+            lines.append(f"| {name} | cannot run here: {reason} | | |")
+            continue
+        host = f"{s['host'] / 1024:.1f}" if s.get("host") else "-"
+        worker = f"{s['worker'] / 1024:.1f}" if s.get("worker") else "-"
+        lines.append(f"| {name} | {host} | {worker} | {notes.get(name, '')} |")
+    lines += ["", "codemode only: one tool-call crossing (sequential chain of no-op tool calls, per call; median of reps)",
               "| system | µs per call | calls x reps |", "|---|---:|---:|"]
     for name, s in cross.items():
         lines.append(f"| {name} | {s['per_call_us']:.1f} | {s['calls']} x {s['reps']} |")

@@ -1,0 +1,166 @@
+"""The two scripted agents, both executed for real against the MCP servers.
+
+- `run_direct`: the classic loop. The request carries the system prompt, every
+  connected tool's definition (`namespace__tool`, description, input schema:
+  what a multi-server MCP client hands a model API) and the task; each turn
+  the model emits one tool call (or several independent ones, as the API
+  allows), the hub runs it against the real server, and the result text is
+  appended. The whole history is sent again next turn.
+- `run_code_mode`: the model sees only codemode's three tools, as codemode's
+  own MCP server (`build_server`) lists them, reached through the SDK's
+  in-memory client; it calls search_tools, get_tool_stubs, then execute_code
+  once, and answers from the program's value.
+
+No model is called: the scripts in `_workloads` are what a competent model
+would emit, and every argument and answer is derived from real results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from mcp import Client
+from mcp.types import TextContent
+
+from benchmarks._tokens import Conversation
+from benchmarks._workloads import Task, Workspace
+from codemode import RunResult, Sandbox, Tool, ToolError
+from codemode._core import CodeMode
+from codemode._mcp_server import build_server, server_instructions
+from codemode._upstream import Hub
+
+__all__ = ["SYSTEM_PROMPT", "AgentRun", "BenchmarkError", "run_code_mode", "run_direct"]
+
+SYSTEM_PROMPT = ("You are an agent that completes the user's task with the tools provided. Call tools as needed; "
+                 "when done, reply with the final answer only, as the JSON the task asks for.")
+
+
+class BenchmarkError(Exception):
+    """A run that cannot count: a tool failed, or a script did what a model could not."""
+
+
+@dataclass
+class AgentRun:
+    answer: Any
+    conversation: Conversation
+    upstream_calls: int
+    """MCP tool calls that reached the upstream servers."""
+    call_durations_s: list[float] = field(default_factory=list)
+    """Measured duration of every upstream tool call."""
+    sandbox: dict[str, Any] | None = None
+    """Code mode only: the sandbox run's own timings."""
+
+    @property
+    def measured_s(self) -> float:
+        return sum(turn.tool_s for turn in self.conversation.turns)
+
+
+def _result_text(value: Any) -> str:
+    # What the model reads: text as the server sent it, structured data as compact JSON.
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+class _DirectCalls:
+    def __init__(self, hub: Hub, conversation: Conversation) -> None:
+        self.hub, self.conversation = hub, conversation
+        self.durations: list[float] = []
+
+    async def call(self, namespace: str, tool: str, arguments: dict[str, Any]) -> Any:
+        return (await self.parallel([(namespace, tool, arguments)]))[0]
+
+    async def parallel(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
+        blocks: list[dict[str, Any]] = [
+            {"type": "tool_use", "id": self.conversation.tool_use_id(), "name": f"{ns}__{tool}", "input": args}
+            for ns, tool, args in calls]
+        self.conversation.model_turn(blocks)
+        values: list[Any] = [None] * len(calls)
+        failures: list[str] = []
+
+        async def one(i: int, ns: str, tool: str, args: dict[str, Any]) -> None:
+            t0 = time.perf_counter()
+            try:
+                values[i] = await self.hub.call_tool(ns, tool, args)
+            except ToolError as exc:
+                failures.append(f"{ns}.{tool}: {exc.message}")
+            self.durations.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i, (ns, tool, args) in enumerate(calls):
+                tg.start_soon(one, i, ns, tool, args)
+        elapsed = time.perf_counter() - t0
+        if failures:
+            raise BenchmarkError("direct: " + "; ".join(failures))
+        self.conversation.tool_results([(b["id"], _result_text(v), False) for b, v in zip(blocks, values, strict=True)],
+                                       elapsed)
+        return values
+
+
+def direct_tool_definitions(tools: list[Tool]) -> list[dict[str, Any]]:
+    return [{"name": f"{t.namespace}__{t.name}", "description": t.description, "input_schema": dict(t.input_schema)}
+            for t in tools]
+
+
+async def run_direct(task: Task, ws: Workspace, hub: Hub, tools: list[Tool]) -> AgentRun:
+    conversation = Conversation(system=SYSTEM_PROMPT, tools=direct_tool_definitions(tools))
+    conversation.user(task.render(task.prompt, ws))
+    calls = _DirectCalls(hub, conversation)
+    answer = await task.direct(calls, ws)
+    conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
+    return AgentRun(answer=answer, conversation=conversation, upstream_calls=len(calls.durations),
+                    call_durations_s=calls.durations)
+
+
+class _RecordingCodeMode(CodeMode):
+    """Keeps the last `RunResult`, for the sandbox's own timings and call log."""
+
+    last_run: RunResult | None = None
+
+    async def execute(self, code: str | bytes, **kwargs: Any) -> RunResult:
+        result = await super().execute(code, **kwargs)
+        self.last_run = result
+        return result
+
+
+async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: Sandbox) -> AgentRun:
+    cm = _RecordingCodeMode(tools=tools, sandbox=sandbox)
+    async with cm, Client(build_server(cm)) as client:
+        listed = (await client.list_tools()).tools
+        definitions = [{"name": t.name, "description": t.description or "", "input_schema": t.input_schema}
+                       for t in listed]
+        # An MCP client puts the server's instructions in the system prompt.
+        system = SYSTEM_PROMPT + "\n\n" + server_instructions(cm)
+        conversation = Conversation(system=system, tools=definitions)
+        conversation.user(task.render(task.prompt, ws))
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ("search_tools", {"query": task.search}), ("get_tool_stubs", {"names": list(task.stubs)}),
+            ("execute_code", {"code": task.render(task.program, ws)})]
+        texts: dict[str, str] = {}
+        for name, arguments in steps:
+            tool_use_id = conversation.tool_use_id()
+            conversation.model_turn([{"type": "tool_use", "id": tool_use_id, "name": name, "input": arguments}])
+            t0 = time.perf_counter()
+            result = await client.call_tool(name, arguments)
+            elapsed = time.perf_counter() - t0
+            text = "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+            if result.is_error:
+                raise BenchmarkError(f"{task.name}: code mode {name} failed: {text[:2000]}")
+            conversation.tool_results([(tool_use_id, text, False)], elapsed)
+            texts[name] = text
+            if name == "search_tools":
+                visible = texts["search_tools"] + "\n" + system
+                unseen = [s for s in task.stubs if s.split(".", 1)[1] not in visible]
+                if unseen:
+                    raise BenchmarkError(f"{task.name}: the script reads stubs of {unseen}, which neither the "
+                                         "search results nor the system prompt show")
+        answer = json.loads(texts["execute_code"])
+        conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
+        run = cm.last_run
+        assert run is not None
+        return AgentRun(answer=answer, conversation=conversation, upstream_calls=len(run.tool_calls),
+                        call_durations_s=[c.duration_s for c in run.tool_calls],
+                        sandbox={**run.timings.to_dict(), "batches": len({c.batch for c in run.tool_calls})})

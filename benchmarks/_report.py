@@ -1,0 +1,150 @@
+"""The token benchmark's outputs: a Markdown report, JSON, and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_markdown", "write_chart", "write_json"]
+
+AGENTS = ("direct", "code_mode")
+
+
+def _pct(code: float, direct: float) -> str:
+    if direct == 0:
+        return "n/a"
+    return f"{(code - direct) / direct * 100:+.0f}%"
+
+
+def _pays_off(task: dict[str, Any]) -> str:
+    d, c = task["direct"]["total_tokens"], task["code_mode"]["total_tokens"]
+    return f"yes ({_pct(c, d)})" if c < d else f"**no** ({_pct(c, d)})"
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    method, tasks, agg = data["method"], data["tasks"], data["aggregate"]
+    timing = method["model_timing"]
+    runs = method["measured_runs"]
+    lines = [
+        f"# codemode token and latency benchmark ({'quick' if data['quick'] else 'full'} run)",
+        "",
+        "Two scripted agents (no model is called; the scripts are what a competent model would emit) do each task "
+        "for real against the same MCP servers; both answers are checked against ground truth.",
+        "",
+        "How the figures are made:",
+        f"- **Tokens are counted**, not estimated: {method['tokenizer']}. {method['serialization']}",
+        f"- **Input tokens** are summed over all model turns (the history is re-read each turn). "
+        f"**Output tokens**: {method['output_tokens']}",
+        f"- **With prompt caching**: {method['caching']}",
+        f"- **Measured** seconds: wall time of every tool call (parallel calls: the turn's wall time) and of every "
+        f"codemode call (search, stubs, the sandbox run with its tool calls), median of {runs} run(s) per agent "
+        "and task, on this machine.",
+        f"- **Modelled** seconds: model time per turn = {timing['formula']}, with ttft_s={timing['ttft_s']:g}, "
+        f"prefill_tps={timing['prefill_tps']:g}, decode_tps={timing['decode_tps']:g} (flags --ttft, --prefill-tps, "
+        "--decode-tps). Sources: " + "; ".join(f"{k}: {v}" for k, v in timing["sources"].items()) + ".",
+        "",
+        "## Tokens per task (counted)",
+        "",
+        "| task | what it exercises | tools offered (direct / code mode) | upstream tool calls | model turns "
+        "(direct / code mode) | input tokens (direct / code mode) | output tokens (direct / code mode) | "
+        "total tokens (direct / code mode) | code mode vs direct | total, billed with caching (direct / code mode) "
+        "| code mode pays off? |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for t in tasks:
+        d, c = t["direct"], t["code_mode"]
+        lines.append(
+            f"| {t['name']} | {t['shape']} | {t['tools_offered']} / 3 | {d['tool_calls']} | {d['model_turns']} / "
+            f"{c['model_turns']} | {d['input_tokens']:,} / {c['input_tokens']:,} | {d['output_tokens']:,} / "
+            f"{c['output_tokens']:,} | {d['total_tokens']:,} / {c['total_tokens']:,} | "
+            f"{_pct(c['total_tokens'], d['total_tokens'])} | {d['total_tokens_billed_cached']:,.0f} / "
+            f"{c['total_tokens_billed_cached']:,.0f} | {_pays_off(t)} |")
+    ad, ac = agg["direct"], agg["code_mode"]
+    lines.append(
+        f"| **all tasks** | | | {ad['tool_calls']} | {ad['model_turns']} / {ac['model_turns']} | "
+        f"{ad['input_tokens']:,} / {ac['input_tokens']:,} | {ad['output_tokens']:,} / {ac['output_tokens']:,} | "
+        f"{ad['total_tokens']:,} / {ac['total_tokens']:,} | {_pct(ac['total_tokens'], ad['total_tokens'])} | "
+        f"{ad['total_tokens_billed_cached']:,.0f} / {ac['total_tokens_billed_cached']:,.0f} | |")
+    lines += [
+        "",
+        f"## Latency per task (measured: median of {runs} run(s); modelled: from the token counts)",
+        "",
+        "| task | model round trips (direct / code mode) | measured tool + sandbox s (direct / code mode) | "
+        "modelled model s (direct / code mode) | total s (direct / code mode) | code mode vs direct |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for t in tasks:
+        d, c = t["direct"], t["code_mode"]
+        lines.append(
+            f"| {t['name']} | {d['model_turns']} / {c['model_turns']} | {d['measured_s']:.3f} / {c['measured_s']:.3f} "
+            f"| {d['modelled_s']:.1f} / {c['modelled_s']:.1f} | {d['total_s']:.1f} / {c['total_s']:.1f} | "
+            f"{_pct(c['total_s'], d['total_s'])} |")
+    lines.append(
+        f"| **all tasks** | {ad['model_turns']} / {ac['model_turns']} | {ad['measured_s']:.3f} / "
+        f"{ac['measured_s']:.3f} | {ad['modelled_s']:.1f} / {ac['modelled_s']:.1f} | {ad['total_s']:.1f} / "
+        f"{ac['total_s']:.1f} | {_pct(ac['total_s'], ad['total_s'])} |")
+    lines += ["", "## Checks", ""]
+    for t in tasks:
+        status = "pass" if t["passed"] else "**FAIL**"
+        problems = "; ".join(t["problems"]) if t["problems"] else "both answers equal and correct"
+        lines.append(f"- {t['name']}: {status} ({problems})")
+    lines += ["", "## Where code mode does not pay off", ""]
+    for t in tasks:
+        d, c = t["direct"], t["code_mode"]
+        if c["total_tokens"] >= d["total_tokens"]:
+            lines.append(f"- Tokens, {t['name']} ({d['tool_calls']} upstream call(s), {t['tools_offered']} tools "
+                         f"offered): {c['total_tokens']:,} in code mode vs {d['total_tokens']:,} direct. Discovery "
+                         "(search, stubs), the program and the extra round trips cost more than the calls they save.")
+        if c["total_s"] >= d["total_s"]:
+            lines.append(f"- Time, {t['name']}: {c['total_s']:.1f} s in code mode vs {d['total_s']:.1f} s direct "
+                         f"({c['model_turns']} model round trips vs {d['model_turns']}; each costs a time to first "
+                         "token).")
+    if not any(t["code_mode"]["total_tokens"] >= t["direct"]["total_tokens"] or
+               t["code_mode"]["total_s"] >= t["direct"]["total_s"] for t in tasks):
+        lines.append("- Code mode used fewer tokens and less time on every task.")
+    lines.append("")
+    lines.append(f"Expectation (fewer total tokens in code mode on every task with 3 or more upstream calls): "
+                 f"{'met' if data['expectation_met'] else '**NOT met**'}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_chart(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = data["tasks"]
+    names = [t["name"] for t in tasks]
+    x = range(len(names))
+    width = 0.38
+    colors = {"direct": "#c0504d", "code_mode": "#4f81bd"}
+    labels = {"direct": "direct tool calling", "code_mode": "code mode"}
+    fig, (ax_tokens, ax_time) = plt.subplots(2, 1, figsize=(12, 9), constrained_layout=True)
+    for i, agent in enumerate(AGENTS):
+        offset = [p + (i - 0.5) * width for p in x]
+        ax_tokens.bar(offset, [t[agent]["total_tokens"] for t in tasks], width, label=labels[agent],
+                      color=colors[agent])
+        measured = [t[agent]["measured_s"] for t in tasks]
+        modelled = [t[agent]["modelled_s"] for t in tasks]
+        ax_time.bar(offset, modelled, width, color=colors[agent], label=f"{labels[agent]}: model (modelled)")
+        ax_time.bar(offset, measured, width, bottom=modelled, color=colors[agent], alpha=0.45, hatch="//",
+                    label=f"{labels[agent]}: tools + sandbox (measured)")
+    ax_tokens.set_yscale("log")
+    ax_tokens.set_ylabel("total tokens (input over all turns + output), log scale")
+    ax_tokens.set_title("Tokens per task (counted, o200k_base)")
+    ax_time.set_ylabel("seconds")
+    ax_time.set_title(f"Time per task: modelled model time + measured tool/sandbox time "
+                      f"(median of {data['method']['measured_runs']} run(s))")
+    for ax in (ax_tokens, ax_time):
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, rotation=20, ha="right")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

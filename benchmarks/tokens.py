@@ -1,0 +1,167 @@
+"""Tokens and latency: direct tool calling vs code mode, on real MCP servers.
+
+    python -m benchmarks.tokens [--quick] [--out DIR] [--repeat N] [--task NAME ...]
+                                [--ttft S] [--prefill-tps N] [--decode-tps N]
+
+Runs every task in `_workloads` twice, once per scripted agent (`_agents`),
+against the pinned reference servers and the fixture shop server; counts the
+tokens each conversation costs (`_tokens`); checks both answers; writes
+tokens.md, tokens.json and tokens.png to --out (default benchmarks/results/).
+Exits 1 if any answer is wrong or the two agents disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from benchmarks._agents import AgentRun, BenchmarkError, run_code_mode, run_direct
+from benchmarks._report import render_markdown, write_chart, write_json
+from benchmarks._tokens import CACHE_READ_PRICE, ENCODING, ModelTiming
+from benchmarks._workloads import TASKS, Task, Workspace, server_config
+from codemode import Sandbox
+from codemode._upstream import Hub
+from tests.reference_servers import Unavailable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KEYS = ("input_tokens", "output_tokens", "total_tokens", "tool_calls", "model_turns", "measured_s", "modelled_s")
+
+
+def summarize(runs: list[AgentRun], timing: ModelTiming) -> dict[str, Any]:
+    """One agent on one task: tokens of the last run (they repeat), measured time as the median of all."""
+    turns = runs[-1].conversation.turns
+    input_tokens = sum(t.input_tokens for t in turns)
+    output_tokens = sum(t.output_tokens for t in turns)
+    billed = sum(t.billed_input_cached for t in turns)
+    measured = statistics.median(r.measured_s for r in runs)
+    modelled = sum(timing.turn_s(t.input_tokens, t.output_tokens) for t in turns)
+    # With caching, only the tokens not read from the cache need prefilling.
+    modelled_cached = sum(timing.turn_s(t.input_tokens - t.cached_input_tokens, t.output_tokens) for t in turns)
+    return {
+        "input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens,
+        "tool_calls": runs[-1].upstream_calls, "model_turns": len(turns),
+        "measured_s": round(measured, 4), "modelled_s": round(modelled, 3), "total_s": round(measured + modelled, 3),
+        "cached_input_tokens": sum(t.cached_input_tokens for t in turns),
+        "input_tokens_billed_cached": round(billed, 1),
+        "total_tokens_billed_cached": round(billed + output_tokens, 1),
+        "measured_runs_s": [round(r.measured_s, 4) for r in runs],
+        "input_tokens_per_run": [sum(t.input_tokens for t in r.conversation.turns) for r in runs],
+        "modelled_s_cached": round(modelled_cached, 3),
+        "upstream_call_durations_s": [round(d, 5) for d in runs[-1].call_durations_s],
+        "sandbox": runs[-1].sandbox,
+        "turns": [t.to_dict() for t in turns],
+    }
+
+
+async def _run_agent(kind: str, task: Task, ws: Workspace, hub: Hub, sandbox: Sandbox,
+                     repeat: int) -> tuple[list[AgentRun], list[str]]:
+    tools = [t for t in hub.tools() if t.namespace in task.servers]
+    runs, problems = [], []
+    for _ in range(repeat):
+        if task.setup is not None:
+            await task.setup(ws)
+        before = task.expected(ws) if task.live else None
+        run = await (run_direct(task, ws, hub, tools) if kind == "direct" else run_code_mode(task, ws, tools, sandbox))
+        expected = [task.expected(ws)] + ([before] if task.live else [])
+        if run.answer not in expected:
+            problems.append(f"{kind} answered {run.answer!r}, expected {expected[0]!r}")
+        if task.verify is not None and (problem := await task.verify(ws)):
+            problems.append(f"{kind}: {problem}")
+        runs.append(run)
+    return runs, problems
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    timing = ModelTiming(ttft_s=args.ttft, prefill_tps=args.prefill_tps, decode_tps=args.decode_tps)
+    tasks = [t for t in TASKS if not args.task or t.name in args.task]
+    with tempfile.TemporaryDirectory(prefix="codemode-bench-") as tmp:
+        ws = Workspace(Path(tmp) / "workspace", Path(tmp) / "memory.jsonl")
+        t0 = time.perf_counter()
+        async with Hub(server_config(ws.root, ws.memory_file)) as hub:
+            if hub.failures:
+                raise BenchmarkError("servers unavailable: " + "; ".join(
+                    f"{ns}: {f.message}" for ns, f in hub.failures.items()))
+            ws.hub = hub
+            sandbox = Sandbox()
+            await sandbox.load()
+            startup_s = time.perf_counter() - t0
+            out_tasks = []
+            for task in tasks:
+                print(f"tokens: {task.name} …", file=sys.stderr, flush=True)
+                direct, direct_problems = await _run_agent("direct", task, ws, hub, sandbox, args.repeat)
+                code, code_problems = await _run_agent("code_mode", task, ws, hub, sandbox, args.repeat)
+                problems = direct_problems + code_problems
+                if direct[-1].answer != code[-1].answer:
+                    problems.append(f"the agents disagree: direct {direct[-1].answer!r}, "
+                                    f"code mode {code[-1].answer!r}")
+                out_tasks.append({
+                    "name": task.name, "shape": task.shape, "servers": list(task.servers),
+                    "tools_offered": sum(1 for t in hub.tools() if t.namespace in task.servers),
+                    "answer": direct[-1].answer, "passed": not problems, "problems": problems,
+                    "direct": summarize(direct, timing),
+                    "code_mode": {**summarize(code, timing), "codemode_tool_calls": 3},
+                })
+    aggregate = {agent: {key: round(sum(t[agent][key] for t in out_tasks), 4)
+                         for key in (*KEYS, "total_s", "total_tokens_billed_cached")} for agent in ("direct", "code_mode")}
+    return {
+        "quick": args.quick,
+        "method": {
+            "tokenizer": f"{ENCODING} BPE via bpe-openai 0.1.4 (offline, embedded vocabulary)",
+            "serialization": "Each turn's request is the JSON of an Anthropic-style Messages body "
+                             '({"tools": [...], "system": ..., "messages": [...]}; tools as name, description, '
+                             "input_schema; results as tool_result blocks) and its tokens are counted.",
+            "output_tokens": "what the model generates: each tool call's name and JSON input, and the answer text.",
+            "caching": f"each turn, the prefix shared with the previous turn's request is billed at "
+                       f"{CACHE_READ_PRICE:.0%} (cache read), the rest at 100% (no cache-write premium); every task "
+                       "starts with a cold cache.",
+            "model_timing": {**timing.to_dict(), "modelled_s_cached": "the same, prefilling only the input "
+                                                                       "tokens not read from the cache"},
+            "measured_runs": args.repeat,
+            "startup_s": round(startup_s, 2),
+            "direct_tool_results": "the value codemode's hub returns: text as sent, structured content as compact JSON",
+        },
+        "tasks": out_tasks,
+        "aggregate": aggregate,
+        "checks_passed": all(t["passed"] for t in out_tasks),
+        "expectation_met": all(t["code_mode"]["total_tokens"] < t["direct"]["total_tokens"]
+                               for t in out_tasks if t["direct"]["tool_calls"] >= 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tokens", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one run per agent and task (proves it works)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where tokens.md/.json/.png go")
+    parser.add_argument("--repeat", type=int, help="runs per agent and task for measured times (default 5; 1 quick)")
+    parser.add_argument("--task", action="append", choices=[t.name for t in TASKS], help="only these tasks")
+    parser.add_argument("--ttft", type=float, default=ModelTiming.ttft_s, help="modelled time to first token, s")
+    parser.add_argument("--prefill-tps", type=float, default=ModelTiming.prefill_tps,
+                        help="modelled input tokens per second")
+    parser.add_argument("--decode-tps", type=float, default=ModelTiming.decode_tps,
+                        help="modelled output tokens per second")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 5)
+    try:
+        data = anyio.run(measure, args)
+    except (BenchmarkError, Unavailable) as exc:
+        print(f"tokens benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    report = render_markdown(data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tokens.md").write_text(report)
+    write_json(data, args.out / "tokens.json")
+    write_chart(data, args.out / "tokens.png")
+    print(report)
+    print(f"wrote {args.out / 'tokens.md'}, tokens.json, tokens.png")
+    return 0 if data["checks_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

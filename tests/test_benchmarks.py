@@ -1,0 +1,47 @@
+"""Each benchmark runs once, in --quick mode, to prove it works and that its
+checkers pass. Benchmarks are not tests: nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT_KEYS = {"input_tokens", "output_tokens", "total_tokens", "tool_calls", "model_turns", "measured_s", "modelled_s"}
+
+pytestmark = pytest.mark.slow
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_token_benchmark_runs_and_both_agents_reach_the_checked_answer(tmp_path: Path) -> None:
+    proc = run_benchmark("benchmarks.tokens", "--quick", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "tokens.json").read_text())
+    assert data["checks_passed"] is True
+    assert len(data["tasks"]) >= 8
+    for task in data["tasks"]:
+        assert task["passed"], task["problems"]
+        assert AGENT_KEYS <= task["direct"].keys() and AGENT_KEYS <= task["code_mode"].keys()
+    assert (tmp_path / "tokens.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "tokens.md").read_text() in proc.stdout
+
+
+def test_sandbox_benchmark_runs_every_system_or_says_why_not(tmp_path: Path) -> None:
+    out = tmp_path / "sandbox.json"
+    proc = run_benchmark("benchmarks.sandbox", "--quick", "--json", str(out))
+    data = json.loads(out.read_text())
+    systems = {"wasm", "restricted", "pydantic-monty", "python -c", "pyodide"}
+    for section in ("cold_start", "cpu", "chain100", "coverage", "memory_kb"):
+        assert systems <= data[section].keys(), section
+    for name in systems:
+        assert "unavailable" in data["chain100"][name] or data["chain100"][name]["calls"] == 100
+    assert data["coverage"]["wasm"] == {name: "ok" for name in data["coverage"]["wasm"]}
+    assert "median ms" in proc.stdout
