@@ -137,23 +137,31 @@ class GuestArtifacts:
 
 def _tzdata_module() -> str:
     """Python source holding the IANA time zone database (from the `tzdata`
-    package): the guest has no filesystem, so `zoneinfo` reads it from here."""
+    package): the guest has no filesystem, so `zoneinfo` reads it from here.
+    One zlib stream over every zone (72 KB instead of 350 KB) plus an index, so
+    the snapshot, which every fresh instance maps, stays small."""
     import importlib.resources
+    import zlib
 
     root = importlib.resources.files("tzdata").joinpath("zoneinfo")
-    zones: dict[str, bytes] = {}
+    zones: list[tuple[str, bytes]] = []
 
     def walk(node: importlib.resources.abc.Traversable, prefix: str) -> None:
-        for entry in node.iterdir():
+        for entry in sorted(node.iterdir(), key=lambda e: e.name):
             if entry.is_dir():
                 walk(entry, f"{prefix}{entry.name}/")
             elif not entry.name.startswith("_") and "." not in entry.name:
-                zones[prefix + entry.name] = entry.read_bytes()
+                zones.append((prefix + entry.name, entry.read_bytes()))
 
     walk(root, "")
-    lines = ['"""Generated at build time from the tzdata package; not in git."""', "ZONES = {"]
-    lines += [f"    {key!r}: {data!r}," for key, data in sorted(zones.items())]
-    return "\n".join(lines + ["}", ""])
+    index: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for key, data in zones:
+        index[key] = (offset, len(data))
+        offset += len(data)
+    blob = zlib.compress(b"".join(data for _, data in zones), 9)
+    return (f'"""Generated at build time from the tzdata package; not in git."""\n'
+            f"INDEX = {index!r}\nBLOB = {blob!r}\n")
 
 
 def _componentize(src: Path, out: Path) -> None:
