@@ -32,16 +32,20 @@ class _UsageError(Exception):
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
-    d = Limits()
     p.add_argument("--backend", choices=["wasm", "restricted"], default="wasm",
                    help="wasm (default): fresh WebAssembly instance per run; restricted: in-process, NOT a security boundary")
+    _add_run_limits(p)
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--trace", action="store_true", help="with --json: include the tool-call log")
+
+
+def _add_run_limits(p: argparse.ArgumentParser) -> None:
+    d = Limits()
     p.add_argument("--timeout", type=float, default=d.timeout, help=f"seconds for the whole run (default {d.timeout:g})")
     p.add_argument("--memory-mb", type=int, default=d.memory // (1024 * 1024),
                    help=f"guest memory cap in MiB (default {d.memory // (1024 * 1024)})")
     p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls,
                    help=f"tool calls per run (default {d.max_tool_calls})")
-    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    p.add_argument("--trace", action="store_true", help="with --json: include the tool-call log")
 
 
 def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -111,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue", type=int, default=16, help="runs waiting beyond those; more get 429 (default 16)")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
     serve.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
+    _add_run_limits(serve)
 
     mcp = sub.add_parser("mcp", help="serve code mode as an MCP server (stdio, or --http)",
                          description="Serve the tools search_tools, get_tool_stubs and execute_code over MCP.")
@@ -118,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument("--http", action="store_true", help="serve Streamable HTTP instead of stdio")
     _add_network_flags(mcp, port=8765)
     mcp.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
+    _add_run_limits(mcp)
 
     bench = sub.add_parser("bench", help="run a benchmark (tokens | sandbox) from benchmarks/",
                            description="Run `python -m benchmarks.NAME ARGS...` from the source checkout. "
@@ -275,12 +281,14 @@ def _cmd_pin(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ._http import cli_main
 
+    args.limits = _limits(args)
     return cli_main(args)
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
     from ._mcp_server import cli_main
 
+    args.limits = _limits(args)
     return cli_main(args)
 
 

@@ -577,7 +577,8 @@ async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
     from ._sandbox import Sandbox
 
     # The sandbox's own gate matches ours, so admitted runs do not queue twice.
-    sandbox = Sandbox(backend=args.backend, max_concurrency=settings.max_concurrency)
+    sandbox = Sandbox(backend=args.backend, max_concurrency=settings.max_concurrency,
+                      limits=getattr(args, "limits", None))
     observe = bool(getattr(args, "observe_shapes", False))
     if args.config:
         cm = CodeMode.from_config(args.config, sandbox=sandbox, observe_shapes=observe)

@@ -264,7 +264,9 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
     async with anyio.create_task_group() as tg:
         shutdown = _Shutdown(tg.cancel_scope)
         await tg.start(_watch_signals, shutdown)  # before startup: a signal then aborts it cleanly too
-        cm = CodeMode.from_config(args.config, backend=args.backend) if args.config else CodeMode(backend=args.backend)
+        limits = getattr(args, "limits", None)
+        cm = (CodeMode.from_config(args.config, backend=args.backend, limits=limits) if args.config
+              else CodeMode(backend=args.backend, limits=limits))
         async with cm:
             for namespace, failure in cm.failures.items():
                 logger.warning("server %r is unavailable: %s", namespace, failure.message)

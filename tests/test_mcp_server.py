@@ -336,3 +336,16 @@ async def test_inspector_calls_execute_code_over_http(inspector_bin: str, http_s
                                  "--method", "tools/call", "--tool-name", "execute_code",
                                  "--tool-arg", "code=1 / 0", returncode=5)
     assert called["isError"] is True and called["structuredContent"]["error"]["code"] == "uncaught_exception"
+
+
+async def test_limit_flags_apply_to_every_run(config_path: Path) -> None:
+    cmd = codemode_cmd(config_path, "--timeout", "1", "--max-tool-calls", "2")
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=dict(os.environ), cwd=str(REPO))
+    with anyio.fail_after(STARTUP_S):
+        async with Client(params, read_timeout_seconds=30) as client:
+            spin = await client.call_tool("execute_code", {"code": "while True:\n    pass"})
+            assert spin.is_error and spin.structured_content is not None
+            assert spin.structured_content["error"]["code"] == "timeout"
+            calls = await client.call_tool("execute_code", {"code": "for i in range(5):\n    await demo.add(a=i, b=1)"})
+            assert calls.structured_content is not None
+            assert calls.structured_content["error"]["code"] == "tool_call_limit"
