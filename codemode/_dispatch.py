@@ -161,7 +161,6 @@ class Dispatcher:
     deadline: float
     """`time.monotonic()` by which the run must end."""
     started: float = field(default_factory=time.monotonic)
-    calls: list[ToolCallRecord] = field(default_factory=list)
     fatal: ExecutionError | None = None
     tools_s: float = 0.0
     on_event: Callable[[dict[str, Any]], None] | None = None
@@ -169,6 +168,22 @@ class Dispatcher:
     observe: Callable[[Tool, Any], None] | None = None
     """Given each successful call's tool and value (for observed output shapes)."""
     _batches: int = 0
+    # (namespace, tool, arguments, started, finished, batch, error code, message):
+    # tuples on the hot path, records only when someone asks.
+    _log: list[tuple[str, str, dict[str, Any], float, float, int, str | None, str | None]] = field(
+        default_factory=list)
+
+    @property
+    def calls(self) -> list[ToolCallRecord]:
+        """Every call so far, in the order they finished."""
+        return [self._as_record(*entry) for entry in self._log]
+
+    def _as_record(self, namespace: str, name: str, args: dict[str, Any], started: float, finished: float,
+                   batch: int, code: str | None, message: str | None) -> ToolCallRecord:
+        return ToolCallRecord(
+            namespace=namespace, tool=name, arguments=args, ok=code is None, error_code=code,
+            error_message=message, batch=batch, started_s=round(started - self.started, 6),
+            duration_s=round(finished - started, 6))
 
     def _abort(self, error: ExecutionError) -> str:
         if self.fatal is None:
@@ -182,7 +197,7 @@ class Dispatcher:
         if len(batch) > self.limits.max_batch:
             return self._abort(BatchLimitExceeded(
                 f"{len(batch)} tool calls in one batch; the limit is {self.limits.max_batch}"))
-        if len(self.calls) + len(batch) > self.limits.max_tool_calls:
+        if len(self._log) + len(batch) > self.limits.max_tool_calls:
             return self._abort(ToolCallLimitExceeded(
                 f"more than {self.limits.max_tool_calls} tool calls in one run"))
         if self.deadline - time.monotonic() <= 0:
@@ -204,7 +219,7 @@ class Dispatcher:
         if refused is not None:
             return refused, batch
         t0 = time.monotonic()
-        answer = "[" + self._call_sync(item, self._batches) + "]"
+        answer = "[" + self._call_sync(item, self._batches, binding) + "]"
         self.tools_s += time.monotonic() - t0
         return answer, batch
 
@@ -237,10 +252,9 @@ class Dispatcher:
         call = item.get("call") or {}
         return self.bindings.get((str(call.get("ns")), str(call.get("tool"))))
 
-    def _prepare(self, item: dict[str, Any]) -> tuple[ToolBinding, dict[str, Any]]:
+    def _prepare(self, item: dict[str, Any], binding: ToolBinding | None) -> tuple[ToolBinding, dict[str, Any]]:
         """The binding and wire-named arguments of a call. Raises _Failure."""
         call = item.get("call") or {}
-        binding = self._binding(item)
         if binding is None:
             raise _Failure("unknown_tool", f"there is no tool {call.get('ns')}.{call.get('tool')}")
         raw_args = call.get("args")
@@ -258,12 +272,12 @@ class Dispatcher:
                            "arguments": wire_args, "batch": self._batches})
         return binding, wire_args
 
-    def _call_sync(self, item: dict[str, Any], batch: int) -> str:
+    def _call_sync(self, item: dict[str, Any], batch: int, known: ToolBinding | None) -> str:
         started = time.monotonic()
         binding: ToolBinding | None = None
         wire_args: dict[str, Any] = {}
         try:
-            binding, wire_args = self._prepare(item)
+            binding, wire_args = self._prepare(item, known)
             value = binding.tool.fn(**wire_args)
             if hasattr(value, "__await__"):  # a sync function that returned an awaitable
                 value = anyio.from_thread.run(_await, value)
@@ -276,7 +290,7 @@ class Dispatcher:
         binding: ToolBinding | None = None
         wire_args: dict[str, Any] = {}
         try:
-            binding, wire_args = self._prepare(item)
+            binding, wire_args = self._prepare(item, self._binding(item))
             if binding.tool.is_async:
                 value = await binding.tool.fn(**wire_args)
             else:  # sync tools in a gather: each on a thread of its own
@@ -318,14 +332,10 @@ class Dispatcher:
 
     def _record(self, namespace: str, name: str, args: dict[str, Any], started: float, batch: int,
                 *, code: str | None = None, message: str | None = None) -> None:
-        now = time.monotonic()
-        record = ToolCallRecord(
-            namespace=namespace, tool=name, arguments=args, ok=code is None,
-            error_code=code, error_message=message, batch=batch,
-            started_s=round(started - self.started, 6), duration_s=round(now - started, 6))
-        self.calls.append(record)
+        entry = (namespace, name, args, started, time.monotonic(), batch, code, message)
+        self._log.append(entry)
         if self.on_event is not None:
-            self.on_event({"type": "tool_call_finished", **record.to_dict()})
+            self.on_event({"type": "tool_call_finished", **self._as_record(*entry).to_dict()})
 
 
 async def _await(value: Any) -> Any:

@@ -41,6 +41,8 @@ TRUNCATION_MARKER = "\n…[truncated {omitted} characters]"
 _dumps = json.dumps
 _loads = json.loads
 _encode_call = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+# '{"ns":...,"tool":...' per tool: encoded once, not on every call.
+_call_prefixes = {}
 # The C accessor: no exception raised and caught when there is no loop.
 _get_running_loop = asyncio.events._get_running_loop
 _monotonic = time.monotonic
@@ -109,7 +111,10 @@ class HostLoop(asyncio.BaseEventLoop):
     def call_tool(self, namespace, name, args):
         future = self.create_future()
         try:
-            call_json = _encode_call({"ns": namespace, "tool": name, "args": args})
+            prefix = _call_prefixes.get((namespace, name))
+            if prefix is None:
+                prefix = _call_prefixes[(namespace, name)] = _encode_call({"ns": namespace, "tool": name})[:-1]
+            call_json = prefix + ',"args":' + _encode_call(args) + "}"
         except (TypeError, ValueError) as exc:
             future.set_exception(
                 ToolError(
