@@ -163,8 +163,6 @@ def _print_result(result: RunResult, args: argparse.Namespace) -> int:
 
 
 async def _run(code: bytes | str, args: argparse.Namespace, tools: list[Any]) -> RunResult:
-    from ._core import CodeMode
-
     cm = _code_mode(args, tools=tools, backend=args.backend, limits=_limits(args))
     async with cm:
         _report_failures(cm)

@@ -24,7 +24,6 @@ import gc
 import hashlib
 import heapq
 import html
-import importlib.resources
 import io
 import itertools
 import json

@@ -26,7 +26,6 @@ import fractions
 import inspect
 import json
 import math
-import sys
 import threading
 import time
 import traceback
