@@ -12,9 +12,8 @@ import re
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ._config import Config, load_config
 from ._discovery import ServerSummary, ToolHit, ToolIndex
 from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
@@ -23,7 +22,10 @@ from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION, EXECUTE_SUMMARY
 from ._result import RunResult
 from ._sandbox import Backend, Sandbox
 from ._tools import Tool
-from ._upstream import Hub, ServerFailure
+
+if TYPE_CHECKING:  # the MCP SDK takes most of a second to import: only when servers are configured
+    from ._config import Config
+    from ._upstream import Hub, ServerFailure
 
 __all__ = ["CodeMode"]
 
@@ -54,7 +56,11 @@ class CodeMode:
         self.config = config
         self.sandbox = sandbox or Sandbox(backend=backend, limits=limits)
         self._static = list(tools)
-        self._hub = Hub(config) if config is not None and config.servers else None
+        self._hub: Hub | None = None
+        if config is not None and config.servers:
+            from ._upstream import Hub
+
+            self._hub = Hub(config)
         self._pins = PinStore.load(lock_file) if lock_file is not None else None
         self._shapes = _shape_recorder(observe_shapes, lock_file)
         self._policy = pin_policy or PinPolicy()
@@ -72,6 +78,8 @@ class CodeMode:
         Raises `ConfigError` for an unreadable or invalid file or lock file."""
         path = Path(path)
         kwargs.setdefault("lock_file", path.parent / LOCK_FILE_NAME)
+        from ._config import load_config
+
         return cls(config=load_config(path), **kwargs)
 
     async def __aenter__(self) -> CodeMode:
