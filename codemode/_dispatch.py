@@ -223,13 +223,12 @@ class Dispatcher:
         self.tools_s += time.monotonic() - t0
         return answer, batch
 
-    async def run_batch(self, batch: list[dict[str, Any]], *, admitted: bool = False) -> str:
+    async def run_batch(self, batch: list[dict[str, Any]]) -> str:
         """On the event loop: carry out one batch concurrently; the answer the
         guest receives, as JSON."""
-        if not admitted:
-            refused = self._admit(batch)
-            if refused is not None:
-                return refused
+        refused = self._admit(batch)
+        if refused is not None:
+            return refused
         outcomes: list[str] = [""] * len(batch)
         t0 = time.monotonic()
         with anyio.move_on_after(self.deadline - time.monotonic()) as scope:
