@@ -220,6 +220,13 @@ async def test_non_json_results_come_back_as_data_or_safe_repr(backend: str) -> 
     assert result.value == {"set": [1, 2, 3], "tuple": [1, 2], "when": "2026-01-02", "money": "1.10", "nan": "nan"}
 
 
+async def test_ints_too_long_to_print_come_back_as_a_note_not_a_crash(backend: str) -> None:
+    # Python refuses to print ints of more than 4300 digits; json.dumps raises for them.
+    result = await run(backend, "{'big': 10**5000, 'small': 10**50, 'nan': float('inf')}")
+    assert result.ok, result.error
+    assert result.value == {"big": "<int of 16610 bits, too long to show>", "small": 10**50, "nan": "inf"}
+
+
 async def test_forgotten_await_is_explained(backend: str) -> None:
     result = await run(backend, "tools.add(a=1, b=2)")
     assert isinstance(result.error, UncaughtException)
