@@ -163,26 +163,28 @@ class Sandbox:
         response: str | None = None
         error: ExecutionError | None = None
         guard = RunGuard(deadline=deadline)
-        async with self._limiter:
-            t_exec = time.monotonic()
-            with anyio.move_on_after(max(0.0, deadline - time.monotonic()) + _GRACE_S):
-                try:
-                    response, startup = await anyio.to_thread.run_sync(
-                        self.backend.execute, request, host_call, limits, guard, abandon_on_cancel=True)
-                except anyio.get_cancelled_exc_class():
-                    # Our caller gave up: stop the guest within a tick, not at its deadline.
-                    guard.cancelled.set()
-                    raise
-                except ExecutionError as exc:  # RunTimeout from the restricted backend
-                    error = exc
-                except Exception as exc:
-                    from ._wasm import WasmTrap
+        t_exec = time.monotonic()
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic()) + _GRACE_S):
+            try:
+                # The limiter bounds the runs executing at once (the wait for a
+                # slot counts against the run's timeout).
+                response, startup = await anyio.to_thread.run_sync(
+                    self.backend.execute, request, host_call, limits, guard,
+                    abandon_on_cancel=True, limiter=self._limiter)
+            except anyio.get_cancelled_exc_class():
+                # Our caller gave up: stop the guest within a tick, not at its deadline.
+                guard.cancelled.set()
+                raise
+            except ExecutionError as exc:  # RunTimeout from the restricted backend
+                error = exc
+            except Exception as exc:
+                from ._wasm import WasmTrap
 
-                    if not isinstance(exc, WasmTrap):
-                        raise
-                    error = exc.error
-            if response is None and error is None:
-                error = RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")
+                if not isinstance(exc, WasmTrap):
+                    raise
+                error = exc.error
+        if response is None and error is None:
+            error = RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")
         execute_s = time.monotonic() - t_exec
         if dispatcher.fatal is not None:
             # The host ended the run; whatever the guest said after that is moot.
