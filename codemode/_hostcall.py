@@ -1,12 +1,14 @@
-"""The sandbox's one host function, `call-tools: func(string) -> string`.
+"""Both crossings between host and guest, each `func(string) -> string`: the
+sandbox's one host function, `call-tools`, and the guest's `run` export.
 
 wasmtime-py's generic `LinkerInstance.add_func` rebuilds the function's type
 and every value type through ctypes on each call; for this one fixed signature
 that costs more than the rest of a tool-call crossing together. So we register
 a callback that reads one string and writes one string through wasmtime's C
-API directly (measured per crossing: see benchmarks/sandbox.py). If the private
-bindings it needs are not there (a wasmtime-py other than the pinned one), it
-falls back to the public API.
+API directly (measured per crossing: see benchmarks/sandbox.py). Calling `run`
+the same way saves its generic type walk too (about 50 us a run). If the
+private bindings this needs are not there (a wasmtime-py other than the pinned
+one), both fall back to the public API.
 
 The callback serves every store of the process; the handler for the current
 run is looked up per worker thread, since each run executes on its own thread.
@@ -19,9 +21,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from wasmtime.component import Linker
+from wasmtime import Store
+from wasmtime.component import Func, Linker
 
-__all__ = ["bind_handler", "register"]
+__all__ = ["bind_handler", "call_string_func", "register"]
 
 logger = logging.getLogger("codemode")
 
@@ -79,9 +82,38 @@ try:
             if err:
                 raise WasmtimeError._from_ptr(err)
 
+    def _call_direct(func: Func, store: Store, text: str) -> object:
+        args = (ffi.wasmtime_component_val_t * 1)()
+        args[0].kind = ffi.WASMTIME_COMPONENT_STRING
+        args[0].of.string = ffi.str_to_capi(text)
+        result = ffi.wasmtime_component_val_t()
+        try:
+            err = ffi.wasmtime_component_func_call(ctypes.byref(func._func), store._context(), args, 1,
+                                                   ctypes.byref(result), 1)
+        finally:
+            ffi.wasmtime_component_val_delete(ctypes.byref(args[0]))
+        if err:
+            raise WasmtimeError._from_ptr(err)
+        try:
+            if result.kind != ffi.WASMTIME_COMPONENT_STRING.value:
+                return None
+            return ffi.to_str(result.of.string)
+        finally:
+            ffi.wasmtime_component_val_delete(ctypes.byref(result))
+
     DIRECT = True
 except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py versions
     DIRECT = False
+
+
+def call_string_func(func: Func, store: Store, text: str) -> object:
+    """Call the guest export `func(string) -> string` and finish it (post-return).
+    Returns what it answered (a str, unless the guest is broken).
+
+    Raises `wasmtime.WasmtimeError` (a `Trap` among them) if the guest traps."""
+    answer = _call_direct(func, store, text) if DIRECT else func(store, text)
+    func.post_return(store)
+    return answer
 
 
 def register(linker: Linker, name: str = "call-tools", *, direct: bool = True) -> None:

@@ -8,19 +8,31 @@ calling (worker) thread; wasmtime-py releases the GIL while wasm runs.
 Wall-clock limits use epoch interruption: a daemon thread bumps the engine's
 epoch every `TICK_S`, and each store traps when its deadline in ticks passes,
 including inside C-level loops of the guest interpreter.
+
+Setting an instance up and tearing it down are the two halves of a cold start
+that need nothing from the run, so a housekeeping thread does both off the
+run's path: it drops finished stores, and keeps one spare instance ready,
+instantiated but never run, for the next run to take. It waits (up to
+`_IDLE_WAIT_S`) for no run to be executing before it does either: mapping and
+unmapping memory while a run faults in its pages slows that run down more than
+the work saves (measured: back to back, a run took 4.2 ms beside the
+housekeeping against 2.1 ms alone). A run that finds no spare instantiates its
+own. Either way each run gets an instance no code has run in before.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
+from collections import deque
 import time
 from dataclasses import dataclass
 
 import wasmtime
 from wasmtime import Config, Engine, Store, WasiConfig
-from wasmtime.component import Component, Linker
+from wasmtime.component import Component, ExportIndex, Func, Linker
 
 from . import _epoch, _guest, _hostcall
 from ._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
@@ -31,6 +43,15 @@ __all__ = ["WasmBackend", "WasmTrap"]
 logger = logging.getLogger("codemode")
 
 TICK_S = 0.01
+# Past this many stores waiting for housekeeping, runs drop their own (back-pressure).
+_REAP_BACKLOG = 16
+_INSTANTIATE_TICKS = int(10 / TICK_S)
+SPARES = 1
+_IDLE_WAIT_S = 0.05
+"""Instances kept ready ahead of runs (0: every run instantiates its own)."""
+# A spare is instantiated before its run's memory limit is known; a limit this
+# low must apply from the start, so such runs instantiate their own.
+_SPARE_MIN_MEMORY = 64 * 1024 * 1024
 
 
 class WasmTrap(Exception):
@@ -46,6 +67,7 @@ class _Loaded:
     engine: Engine
     component: Component
     linker: Linker
+    run_export: ExportIndex | str
 
 
 def _make_engine() -> Engine:
@@ -64,6 +86,12 @@ class WasmBackend:
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
+        self._graveyard: queue.SimpleQueue[Store | None] = queue.SimpleQueue()
+        self._spares: deque[tuple[Store, Func]] = deque()
+        self._running = 0
+        self._running_lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
 
     def load(self, *, progress: _guest.Progress | None = None, force_build: bool = False) -> None:
         """Load the component (building and compiling it if the cache lacks it).
@@ -92,10 +120,13 @@ class WasmBackend:
             linker = Linker(engine)
             linker.add_wasip2()
             _hostcall.register(linker, direct=self._direct)
-            self._loaded = _Loaded(engine, component, linker)
+            self._spares.clear()
+            self._loaded = _Loaded(engine, component, linker, component.get_export_index("run") or "run")
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, name="codemode-epoch", daemon=True)
                 self._ticker.start()
+                threading.Thread(target=self._housekeep, name="codemode-instances", daemon=True).start()
+            self._graveyard.put(None)  # make the first spare
 
     def _tick(self) -> None:
         while True:
@@ -103,6 +134,39 @@ class WasmBackend:
             loaded = self._loaded
             if loaded is not None:
                 loaded.engine.increment_epoch()
+
+    def _housekeep(self) -> None:
+        while True:
+            store = self._graveyard.get()
+            self._idle.wait(_IDLE_WAIT_S)
+            del store  # dropping the last reference frees it
+            loaded = self._loaded
+            if loaded is None or len(self._spares) >= SPARES or not self._graveyard.empty():
+                continue
+            self._idle.wait(_IDLE_WAIT_S)
+            try:
+                spare = _instantiate(loaded)
+            except Exception:  # the run that needs it will instantiate, and report why
+                logger.debug("could not make a spare sandbox instance", exc_info=True)
+                continue
+            if self._loaded is loaded:
+                self._spares.append(spare)
+
+    def _bury(self, store: Store) -> None:
+        if self._graveyard.qsize() < _REAP_BACKLOG:
+            self._graveyard.put(store)
+
+    def _fresh(self, loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
+        """An instance no code has run in, with `limits.memory` applied."""
+        if limits.memory >= _SPARE_MIN_MEMORY:
+            try:
+                store, run = self._spares.popleft()
+            except IndexError:
+                pass
+            else:
+                store.set_limits(memory_size=limits.memory)
+                return store, run
+        return _instantiate(loaded, memory=limits.memory)
 
     def execute(self, request_json: str, host_call: _hostcall.Handler, limits: Limits,
                 guard: _epoch.RunGuard) -> tuple[str, float]:
@@ -115,30 +179,58 @@ class WasmBackend:
             self.load()
         loaded = self._loaded
         assert loaded is not None
+        self._count_run(+1)
+        try:
+            return self._execute(loaded, request_json, host_call, limits, guard)
+        finally:
+            self._count_run(-1)
+
+    def _count_run(self, delta: int) -> None:
+        with self._running_lock:
+            self._running += delta
+            if self._running:
+                self._idle.clear()
+            else:
+                self._idle.set()
+
+    def _execute(self, loaded: _Loaded, request_json: str, host_call: _hostcall.Handler, limits: Limits,
+                 guard: _epoch.RunGuard) -> tuple[str, float]:
         t0 = time.perf_counter()
-        store = Store(loaded.engine)
-        store.set_wasi(WasiConfig())  # no preopened dirs, no env, no args, no sockets
-        store.set_limits(memory_size=limits.memory)
+        try:
+            store, run = self._fresh(loaded, limits)
+        except wasmtime.WasmtimeError as exc:
+            raise WasmTrap(_classify_trap(exc, limits)) from exc
         if not _epoch.install(store):
             store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
+        startup = time.perf_counter() - t0
         _epoch.bind(guard)
         _hostcall.bind_handler(host_call)
         try:
-            instance = loaded.linker.instantiate(store, loaded.component)
-            run = instance.get_func(store, "run")
-            if run is None:
-                raise SandboxUnavailable("the sandbox guest has no `run` export")
-            startup = time.perf_counter() - t0
-            response = run(store, request_json)
-            run.post_return(store)
+            response = _hostcall.call_string_func(run, store, request_json)
         except wasmtime.WasmtimeError as exc:  # Trap is a subclass
             raise WasmTrap(_classify_trap(exc, limits)) from exc
         finally:
             _hostcall.bind_handler(None)
             _epoch.bind(None)
+            self._bury(store)
+            del store
         if not isinstance(response, str):
             raise WasmTrap(SandboxCrashed(f"the guest answered {type(response).__name__}, not a string"))
         return response, startup
+
+
+def _instantiate(loaded: _Loaded, *, memory: int | None = None) -> tuple[Store, Func]:
+    """A new store and instance of the guest; its `run` export."""
+    store = Store(loaded.engine)
+    store.set_wasi(WasiConfig())  # no preopened dirs, no env, no args, no sockets
+    store.set_epoch_deadline(_INSTANTIATE_TICKS)  # the run sets its own before it starts
+    if memory is not None:
+        store.set_limits(memory_size=memory)
+    instance = loaded.linker.instantiate(store, loaded.component)
+    run = instance.get_func(store, loaded.run_export)
+    if run is None:
+        raise SandboxUnavailable("the sandbox guest has no `run` export")
+    return store, run
 
 
 def _classify_trap(exc: Exception, limits: Limits) -> RunTimeout | RunCancelled | SandboxCrashed:
