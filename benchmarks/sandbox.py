@@ -75,8 +75,7 @@ async def _timed(fn: Callable[[], Awaitable[Any]], n: int, pause_s: float = 0.0)
 
 async def cold_start(sandbox: Sandbox, n: int, pause_s: float = 0.0) -> dict[str, float]:
     """Fresh instance (wasm) or namespace (restricted) + trivial program, through
-    Sandbox.run. Back to back, each wasm run instantiates its own instance; with
-    `pause_s` between runs (an idle service), the spare made in the pause is ready."""
+    Sandbox.run; `pause_s` between runs (untimed) models an idle service."""
     async def once() -> None:
         result = await sandbox.run("1 + 1", limits=LIMITS)
         assert result.value == 2, result.error
@@ -355,7 +354,7 @@ def render(data: dict[str, Any]) -> str:
     ]
     what = {
         "wasm": "new wasm instance (pre-initialized CPython component) + run, runs back to back",
-        "wasm, runs 10 ms apart": "the same, an idle service: the instance was made in the pause, never run before",
+        "wasm, runs 10 ms apart": "the same, each run after a 10 ms pause (an idle service)",
         "restricted": "new namespace in this process (not isolated) + run",
         "pydantic-monty": "new session on a warm worker process (`checkout` + `feed_run`)",
         "python -c": "new CPython process (`python -c 'print(1 + 1)'`)",

@@ -9,15 +9,16 @@ Wall-clock limits use epoch interruption: a daemon thread bumps the engine's
 epoch every `TICK_S`, and each store traps when its deadline in ticks passes,
 including inside C-level loops of the guest interpreter.
 
-Setting an instance up and tearing it down are the two halves of a cold start
-that need nothing from the run, so a housekeeping thread does both off the
-run's path: it drops finished stores, and keeps one spare instance ready,
-instantiated but never run, for the next run to take. It waits (up to
-`_IDLE_WAIT_S`) for no run to be executing before it does either: mapping and
-unmapping memory while a run faults in its pages slows that run down more than
-the work saves (measured: back to back, a run took 4.2 ms beside the
-housekeeping against 2.1 ms alone). A run that finds no spare instantiates its
-own. Either way each run gets an instance no code has run in before.
+Tearing an instance down (unmapping its memory) needs nothing from the run,
+so a housekeeping thread drops finished stores off the run's path. It waits (up
+to `_IDLE_WAIT_S`) for no run to be executing first: unmapping memory while a
+run faults in its pages slows that run down.
+
+Tried and left out: keeping a spare instance, made ahead on that thread, for
+the next run. On one thread it cut a run 5 ms after the last from 4.1 to
+2.3 ms, but through `Sandbox.run` (the run on an anyio worker thread) the run
+itself got slower by what instantiating had cost, and the total did not move
+(5.2-5.6 against 5.3-5.4 ms, runs 10 ms apart).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import math
 import queue
 import threading
-from collections import deque
 import time
 from dataclasses import dataclass
 
@@ -46,12 +46,7 @@ TICK_S = 0.01
 # Past this many stores waiting for housekeeping, runs drop their own (back-pressure).
 _REAP_BACKLOG = 16
 _INSTANTIATE_TICKS = int(10 / TICK_S)
-SPARES = 1
 _IDLE_WAIT_S = 0.05
-"""Instances kept ready ahead of runs (0: every run instantiates its own)."""
-# A spare is instantiated before its run's memory limit is known; a limit this
-# low must apply from the start, so such runs instantiate their own.
-_SPARE_MIN_MEMORY = 64 * 1024 * 1024
 
 
 class WasmTrap(Exception):
@@ -86,8 +81,7 @@ class WasmBackend:
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
-        self._graveyard: queue.SimpleQueue[Store | None] = queue.SimpleQueue()
-        self._spares: deque[tuple[Store, Func]] = deque()
+        self._graveyard: queue.SimpleQueue[Store] = queue.SimpleQueue()
         self._running = 0
         self._running_lock = threading.Lock()
         self._idle = threading.Event()
@@ -120,13 +114,11 @@ class WasmBackend:
             linker = Linker(engine)
             linker.add_wasip2()
             _hostcall.register(linker, direct=self._direct)
-            self._spares.clear()
             self._loaded = _Loaded(engine, component, linker, component.get_export_index("run") or "run")
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, name="codemode-epoch", daemon=True)
                 self._ticker.start()
-                threading.Thread(target=self._housekeep, name="codemode-instances", daemon=True).start()
-            self._graveyard.put(None)  # make the first spare
+                threading.Thread(target=self._housekeep, name="codemode-reaper", daemon=True).start()
 
     def _tick(self) -> None:
         while True:
@@ -140,33 +132,10 @@ class WasmBackend:
             store = self._graveyard.get()
             self._idle.wait(_IDLE_WAIT_S)
             del store  # dropping the last reference frees it
-            loaded = self._loaded
-            if loaded is None or len(self._spares) >= SPARES or not self._graveyard.empty():
-                continue
-            self._idle.wait(_IDLE_WAIT_S)
-            try:
-                spare = _instantiate(loaded)
-            except Exception:  # the run that needs it will instantiate, and report why
-                logger.debug("could not make a spare sandbox instance", exc_info=True)
-                continue
-            if self._loaded is loaded:
-                self._spares.append(spare)
 
     def _bury(self, store: Store) -> None:
         if self._graveyard.qsize() < _REAP_BACKLOG:
             self._graveyard.put(store)
-
-    def _fresh(self, loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
-        """An instance no code has run in, with `limits.memory` applied."""
-        if limits.memory >= _SPARE_MIN_MEMORY:
-            try:
-                store, run = self._spares.popleft()
-            except IndexError:
-                pass
-            else:
-                store.set_limits(memory_size=limits.memory)
-                return store, run
-        return _instantiate(loaded, memory=limits.memory)
 
     def execute(self, request_json: str, host_call: _hostcall.Handler, limits: Limits,
                 guard: _epoch.RunGuard) -> tuple[str, float]:
@@ -197,7 +166,7 @@ class WasmBackend:
                  guard: _epoch.RunGuard) -> tuple[str, float]:
         t0 = time.perf_counter()
         try:
-            store, run = self._fresh(loaded, limits)
+            store, run = _instantiate(loaded, memory=limits.memory)
         except wasmtime.WasmtimeError as exc:
             raise WasmTrap(_classify_trap(exc, limits)) from exc
         if not _epoch.install(store):
@@ -219,13 +188,12 @@ class WasmBackend:
         return response, startup
 
 
-def _instantiate(loaded: _Loaded, *, memory: int | None = None) -> tuple[Store, Func]:
+def _instantiate(loaded: _Loaded, *, memory: int) -> tuple[Store, Func]:
     """A new store and instance of the guest; its `run` export."""
     store = Store(loaded.engine)
     store.set_wasi(WasiConfig())  # no preopened dirs, no env, no args, no sockets
     store.set_epoch_deadline(_INSTANTIATE_TICKS)  # the run sets its own before it starts
-    if memory is not None:
-        store.set_limits(memory_size=memory)
+    store.set_limits(memory_size=memory)
     instance = loaded.linker.instantiate(store, loaded.component)
     run = instance.get_func(store, loaded.run_export)
     if run is None:

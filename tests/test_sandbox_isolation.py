@@ -274,33 +274,6 @@ async def test_state_from_one_run_is_invisible_to_the_next() -> None:
     assert "ghost" not in second.stdout
 
 
-async def _spare(sandbox: Sandbox) -> object:
-    """The spare instance the backend made ahead (waits for its housekeeping thread)."""
-    spares = sandbox.backend._spares  # type: ignore[attr-defined]
-    with anyio.fail_after(30):
-        while not spares:
-            await anyio.sleep(0.01)
-    return spares[0]
-
-
-async def test_spare_instances_are_taken_by_one_run_each_and_hold_no_state() -> None:
-    sandbox = Sandbox()
-    await sandbox.load()
-    spare = await _spare(sandbox)
-    first = await sandbox.run("import builtins\nbuiltins.leak = 'secret'\n'set'")
-    assert first.value == "set"
-    # The first run took the spare; the next one is a new instance, never run.
-    after = await _spare(sandbox)
-    assert after is not spare
-    second = await sandbox.run("import builtins\ngetattr(builtins, 'leak', None)")
-    assert second.ok and second.value is None
-    # A memory limit still holds on an instance made before the limit was known.
-    await _spare(sandbox)
-    bomb = await sandbox.run("b = []\nwhile True:\n    b.append(bytearray(1 << 20))",
-                             limits=Limits(memory=64 * 1024 * 1024, timeout=10))
-    assert isinstance(bomb.error, MemoryLimitExceeded), bomb.error
-
-
 async def test_too_many_tool_calls_end_the_run() -> None:
     code = "for i in range(100):\n    await tools.echo(x=i)"
     result = await run(code, max_tool_calls=10)
