@@ -45,7 +45,6 @@ logger = logging.getLogger("codemode")
 TICK_S = 0.01
 # Past this many stores waiting for housekeeping, runs drop their own (back-pressure).
 _REAP_BACKLOG = 16
-_INSTANTIATE_TICKS = int(10 / TICK_S)
 _IDLE_WAIT_S = 0.05
 
 
@@ -166,11 +165,9 @@ class WasmBackend:
                  guard: _epoch.RunGuard) -> tuple[str, float]:
         t0 = time.perf_counter()
         try:
-            store, run = _instantiate(loaded, memory=limits.memory)
+            store, run = _instantiate(loaded, limits)
         except wasmtime.WasmtimeError as exc:
             raise WasmTrap(_classify_trap(exc, limits)) from exc
-        if not _epoch.install(store):
-            store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
         startup = time.perf_counter() - t0
         _epoch.bind(guard)
         _hostcall.bind_handler(host_call)
@@ -188,12 +185,13 @@ class WasmBackend:
         return response, startup
 
 
-def _instantiate(loaded: _Loaded, *, memory: int) -> tuple[Store, Func]:
-    """A new store and instance of the guest; its `run` export."""
+def _instantiate(loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
+    """A new store and instance of the guest, under `limits`; its `run` export."""
     store = Store(loaded.engine)
     store.set_wasi(WasiConfig())  # no preopened dirs, no env, no args, no sockets
-    store.set_epoch_deadline(_INSTANTIATE_TICKS)  # the run sets its own before it starts
-    store.set_limits(memory_size=memory)
+    store.set_limits(memory_size=limits.memory)
+    if not _epoch.install(store):
+        store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
     instance = loaded.linker.instantiate(store, loaded.component)
     run = instance.get_func(store, loaded.run_export)
     if run is None:
