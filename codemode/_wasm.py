@@ -9,16 +9,18 @@ Wall-clock limits use epoch interruption: a daemon thread bumps the engine's
 epoch every `TICK_S`, and each store traps when its deadline in ticks passes,
 including inside C-level loops of the guest interpreter.
 
-Tearing an instance down (unmapping its memory) needs nothing from the run,
-so a housekeeping thread drops finished stores off the run's path. It waits (up
-to `_IDLE_WAIT_S`) for no run to be executing first: unmapping memory while a
-run faults in its pages slows that run down.
+Instances live in the pooling allocator's slots (`_pooling`), which stay
+resident between instances: a run starts with no page faults. Resetting a slot
+(copying the snapshot back) needs nothing from the run, so a housekeeping
+thread drops finished stores off the run's path; the slot is ready again by the
+time the next run is.
 
 Tried and left out: keeping a spare instance, made ahead on that thread, for
-the next run. On one thread it cut a run 5 ms after the last from 4.1 to
-2.3 ms, but through `Sandbox.run` (the run on an anyio worker thread) the run
-itself got slower by what instantiating had cost, and the total did not move
-(5.2-5.6 against 5.3-5.4 ms, runs 10 ms apart).
+the next run. With on-demand instances it did not pay (runs 10 ms apart:
+5.2-5.6 against 5.3-5.4 ms); perf showed why: a run's copy-on-write faults each
+flush the TLB of every CPU running another thread of the process, an IPI that
+costs microseconds in a VM, so work on a second thread during a run slowed the
+run by more than the work saved. With pooled slots a run makes no such faults.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import wasmtime
 from wasmtime import Config, Engine, Store, WasiConfig
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
-from . import _epoch, _guest, _hostcall
+from . import _epoch, _guest, _hostcall, _pooling
 from ._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
 from ._limits import Limits
 
@@ -45,7 +47,9 @@ logger = logging.getLogger("codemode")
 TICK_S = 0.01
 # Past this many stores waiting for housekeeping, runs drop their own (back-pressure).
 _REAP_BACKLOG = 16
-_IDLE_WAIT_S = 0.05
+# Slots made resident while loading (about 15 ms each): enough for back-to-back
+# runs, one running while the last one's slot is reset, with one to spare.
+_WARM_SLOTS_AT_LOAD = 4
 
 
 class WasmTrap(Exception):
@@ -62,11 +66,18 @@ class _Loaded:
     component: Component
     linker: Linker
     run_export: ExportIndex | str
+    pooled: bool
 
 
-def _make_engine() -> Engine:
+class _NoPool(Exception):
+    """The pooling allocator cannot be used here."""
+
+
+def _make_engine(*, pooled: bool) -> Engine:
     config = Config()
     config.epoch_interruption = True
+    if pooled and not _pooling.configure(config):
+        raise _NoPool("this wasmtime-py cannot configure it, or the address space is capped")
     return Engine(config)
 
 
@@ -81,10 +92,9 @@ class WasmBackend:
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._graveyard: queue.SimpleQueue[Store] = queue.SimpleQueue()
-        self._running = 0
-        self._running_lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
+        # Stores alive at once, each holding a slot of the pool until dropped:
+        # past that many, a run waits for a slot (within its deadline).
+        self._slots = threading.BoundedSemaphore(_pooling.INSTANCES)
 
     def load(self, *, progress: _guest.Progress | None = None, force_build: bool = False) -> None:
         """Load the component (building and compiling it if the cache lacks it).
@@ -93,31 +103,57 @@ class WasmBackend:
         with self._lock:
             if self._loaded is not None and not force_build:
                 return
-            engine = _make_engine()
-
-            def compile_wasm(wasm: bytes) -> bytes:
-                return bytes(Component(engine, wasm).serialize())
-
-            artifacts = _guest.ensure_built(compile_wasm=compile_wasm, force=force_build, progress=progress)
             try:
-                component = Component.deserialize_file(engine, str(artifacts.cwasm))
-            except wasmtime.WasmtimeError as exc:
-                # Verified bytes that wasmtime still refuses (another wasmtime build):
-                # drop them and compile once more.
-                artifacts.cwasm.unlink(missing_ok=True)
-                artifacts = _guest.ensure_built(compile_wasm=compile_wasm, progress=progress)
-                try:
-                    component = Component.deserialize_file(engine, str(artifacts.cwasm))
-                except wasmtime.WasmtimeError as exc2:
-                    raise SandboxUnavailable(f"cannot load the sandbox guest: {exc2}") from exc
-            linker = Linker(engine)
-            linker.add_wasip2()
-            _hostcall.register(linker, direct=self._direct)
-            self._loaded = _Loaded(engine, component, linker, component.get_export_index("run") or "run")
+                self._loaded = self._load(pooled=True, progress=progress, force_build=force_build)
+            except _NoPool as exc:
+                # On-demand instances work the same, only start slower.
+                logger.warning("sandbox instances fall back to on-demand allocation: %s", exc)
+                self._loaded = self._load(pooled=False, progress=progress, force_build=False)
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, name="codemode-epoch", daemon=True)
                 self._ticker.start()
                 threading.Thread(target=self._housekeep, name="codemode-reaper", daemon=True).start()
+
+    def _load(self, *, pooled: bool, progress: _guest.Progress | None, force_build: bool) -> _Loaded:
+        engine = _make_engine(pooled=pooled)
+
+        def compile_wasm(wasm: bytes) -> bytes:
+            return bytes(Component(engine, wasm).serialize())
+
+        artifacts = _guest.ensure_built(compile_wasm=compile_wasm, force=force_build, progress=progress)
+        try:
+            component = Component.deserialize_file(engine, str(artifacts.cwasm))
+        except wasmtime.WasmtimeError as exc:
+            # Verified bytes that wasmtime still refuses (another wasmtime build):
+            # drop them and compile once more.
+            artifacts.cwasm.unlink(missing_ok=True)
+            artifacts = _guest.ensure_built(compile_wasm=compile_wasm, progress=progress)
+            try:
+                component = Component.deserialize_file(engine, str(artifacts.cwasm))
+            except wasmtime.WasmtimeError as exc2:
+                raise SandboxUnavailable(f"cannot load the sandbox guest: {exc2}") from exc
+        linker = Linker(engine)
+        linker.add_wasip2()
+        _hostcall.register(linker, direct=self._direct)
+        loaded = _Loaded(engine, component, linker, component.get_export_index("run") or "run", pooled)
+        # Instances now, at once and dropped at once: proves the pool fits the
+        # component, and leaves that many slots warm (resident) for the first
+        # runs, rather than have them fault in cold slots.
+        try:
+            warm = min(_WARM_SLOTS_AT_LOAD, _pooling.INSTANCES) if pooled else 1
+            stores = [_instantiate(loaded, Limits())[0] for _ in range(warm)]
+        except wasmtime.WasmtimeError as exc:
+            if pooled:
+                raise _NoPool(f"the guest does not fit the pool: {exc}") from exc
+            raise SandboxUnavailable(f"cannot instantiate the sandbox guest: {exc}") from exc
+        del stores
+        return loaded
+
+    @property
+    def pooled(self) -> bool | None:
+        """Whether instances live in the pooling allocator's resident slots
+        (None until loaded; False where it is unavailable, see `_pooling`)."""
+        return self._loaded.pooled if self._loaded is not None else None
 
     def _tick(self) -> None:
         while True:
@@ -129,12 +165,8 @@ class WasmBackend:
     def _housekeep(self) -> None:
         while True:
             store = self._graveyard.get()
-            self._idle.wait(_IDLE_WAIT_S)
-            del store  # dropping the last reference frees it
-
-    def _bury(self, store: Store) -> None:
-        if self._graveyard.qsize() < _REAP_BACKLOG:
-            self._graveyard.put(store)
+            del store  # dropping the last reference resets its slot
+            self._slots.release()
 
     def execute(self, request_json: str, host_call: _hostcall.Handler, limits: Limits,
                 guard: _epoch.RunGuard) -> tuple[str, float]:
@@ -147,26 +179,18 @@ class WasmBackend:
             self.load()
         loaded = self._loaded
         assert loaded is not None
-        self._count_run(+1)
-        try:
-            return self._execute(loaded, request_json, host_call, limits, guard)
-        finally:
-            self._count_run(-1)
-
-    def _count_run(self, delta: int) -> None:
-        with self._running_lock:
-            self._running += delta
-            if self._running:
-                self._idle.clear()
-            else:
-                self._idle.set()
+        return self._execute(loaded, request_json, host_call, limits, guard)
 
     def _execute(self, loaded: _Loaded, request_json: str, host_call: _hostcall.Handler, limits: Limits,
                  guard: _epoch.RunGuard) -> tuple[str, float]:
         t0 = time.perf_counter()
+        if not self._slots.acquire(timeout=max(0.0, guard.deadline - time.monotonic())):
+            raise WasmTrap(RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
+                                      f"the {_pooling.INSTANCES} sandbox slots"))
         try:
             store, run = _instantiate(loaded, limits)
         except wasmtime.WasmtimeError as exc:
+            self._slots.release()
             raise WasmTrap(_classify_trap(exc, limits)) from exc
         startup = time.perf_counter() - t0
         _epoch.bind(guard)
@@ -178,8 +202,12 @@ class WasmBackend:
         finally:
             _hostcall.bind_handler(None)
             _epoch.bind(None)
-            self._bury(store)
-            del store
+            if self._graveyard.qsize() < _REAP_BACKLOG:
+                self._graveyard.put(store)
+                del store
+            else:  # the housekeeper is behind: drop it here
+                del store
+                self._slots.release()
         if not isinstance(response, str):
             raise WasmTrap(SandboxCrashed(f"the guest answered {type(response).__name__}, not a string"))
         return response, startup
