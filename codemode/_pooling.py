@@ -38,7 +38,9 @@ _CORE_INSTANCES_PER_COMPONENT = 32
 _TABLES_PER_COMPONENT = 4
 _TABLE_ELEMENTS = 20_000  # CPython's function table has 5,672
 _MAX_MEMORY = 4 * 1024 * _MIB  # all of wasm32, so any `Limits.memory` is ours to enforce
-_WARM_SLOTS = 16  # unused slots kept resident beyond that are released
+# Unused slots kept resident (about 17 MiB each); past that many, the least
+# recently used are released. Back-to-back runs rotate through three.
+_WARM_SLOTS = 3
 
 
 def configure(config: Config) -> bool:

@@ -45,11 +45,12 @@ __all__ = ["WasmBackend", "WasmTrap"]
 logger = logging.getLogger("codemode")
 
 TICK_S = 0.01
-# Past this many stores waiting for housekeeping, runs drop their own (back-pressure).
-_REAP_BACKLOG = 16
+# Past this many stores waiting for housekeeping, runs drop their own
+# (back-pressure; each waiting store keeps its slot resident).
+_REAP_BACKLOG = 2
 # Slots made resident while loading (about 15 ms each): enough for back-to-back
 # runs, one running while the last one's slot is reset, with one to spare.
-_WARM_SLOTS_AT_LOAD = 4
+_WARM_SLOTS_AT_LOAD = 3
 
 
 class WasmTrap(Exception):
@@ -238,6 +239,15 @@ def _classify_trap(exc: Exception, limits: Limits) -> RunTimeout | RunCancelled 
         return RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")
     if code == wasmtime.TrapCode.STACK_OVERFLOW or "call stack exhausted" in text:
         return SandboxCrashed("the guest's stack overflowed (too deep recursion?)")
-    first = text.strip().splitlines()[0] if text.strip() else "unknown trap"
     logger.warning("sandbox guest trapped: %s", text[:2000])
-    return SandboxCrashed(f"the guest trapped: {first[:300]}")
+    return SandboxCrashed(f"the guest trapped: {_trap_reason(text)[:300]}")
+
+
+def _trap_reason(text: str) -> str:
+    """The line of a wasmtime error that says what happened: its first line is
+    often only "error while executing at wasm backtrace:", the cause comes last."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("wasm trap:"):
+            return line
+    return lines[0] if lines else "unknown trap"

@@ -274,6 +274,27 @@ async def test_state_from_one_run_is_invisible_to_the_next() -> None:
     assert "ghost" not in second.stdout
 
 
+@pytest.mark.parametrize("ending, expected", [
+    ("41 + 1", 42),
+    ("1 / 0", ZeroDivisionError),
+])
+async def test_builtins_broken_by_the_code_do_not_break_its_answer(ending: str, expected: object) -> None:
+    # The runtime puts the answer together after the model's code, with the
+    # builtins that code may have replaced or deleted.
+    code = ("import builtins\n"
+            "print('still here')\n"
+            "for name in ('len', 'isinstance', 'str', 'repr', 'type', 'dict', 'list', 'getattr', 'hasattr'):\n"
+            "    setattr(builtins, name, None)\n"
+            "del builtins.min\n" + ending)
+    result = await run(code)
+    assert result.stdout == "still here\n", result
+    if expected is ZeroDivisionError:
+        assert isinstance(result.error, UncaughtException), result.error
+        assert result.error.exc_type == "ZeroDivisionError"
+    else:
+        assert result.ok and result.value == expected, result.error
+
+
 async def test_too_many_tool_calls_end_the_run() -> None:
     code = "for i in range(100):\n    await tools.echo(x=i)"
     result = await run(code, max_tool_calls=10)

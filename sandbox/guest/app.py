@@ -9,6 +9,7 @@ nothing per run; anything not imported here is not available to the model.
 import asyncio
 import base64
 import bisect
+import builtins
 import calendar
 import collections
 import copy
@@ -88,9 +89,20 @@ def _bind_stdio(out: "runtime._CappedText") -> dict:
     return {}
 
 
+# The model's code may patch builtins (`builtins.len = None`); the runtime
+# looks builtins up by name when it puts the answer together, so they are put
+# back first. The instance is thrown away after the run either way.
+_BUILTINS = dict(builtins.__dict__)
+
+
+def _restore_builtins() -> None:
+    builtins.__dict__.update(_BUILTINS)
+
+
 class WitWorld:
     def run(self, request: str) -> str:
-        return runtime.handle(request, wit_world.call_tools, make_globals=_bind_stdio)
+        return runtime.handle(request, wit_world.call_tools, make_globals=_bind_stdio,
+                              after_code=_restore_builtins)
 
 
 def _warm_up() -> None:

@@ -414,11 +414,17 @@ def _default_globals(out):
     return {}
 
 
-def execute(request, host_call, *, compile_code=_compile_default, make_globals=_default_globals):
+def _nothing():
+    pass
+
+
+def execute(request, host_call, *, compile_code=_compile_default, make_globals=_default_globals,
+            after_code=_nothing):
     """Run one request; return the response as a dict (never raises, but for HostAbort).
 
     `make_globals(out)` returns the globals for the model's code and routes its
-    output into `out` (a _CappedText)."""
+    output into `out` (a _CappedText). `after_code()` runs as soon as the
+    model's code is done, before the answer is put together."""
     limits = request.get("limits") or {}
     max_stdout = int(limits.get("max_stdout", 64_000))
     max_result = int(limits.get("max_result", 64_000))
@@ -447,10 +453,13 @@ def execute(request, host_call, *, compile_code=_compile_default, make_globals=_
         if stubs:
             exec(compile(stubs, "<stubs>", "exec", dont_inherit=True), g)
         try:
-            if code_obj.co_flags & _CO_COROUTINE:
-                _run_async(eval(code_obj, g))
-            else:
-                exec(code_obj, g)
+            try:
+                if code_obj.co_flags & _CO_COROUTINE:
+                    _run_async(eval(code_obj, g))
+                else:
+                    exec(code_obj, g)
+            finally:
+                after_code()
             value = g.get(RESULT_NAME)
             if isinstance(value, _Coroutine):
                 value.close()
