@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from wasmtime import Store
 
-__all__ = ["DEADLINE_TRAP", "CANCEL_TRAP", "RunGuard", "bind", "install"]
+__all__ = ["AVAILABLE", "CANCEL_TRAP", "DEADLINE_TRAP", "RunGuard", "bind", "install"]
 
 DEADLINE_TRAP = "codemode: the run's deadline passed"
 CANCEL_TRAP = "codemode: the run was cancelled"
@@ -67,15 +67,15 @@ try:
     def _finalize(_data):  # type: ignore[no-untyped-def]
         return None
 
-    _AVAILABLE = hasattr(ffi, "wasmtime_store_epoch_deadline_callback")
+    AVAILABLE = hasattr(ffi, "wasmtime_store_epoch_deadline_callback")
 except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py versions
-    _AVAILABLE = False
+    AVAILABLE = False
 
 
 def install(store: Store) -> bool:
     """Route `store`'s epoch deadlines through the run guard of the running
     thread, and set the first deadline one tick ahead. False if unavailable."""
-    if not _AVAILABLE:
+    if not AVAILABLE:
         return False
     ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _finalize)
     store.set_epoch_deadline(1)

@@ -2,15 +2,17 @@
 
 A run in a fresh on-demand instance starts by faulting in its pages: the
 guest's memory is the CPython heap snapshotted at build time, mapped
-copy-on-write, and `1 + 1` writes about 360 of its pages, each a page fault
-(3-5 us on this machine, and each one that copies a page makes the kernel flush
-the TLBs of every CPU running another thread of this process). The pooling
-allocator keeps memory slots between instances; with `linear_memory_keep_resident`
-covering the snapshot, a slot is reset by copying the snapshot back over it
-(about 2 ms for 20 MiB, on the housekeeping thread) instead of unmapping it, so
-the next instance in that slot starts with every page present and writable: no
-faults at all (measured: a run 1.3 -> 0.4 ms). Each instance still starts from
-exactly the snapshot; wasmtime resets the slot before reuse.
+copy-on-write, and `1 + 1` touches about 360 of its pages, each a page fault
+(3-5 us here; a write to a page already read also flushes the TLB of every CPU
+running another thread of this process). The pooling allocator keeps memory
+slots between instances; with `linear_memory_keep_resident` covering the
+guest's initial memory, a slot is reset by copying the snapshot back over it
+(about 1.8 ms for 16.7 MiB, on the housekeeping thread) instead of unmapping
+it, so the next instance in that slot finds every page present and writable:
+no faults at all (measured: the run of `1 + 1` 1.3 -> 0.4 ms). Each instance
+still starts from exactly the snapshot: wasmtime resets a slot before reuse.
+(wasmtime can copy back only the dirty pages, with Linux's PAGEMAP_SCAN, but
+its C API does not expose that switch.)
 
 wasmtime-py has no wrapper for these settings; `configure` returns False when
 the bindings are missing (another wasmtime-py) and the caller keeps the default

@@ -12,15 +12,17 @@ including inside C-level loops of the guest interpreter.
 Instances live in the pooling allocator's slots (`_pooling`), which stay
 resident between instances: a run starts with no page faults. Resetting a slot
 (copying the snapshot back) needs nothing from the run, so a housekeeping
-thread drops finished stores off the run's path; the slot is ready again by the
-time the next run is.
+thread drops finished stores off the run's path. When it has nothing left to
+drop, it instantiates the next run's instance ahead (a spare, never run), so a
+run that comes after a pause skips instantiating too.
 
-Tried and left out: keeping a spare instance, made ahead on that thread, for
-the next run. With on-demand instances it did not pay (runs 10 ms apart:
-5.2-5.6 against 5.3-5.4 ms); perf showed why: a run's copy-on-write faults each
-flush the TLB of every CPU running another thread of the process, an IPI that
-costs microseconds in a VM, so work on a second thread during a run slowed the
-run by more than the work saved. With pooled slots a run makes no such faults.
+The spare only pays with pooled slots. With on-demand instances it did not
+(runs 10 ms apart: 5.2-5.6 against 5.3-5.4 ms), and perf showed why: a write
+fault on a snapshot page the run had read first (most of its ~360 faults)
+flushes the TLB of every CPU running another thread of this process, an IPI
+that costs microseconds in a VM (half the run's kernel time went to sending
+them), so any work on a second thread during a run slowed the run by more than
+the work saved.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ _REAP_BACKLOG = 2
 # Slots made resident while loading (about 15 ms each): enough for back-to-back
 # runs, one running while the last one's slot is reset, with one to spare.
 _WARM_SLOTS_AT_LOAD = 3
+# While every slot is taken, a run looks for a freed one (or a spare) this often.
+_SLOT_POLL_S = 0.05
 
 
 class WasmTrap(Exception):
@@ -96,6 +100,10 @@ class WasmBackend:
         # Stores alive at once, each holding a slot of the pool until dropped:
         # past that many, a run waits for a slot (within its deadline).
         self._slots = threading.BoundedSemaphore(_pooling.INSTANCES)
+        # An instance made ahead by the housekeeper while it had nothing to drop,
+        # never run: the next run takes it instead of instantiating.
+        self._spare: tuple[Store, Func] | None = None
+        self._spare_lock = threading.Lock()
 
     def load(self, *, progress: _guest.Progress | None = None, force_build: bool = False) -> None:
         """Load the component (building and compiling it if the cache lacks it).
@@ -168,6 +176,36 @@ class WasmBackend:
             store = self._graveyard.get()
             del store  # dropping the last reference resets its slot
             self._slots.release()
+            if self._graveyard.empty():
+                self._make_spare()
+
+    def _make_spare(self) -> None:
+        """Instantiate the next run's instance now, if nothing else waits. Only
+        with pooled slots: then a run makes no page faults, so this work on a
+        second thread cannot slow a run going on meanwhile (see the docstring)."""
+        loaded = self._loaded
+        if loaded is None or not loaded.pooled or not _epoch.AVAILABLE or self._spare is not None:
+            return
+        if not self._slots.acquire(blocking=False):
+            return
+        try:
+            spare = _instantiate(loaded, Limits())
+        except (wasmtime.WasmtimeError, SandboxUnavailable):
+            self._slots.release()
+            logger.exception("could not make a spare sandbox instance")
+            return
+        with self._spare_lock:
+            self._spare = spare
+
+    def _take_spare(self, limits: Limits) -> tuple[Store, Func] | None:
+        # Below this, a fresh instantiation must refuse the guest's initial memory.
+        if limits.memory < _pooling.KEEP_RESIDENT:
+            return None
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[0].set_limits(memory_size=limits.memory)
+        return spare
 
     def execute(self, request_json: str, host_call: _hostcall.Handler, limits: Limits,
                 guard: _epoch.RunGuard) -> tuple[str, float]:
@@ -185,14 +223,7 @@ class WasmBackend:
     def _execute(self, loaded: _Loaded, request_json: str, host_call: _hostcall.Handler, limits: Limits,
                  guard: _epoch.RunGuard) -> tuple[str, float]:
         t0 = time.perf_counter()
-        if not self._slots.acquire(timeout=max(0.0, guard.deadline - time.monotonic())):
-            raise WasmTrap(RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
-                                      f"the {_pooling.INSTANCES} sandbox slots"))
-        try:
-            store, run = _instantiate(loaded, limits)
-        except wasmtime.WasmtimeError as exc:
-            self._slots.release()
-            raise WasmTrap(_classify_trap(exc, limits)) from exc
+        store, run = self._instance(loaded, limits, guard)
         startup = time.perf_counter() - t0
         _epoch.bind(guard)
         _hostcall.bind_handler(host_call)
@@ -212,6 +243,26 @@ class WasmBackend:
         if not isinstance(response, str):
             raise WasmTrap(SandboxCrashed(f"the guest answered {type(response).__name__}, not a string"))
         return response, startup
+
+
+    def _instance(self, loaded: _Loaded, limits: Limits, guard: _epoch.RunGuard) -> tuple[Store, Func]:
+        """The spare if there is one, else a new instance in a free slot; while
+        none is free, wait (polling for a spare too) until the run's deadline."""
+        while True:
+            spare = self._take_spare(limits)
+            if spare is not None:
+                return spare
+            remaining = guard.deadline - time.monotonic()
+            if self._slots.acquire(timeout=max(0.0, min(_SLOT_POLL_S, remaining))):
+                break
+            if remaining <= _SLOT_POLL_S:
+                raise WasmTrap(RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
+                                          f"the {_pooling.INSTANCES} sandbox slots"))
+        try:
+            return _instantiate(loaded, limits)
+        except wasmtime.WasmtimeError as exc:
+            self._slots.release()
+            raise WasmTrap(_classify_trap(exc, limits)) from exc
 
 
 def _instantiate(loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:

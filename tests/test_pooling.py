@@ -43,6 +43,36 @@ async def test_a_reused_slot_starts_from_the_snapshot_with_its_memory_limit() ->
         assert isinstance(capped.error, MemoryLimitExceeded), capped.error
 
 
+async def _spare_ready(sandbox: Sandbox) -> None:
+    """Wait until the housekeeper has an instance ready for the next run."""
+    backend = sandbox.backend
+    assert isinstance(backend, WasmBackend)
+    with anyio.fail_after(10):
+        while backend._spare is None:
+            await anyio.sleep(0.005)
+
+
+async def test_a_spare_instance_takes_the_limits_and_state_of_a_fresh_one() -> None:
+    # The housekeeper instantiates the next run's instance ahead, with default
+    # limits; the run that takes it must get its own, and nothing of the last run.
+    sandbox = Sandbox()
+    first = await sandbox.run("import builtins\nbuiltins.leak = 'secret'\n1")
+    assert first.value == 1, first.error
+    await _spare_ready(sandbox)
+    fresh = await sandbox.run("import builtins\ngetattr(builtins, 'leak', None)")
+    assert fresh.ok and fresh.value is None, fresh.error
+    await _spare_ready(sandbox)
+    capped = await sandbox.run("x = bytearray(40 << 20)", limits=Limits(memory=32 << 20))
+    assert isinstance(capped.error, MemoryLimitExceeded), capped.error
+    await _spare_ready(sandbox)
+    # Above the 256 MiB the spare was made with.
+    roomy = await sandbox.run("x = bytearray(300 << 20)\nlen(x) >> 20", limits=Limits(memory=512 << 20))
+    assert roomy.value == 300, roomy.error
+    await _spare_ready(sandbox)
+    spinning = await sandbox.run("while True:\n    pass", limits=Limits(timeout=0.5))
+    assert isinstance(spinning.error, RunTimeout), spinning.error
+
+
 async def test_runs_past_the_pool_wait_for_a_slot_within_their_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_pooling, "INSTANCES", 2)
     backend = WasmBackend()  # its own engine: a pool of two slots
