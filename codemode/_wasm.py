@@ -177,7 +177,10 @@ class WasmBackend:
             del store  # dropping the last reference resets its slot
             self._slots.release()
             if self._graveyard.empty():
-                self._make_spare()
+                try:
+                    self._make_spare()
+                except Exception:  # the thread must live on: runs wait for it to drop stores
+                    logger.exception("could not make a spare sandbox instance")
 
     def _make_spare(self) -> None:
         """Instantiate the next run's instance now, if nothing else waits. Only
@@ -190,15 +193,15 @@ class WasmBackend:
             return
         try:
             spare = _instantiate(loaded, Limits())
-        except (wasmtime.WasmtimeError, SandboxUnavailable):
+        except BaseException:
             self._slots.release()
-            logger.exception("could not make a spare sandbox instance")
-            return
+            raise
         with self._spare_lock:
             self._spare = spare
 
     def _take_spare(self, limits: Limits) -> tuple[Store, Func] | None:
-        # Below this, a fresh instantiation must refuse the guest's initial memory.
+        # A limit near the guest's initial memory (16.7 MiB) gets a fresh
+        # instantiation, which checks the initial memory against it as ever.
         if limits.memory < _pooling.KEEP_RESIDENT:
             return None
         with self._spare_lock:
@@ -263,6 +266,9 @@ class WasmBackend:
         except wasmtime.WasmtimeError as exc:
             self._slots.release()
             raise WasmTrap(_classify_trap(exc, limits)) from exc
+        except BaseException:
+            self._slots.release()
+            raise
 
 
 def _instantiate(loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
