@@ -29,9 +29,10 @@ from mcp.types import TextContent
 from benchmarks._tokens import Conversation
 from benchmarks._workloads import Task, Workspace
 from codemode import RunResult, Sandbox, Tool, ToolError
-from codemode._core import CodeMode
-from codemode._mcp_server import build_server, server_instructions
-from codemode._upstream import Hub
+from codemode import CodeMode
+from codemode import build_mcp_server as build_server
+from codemode._serve.mcp_server import server_instructions
+from codemode import Hub
 
 __all__ = ["SYSTEM_PROMPT", "AgentRun", "BenchmarkError", "run_code_mode", "run_direct"]
 

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from benchmarks.fixtures import shop_server
-from codemode._config import Config, parse_config
-from codemode._upstream import Hub
+from codemode import Config, parse_config
+from codemode import Hub
 from tests.reference_servers import npm_bin, time_server
 
 __all__ = ["ALL_SERVERS", "TASKS", "Calls", "Task", "Workspace", "server_config"]

@@ -29,7 +29,7 @@ import anyio
 from benchmarks.peers import pyodide, subprocess_runner
 from benchmarks.peers.programs import COVERAGE, CPU, TRIVIAL, chain_program, expected, run_last_expression
 from codemode import Limits, Sandbox, Tool
-from codemode._wasm import WasmBackend
+from codemode._sandbox.wasm import WasmBackend
 
 MONTY_PIN = "1.4.0"
 CHAIN_CALLS = 100

@@ -27,7 +27,7 @@ from benchmarks._report import render_markdown, write_chart, write_json
 from benchmarks._tokens import CACHE_READ_PRICE, ENCODING, ModelTiming
 from benchmarks._workloads import TASKS, Task, Workspace, server_config
 from codemode import Sandbox
-from codemode._upstream import Hub
+from codemode import Hub
 from tests.reference_servers import Unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"

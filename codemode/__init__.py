@@ -33,32 +33,43 @@ from ._limits import Limits
 from ._observed import ShapeRecorder
 from ._pinning import LockFileError, PinPolicy, PinReport, PinStore, ToolDefinitionChanged
 from ._result import RunResult, RunTimings, ToolCallRecord
-from ._sandbox import Backend, Sandbox
+from ._sandbox.runner import Backend, Sandbox
 from ._tools import Tool, ToolFn
 
 if _typing.TYPE_CHECKING:
-    from ._config import Config, load_config
     from ._core import CodeMode
-    from ._upstream import Hub, ServerFailure
+    from ._serve.app import HttpSettings, create_app
+    from ._serve.mcp_server import build_server as build_mcp_server
+    from ._stubgen import StubSet, render_stubs
+    from ._upstream.config import Config, load_config, parse_config
+    from ._upstream.hub import Hub, ServerFailure
 
-# Names whose modules import the MCP SDK (most of a second): loaded on first use,
-# so `import codemode` and a sandbox-only program stay quick.
+# Names whose modules import the MCP SDK, FastAPI or Jinja2 (most of a second):
+# loaded on first use, so `import codemode` and a sandbox-only program stay quick.
+# name -> (module, attribute)
 _LAZY = {
-    "CodeMode": "._core",
-    "Config": "._config",
-    "Hub": "._upstream",
-    "ServerFailure": "._upstream",
-    "load_config": "._config",
+    "CodeMode": ("._core", "CodeMode"),
+    "Config": ("._upstream.config", "Config"),
+    "HttpSettings": ("._serve.app", "HttpSettings"),
+    "Hub": ("._upstream.hub", "Hub"),
+    "ServerFailure": ("._upstream.hub", "ServerFailure"),
+    "StubSet": ("._stubgen", "StubSet"),
+    "build_mcp_server": ("._serve.mcp_server", "build_server"),
+    "create_app": ("._serve.app", "create_app"),
+    "load_config": ("._upstream.config", "load_config"),
+    "parse_config": ("._upstream.config", "parse_config"),
+    "render_stubs": ("._stubgen", "render_stubs"),
 }
 
 
 def __getattr__(name: str) -> _typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
+    target = _LAZY.get(name)
+    if target is None:
         raise AttributeError(f"module 'codemode' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module, __name__), name)
+    module, attribute = target
+    value = getattr(importlib.import_module(module, __name__), attribute)
     globals()[name] = value
     return value
 
@@ -81,6 +92,7 @@ __all__ = [
     "Deadlock",
     "EmptyCode",
     "ExecutionError",
+    "HttpSettings",
     "Hub",
     "InvalidArguments",
     "InvalidEncoding",
@@ -101,6 +113,7 @@ __all__ = [
     "ServerFailure",
     "ServerSummary",
     "ShapeRecorder",
+    "StubSet",
     "Tool",
     "ToolCallFailed",
     "ToolCallLimitExceeded",
@@ -115,5 +128,9 @@ __all__ = [
     "TracebackLine",
     "UncaughtException",
     "UnknownTool",
+    "build_mcp_server",
+    "create_app",
     "load_config",
+    "parse_config",
+    "render_stubs",
 ]

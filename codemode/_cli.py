@@ -186,7 +186,7 @@ def _report_failures(cm: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._config import parse_config
+    from ._upstream.config import parse_config
     from ._core import CodeMode
     from ._demo import DEMO_PROGRAM, demo_config
 
@@ -241,9 +241,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_pin(args: argparse.Namespace) -> int:
-    from ._config import load_config
+    from ._upstream.config import load_config
     from ._pinning import LOCK_FILE_NAME, PinStore, ToolRef
-    from ._upstream import Hub
+    from ._upstream.hub import Hub
 
     lock = Path(args.config).parent / LOCK_FILE_NAME
 
@@ -277,14 +277,14 @@ def _cmd_pin(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ._http import cli_main
+    from ._serve.app import cli_main
 
     args.limits = _limits(args)
     return cli_main(args)
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
-    from ._mcp_server import cli_main
+    from ._serve.mcp_server import cli_main
 
     args.limits = _limits(args)
     return cli_main(args)
@@ -301,7 +301,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
-    from ._wasm import WasmBackend
+    from ._sandbox.wasm import WasmBackend
 
     WasmBackend().load(force_build=args.force)
     print("codemode: the sandbox guest is built and cached", file=sys.stderr)

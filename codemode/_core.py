@@ -20,12 +20,12 @@ from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
 from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned
 from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION, EXECUTE_SUMMARY
 from ._result import RunResult
-from ._sandbox import Backend, Sandbox
+from ._sandbox.runner import Backend, Sandbox
 from ._tools import Tool
 
 if TYPE_CHECKING:  # the MCP SDK takes most of a second to import: only when servers are configured
-    from ._config import Config
-    from ._upstream import Hub, ServerFailure
+    from ._upstream.config import Config
+    from ._upstream.hub import Hub, ServerFailure
 
 __all__ = ["CodeMode"]
 
@@ -58,7 +58,7 @@ class CodeMode:
         self._static = list(tools)
         self._hub: Hub | None = None
         if config is not None and config.servers:
-            from ._upstream import Hub
+            from ._upstream.hub import Hub
 
             self._hub = Hub(config)
         self._pins = PinStore.load(lock_file) if lock_file is not None else None
@@ -78,7 +78,7 @@ class CodeMode:
         Raises `ConfigError` for an unreadable or invalid file or lock file."""
         path = Path(path)
         kwargs.setdefault("lock_file", path.parent / LOCK_FILE_NAME)
-        from ._config import load_config
+        from ._upstream.config import load_config
 
         return cls(config=load_config(path), **kwargs)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import anyio
 
-from codemode._config import parse_config
-from codemode._core import CodeMode
+from codemode import parse_config
+from codemode import CodeMode
 
 STUBS = Path(__file__).resolve().parent.parent / "stubs"
 

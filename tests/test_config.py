@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from codemode import ConfigError
-from codemode._config import CodemodeOptions, HttpServer, StdioServer, load_config, parse_config
+from codemode import load_config, parse_config
+from codemode._upstream.config import CodemodeOptions, HttpServer, StdioServer
 
 SECRET = "sk-live-0123456789abcdef"
 

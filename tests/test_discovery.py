@@ -9,8 +9,8 @@ import pytest
 from inline_snapshot import snapshot
 
 from codemode._discovery import ServerSummary, ToolIndex, ToolNotFound, get_stubs, list_servers, search_tools, tokenize
-from codemode._stubgen import render_stubs
-from codemode._tools import Tool
+from codemode import render_stubs
+from codemode import Tool
 
 
 async def _noop(**kwargs: Any) -> None:
@@ -276,7 +276,8 @@ class gh:
 
 
 def _rich_index() -> ToolIndex:
-    from codemode._stubgen import StubSet, ToolBinding
+    from codemode import StubSet
+    from codemode._stubgen import ToolBinding
 
     tools = [Tool(name="ls", fn=_noop, namespace="fs"), Tool(name="cat", fn=_noop, namespace="fs"), Tool(name="issue", fn=_noop, namespace="gh")]
     bindings = {(t.namespace, t.name): ToolBinding(tool=t, namespace=t.namespace, name=t.name, params={}) for t in tools}

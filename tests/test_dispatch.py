@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from codemode._dispatch import _fast_check
+from codemode._sandbox.dispatch import _fast_check
 
 VALUES: list[Any] = [0, 1, -7, 1.0, 1.5, float("inf"), True, False, None, "", "x", [], [1], {}, {"a": 1}]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from codemode import Limits, Sandbox
-from codemode._guest import build_key, cache_root, guest_source_dir
-from codemode._wasm import WasmBackend
+from codemode._sandbox.guest import build_key, cache_root, guest_source_dir
+from codemode._sandbox.wasm import WasmBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -16,9 +16,9 @@ import pytest
 import uvicorn
 
 from codemode import Limits, Tool
-from codemode._core import CodeMode
-from codemode._http import HttpSettings, create_app
-from codemode._http_models import ExecuteResponse, RunInfo
+from codemode import CodeMode
+from codemode import HttpSettings, create_app
+from codemode._serve.models import ExecuteResponse, RunInfo
 
 pytestmark = pytest.mark.anyio
 

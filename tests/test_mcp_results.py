@@ -9,7 +9,7 @@ import mcp_types as types
 import pytest
 
 from codemode import ToolError
-from codemode._mcp_results import to_value
+from codemode._upstream.results import to_value
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(58)).decode()
 WEATHER_SCHEMA = {

@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 
 from codemode._cli import main as codemode_main
-from codemode._wasm import WasmBackend
+from codemode._sandbox.wasm import WasmBackend
 from tests.fixtures.helpers import stdio_entry
 
 pytestmark = pytest.mark.anyio

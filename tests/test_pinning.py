@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from inline_snapshot import snapshot
 
-from codemode._errors import CodemodeError, ConfigError
+from codemode import CodemodeError, ConfigError
 from codemode._pinning import (
     ChangedTool,
     LockFileError,
@@ -21,7 +21,7 @@ from codemode._pinning import (
     filter_pinned,
     tool_digest,
 )
-from codemode._tools import Tool
+from codemode import Tool
 
 
 async def _noop(**kwargs: Any) -> None:

@@ -9,8 +9,9 @@ import textwrap
 import anyio
 import pytest
 
-from codemode import Limits, MemoryLimitExceeded, RunTimeout, Sandbox, Tool, _pooling
-from codemode._wasm import WasmBackend
+from codemode import Limits, MemoryLimitExceeded, RunTimeout, Sandbox, Tool
+from codemode._sandbox import pooling as _pooling
+from codemode._sandbox.wasm import WasmBackend
 
 pytestmark = pytest.mark.anyio
 

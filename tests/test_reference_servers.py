@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from codemode._config import parse_config
-from codemode._core import CodeMode
+from codemode import parse_config
+from codemode import CodeMode
 from tests.reference_servers import Unavailable, npm_bin, time_server
 
 pytestmark = pytest.mark.anyio

@@ -352,7 +352,7 @@ async def test_runs_do_not_block_each_other() -> None:
 async def test_cancelling_a_run_stops_a_spinning_guest_within_a_tick(kind: str) -> None:
     import threading
 
-    from codemode._sandbox import _backend
+    from codemode._sandbox.runner import _backend
 
     inner = _backend(kind)
     entered, returned = threading.Event(), threading.Event()

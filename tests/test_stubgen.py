@@ -17,8 +17,8 @@ import pytest
 from inline_snapshot import snapshot
 
 from codemode._names import clean_text
-from codemode._stubgen import StubSet, render_stubs
-from codemode._tools import Tool
+from codemode import StubSet, render_stubs
+from codemode import Tool
 
 
 async def _noop(**_: Any) -> None:

@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from codemode import Sandbox, Tool, ToolError, UncaughtException
-from codemode._config import parse_config
-from codemode._upstream import Hub
+from codemode import parse_config
+from codemode import Hub
 from tests.fixtures.helpers import http_entry, http_server_url, stdio_entry  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.anyio

@@ -20,9 +20,9 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ._dispatch import Dispatcher
-from ._epoch import RunGuard
-from ._errors import (
+from .dispatch import Dispatcher
+from .epoch import RunGuard
+from .._errors import (
     TOOL_ERRORS_BY_CODE,
     CodeSyntaxError,
     CodeTooLarge,
@@ -36,10 +36,10 @@ from ._errors import (
     TracebackLine,
     UncaughtException,
 )
-from ._limits import Limits
-from ._result import RunResult, RunTimings
-from ._stubgen import StubSet, render_stubs
-from ._tools import Tool
+from .._limits import Limits
+from .._result import RunResult, RunTimings
+from .._stubgen import StubSet, render_stubs
+from .._tools import Tool
 
 __all__ = ["Backend", "Sandbox"]
 
@@ -70,12 +70,12 @@ def _backend(kind: str | Backend) -> Backend:
     if kind == "wasm":
         # One engine and compiled component per process, shared by every Sandbox.
         if _shared_wasm is None:
-            from ._wasm import WasmBackend
+            from .wasm import WasmBackend
 
             _shared_wasm = WasmBackend()
         return _shared_wasm
     if kind == "restricted":
-        from ._restricted import RestrictedBackend
+        from .restricted import RestrictedBackend
 
         return RestrictedBackend()
     raise ValueError(f"unknown backend {kind!r}: use 'wasm' or 'restricted'")
@@ -178,7 +178,7 @@ class Sandbox:
             except ExecutionError as exc:  # RunTimeout from the restricted backend
                 error = exc
             except Exception as exc:
-                from ._wasm import WasmTrap
+                from .wasm import WasmTrap
 
                 if not isinstance(exc, WasmTrap):
                     raise

@@ -9,7 +9,7 @@ program's final value.
     codemode mcp --config mcp.json            # stdio: the client starts us
     codemode mcp --config mcp.json --http     # Streamable HTTP on 127.0.0.1:8765/mcp
 
-The HTTP side (bind rules, bearer token, Origin allow-list) is in `_mcp_http.py`.
+The HTTP side (bind rules, bearer token, Origin allow-list) is in `mcp_transport.py`.
 
 Long runs report one `notifications/progress` per finished tool call to a
 client that sent a progress token. The 2025-11-25 tasks extension is not
@@ -42,11 +42,11 @@ from mcp.server.stdio import stdio_server
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
-from ._core import CodeMode
-from ._errors import CodemodeError, CodeSyntaxError, ConfigError, ExecutionError, SandboxUnavailable, UncaughtException
-from ._limits import Limits
-from ._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION
-from ._result import RunResult, ToolCallRecord
+from .._core import CodeMode
+from .._errors import CodemodeError, CodeSyntaxError, ConfigError, ExecutionError, SandboxUnavailable, UncaughtException
+from .._limits import Limits
+from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION
+from .._result import RunResult, ToolCallRecord
 
 __all__ = ["build_server", "cli_main", "format_run", "serve_stdio", "server_instructions"]
 
@@ -273,7 +273,7 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
             server = build_server(cm)
             logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))
             if args.http:
-                from ._mcp_http import serve_http
+                from .mcp_transport import serve_http
 
                 def on_listening(stop: Callable[[], None]) -> None:
                     shutdown.graceful = stop
@@ -344,7 +344,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
     Returns 0 after a clean shutdown, 2 when asked to bind a non-loopback
     address without a token, 3 for a bad configuration or no sandbox."""
-    from ._mcp_http import is_loopback
+    from .mcp_transport import is_loopback
 
     token = args.token or os.environ.get("CODEMODE_TOKEN") or None
     if args.http and not is_loopback(args.host) and not token:

@@ -9,7 +9,7 @@ Wall-clock limits use epoch interruption: a daemon thread bumps the engine's
 epoch every `TICK_S`, and each store traps when its deadline in ticks passes,
 including inside C-level loops of the guest interpreter.
 
-Instances live in the pooling allocator's slots (`_pooling`), which stay
+Instances live in the pooling allocator's slots (`pooling`), which stay
 resident between instances: a run starts with no page faults. Resetting a slot
 (copying the snapshot back) needs nothing from the run, so a housekeeping
 thread drops finished stores off the run's path. When it has nothing left to
@@ -38,9 +38,9 @@ import wasmtime
 from wasmtime import Config, Engine, Store, WasiConfig
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
-from . import _epoch, _guest, _hostcall, _pooling
-from ._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
-from ._limits import Limits
+from . import epoch, guest, hostcall, pooling
+from .._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
+from .._limits import Limits
 
 __all__ = ["WasmBackend", "WasmTrap"]
 
@@ -81,7 +81,7 @@ class _NoPool(Exception):
 def _make_engine(*, pooled: bool) -> Engine:
     config = Config()
     config.epoch_interruption = True
-    if pooled and not _pooling.configure(config):
+    if pooled and not pooling.configure(config):
         raise _NoPool("this wasmtime-py cannot configure it, or the address space is capped")
     return Engine(config)
 
@@ -99,13 +99,13 @@ class WasmBackend:
         self._graveyard: queue.SimpleQueue[Store] = queue.SimpleQueue()
         # Stores alive at once, each holding a slot of the pool until dropped:
         # past that many, a run waits for a slot (within its deadline).
-        self._slots = threading.BoundedSemaphore(_pooling.INSTANCES)
+        self._slots = threading.BoundedSemaphore(pooling.INSTANCES)
         # An instance made ahead by the housekeeper while it had nothing to drop,
         # never run: the next run takes it instead of instantiating.
         self._spare: tuple[Store, Func] | None = None
         self._spare_lock = threading.Lock()
 
-    def load(self, *, progress: _guest.Progress | None = None, force_build: bool = False) -> None:
+    def load(self, *, progress: guest.Progress | None = None, force_build: bool = False) -> None:
         """Load the component (building and compiling it if the cache lacks it).
 
         Raises `SandboxUnavailable`."""
@@ -123,33 +123,33 @@ class WasmBackend:
                 self._ticker.start()
                 threading.Thread(target=self._housekeep, name="codemode-reaper", daemon=True).start()
 
-    def _load(self, *, pooled: bool, progress: _guest.Progress | None, force_build: bool) -> _Loaded:
+    def _load(self, *, pooled: bool, progress: guest.Progress | None, force_build: bool) -> _Loaded:
         engine = _make_engine(pooled=pooled)
 
         def compile_wasm(wasm: bytes) -> bytes:
             return bytes(Component(engine, wasm).serialize())
 
-        artifacts = _guest.ensure_built(compile_wasm=compile_wasm, force=force_build, progress=progress)
+        artifacts = guest.ensure_built(compile_wasm=compile_wasm, force=force_build, progress=progress)
         try:
             component = Component.deserialize_file(engine, str(artifacts.cwasm))
         except wasmtime.WasmtimeError as exc:
             # Verified bytes that wasmtime still refuses (another wasmtime build):
             # drop them and compile once more.
             artifacts.cwasm.unlink(missing_ok=True)
-            artifacts = _guest.ensure_built(compile_wasm=compile_wasm, progress=progress)
+            artifacts = guest.ensure_built(compile_wasm=compile_wasm, progress=progress)
             try:
                 component = Component.deserialize_file(engine, str(artifacts.cwasm))
             except wasmtime.WasmtimeError as exc2:
                 raise SandboxUnavailable(f"cannot load the sandbox guest: {exc2}") from exc
         linker = Linker(engine)
         linker.add_wasip2()
-        _hostcall.register(linker, direct=self._direct)
+        hostcall.register(linker, direct=self._direct)
         loaded = _Loaded(engine, component, linker, component.get_export_index("run") or "run", pooled)
         # Instances now, at once and dropped at once: proves the pool fits the
         # component, and leaves that many slots warm (resident) for the first
         # runs, rather than have them fault in cold slots.
         try:
-            warm = min(_WARM_SLOTS_AT_LOAD, _pooling.INSTANCES) if pooled else 1
+            warm = min(_WARM_SLOTS_AT_LOAD, pooling.INSTANCES) if pooled else 1
             stores = [_instantiate(loaded, Limits())[0] for _ in range(warm)]
         except wasmtime.WasmtimeError as exc:
             if pooled:
@@ -161,7 +161,7 @@ class WasmBackend:
     @property
     def pooled(self) -> bool | None:
         """Whether instances live in the pooling allocator's resident slots
-        (None until loaded; False where it is unavailable, see `_pooling`)."""
+        (None until loaded; False where it is unavailable, see `pooling`)."""
         return self._loaded.pooled if self._loaded is not None else None
 
     def _tick(self) -> None:
@@ -187,7 +187,7 @@ class WasmBackend:
         with pooled slots: then a run makes no page faults, so this work on a
         second thread cannot slow a run going on meanwhile (see the docstring)."""
         loaded = self._loaded
-        if loaded is None or not loaded.pooled or not _epoch.AVAILABLE or self._spare is not None:
+        if loaded is None or not loaded.pooled or not epoch.AVAILABLE or self._spare is not None:
             return
         if not self._slots.acquire(blocking=False):
             return
@@ -202,7 +202,7 @@ class WasmBackend:
     def _take_spare(self, limits: Limits) -> tuple[Store, Func] | None:
         # A limit near the guest's initial memory (16.7 MiB) gets a fresh
         # instantiation, which checks the initial memory against it as ever.
-        if limits.memory < _pooling.KEEP_RESIDENT:
+        if limits.memory < pooling.KEEP_RESIDENT:
             return None
         with self._spare_lock:
             spare, self._spare = self._spare, None
@@ -210,8 +210,8 @@ class WasmBackend:
             spare[0].set_limits(memory_size=limits.memory)
         return spare
 
-    def execute(self, request_json: str, host_call: _hostcall.Handler, limits: Limits,
-                guard: _epoch.RunGuard) -> tuple[str, float]:
+    def execute(self, request_json: str, host_call: hostcall.Handler, limits: Limits,
+                guard: epoch.RunGuard) -> tuple[str, float]:
         """Run one request in a fresh instance on this thread; (response JSON,
         seconds spent instantiating). The guest traps when `guard`'s deadline
         passes or it is cancelled.
@@ -223,20 +223,20 @@ class WasmBackend:
         assert loaded is not None
         return self._execute(loaded, request_json, host_call, limits, guard)
 
-    def _execute(self, loaded: _Loaded, request_json: str, host_call: _hostcall.Handler, limits: Limits,
-                 guard: _epoch.RunGuard) -> tuple[str, float]:
+    def _execute(self, loaded: _Loaded, request_json: str, host_call: hostcall.Handler, limits: Limits,
+                 guard: epoch.RunGuard) -> tuple[str, float]:
         t0 = time.perf_counter()
         store, run = self._instance(loaded, limits, guard)
         startup = time.perf_counter() - t0
-        _epoch.bind(guard)
-        _hostcall.bind_handler(host_call)
+        epoch.bind(guard)
+        hostcall.bind_handler(host_call)
         try:
-            response = _hostcall.call_string_func(run, store, request_json)
+            response = hostcall.call_string_func(run, store, request_json)
         except wasmtime.WasmtimeError as exc:  # Trap is a subclass
             raise WasmTrap(_classify_trap(exc, limits)) from exc
         finally:
-            _hostcall.bind_handler(None)
-            _epoch.bind(None)
+            hostcall.bind_handler(None)
+            epoch.bind(None)
             if self._graveyard.qsize() < _REAP_BACKLOG:
                 self._graveyard.put(store)
                 del store
@@ -248,7 +248,7 @@ class WasmBackend:
         return response, startup
 
 
-    def _instance(self, loaded: _Loaded, limits: Limits, guard: _epoch.RunGuard) -> tuple[Store, Func]:
+    def _instance(self, loaded: _Loaded, limits: Limits, guard: epoch.RunGuard) -> tuple[Store, Func]:
         """The spare if there is one, else a new instance in a free slot; while
         none is free, wait (polling for a spare too) until the run's deadline."""
         while True:
@@ -260,7 +260,7 @@ class WasmBackend:
                 break
             if remaining <= _SLOT_POLL_S:
                 raise WasmTrap(RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
-                                          f"the {_pooling.INSTANCES} sandbox slots"))
+                                          f"the {pooling.INSTANCES} sandbox slots"))
         try:
             return _instantiate(loaded, limits)
         except wasmtime.WasmtimeError as exc:
@@ -276,7 +276,7 @@ def _instantiate(loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
     store = Store(loaded.engine)
     store.set_wasi(WasiConfig())  # no preopened dirs, no env, no args, no sockets
     store.set_limits(memory_size=limits.memory)
-    if not _epoch.install(store):
+    if not epoch.install(store):
         store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
     instance = loaded.linker.instantiate(store, loaded.component)
     run = instance.get_func(store, loaded.run_export)
@@ -287,9 +287,9 @@ def _instantiate(loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
 
 def _classify_trap(exc: Exception, limits: Limits) -> RunTimeout | RunCancelled | SandboxCrashed:
     text = str(exc)
-    if _epoch.CANCEL_TRAP in text:
+    if epoch.CANCEL_TRAP in text:
         return RunCancelled("the run was cancelled")
-    if _epoch.DEADLINE_TRAP in text:
+    if epoch.DEADLINE_TRAP in text:
         return RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout")
     code = getattr(exc, "trap_code", None)
     if code == wasmtime.TrapCode.INTERRUPT or "interrupt" in text:

@@ -45,10 +45,10 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from ._core import CodeMode
-from ._discovery import ToolNotFound
-from ._errors import CodemodeError, ConfigError, SandboxUnavailable
-from ._http_models import (
+from .._core import CodeMode
+from .._discovery import ToolNotFound
+from .._errors import CodemodeError, ConfigError, SandboxUnavailable
+from .models import (
     ExecuteRequest,
     ExecuteResponse,
     Health,
@@ -59,11 +59,11 @@ from ._http_models import (
     SearchResponse,
     ServersResponse,
 )
-from ._http_runs import Admission, Busy, Executor, Run, RunStore, Ticket
-from ._limits import Limits
-from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ._metrics import Metrics
-from ._result import RunResult
+from .runs import Admission, Busy, Executor, Run, RunStore, Ticket
+from .._limits import Limits
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .._result import RunResult
 
 __all__ = ["HttpSettings", "cli_main", "create_app"]
 
@@ -574,7 +574,7 @@ def cli_main(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
     import uvicorn
 
-    from ._sandbox import Sandbox
+    from .._sandbox.runner import Sandbox
 
     # The sandbox's own gate matches ours, so admitted runs do not queue twice.
     sandbox = Sandbox(backend=args.backend, max_concurrency=settings.max_concurrency,

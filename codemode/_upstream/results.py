@@ -28,7 +28,7 @@ from typing import Any
 import jsonschema
 import referencing.exceptions
 
-from ._errors import ToolError
+from .._errors import ToolError
 
 __all__ = ["to_value"]
 

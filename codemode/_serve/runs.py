@@ -25,11 +25,11 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._core import CodeMode
-from ._errors import CodemodeError
-from ._limits import Limits
-from ._metrics import Metrics
-from ._result import RunResult
+from .._core import CodeMode
+from .._errors import CodemodeError
+from .._limits import Limits
+from .metrics import Metrics
+from .._result import RunResult
 
 __all__ = ["Admission", "Busy", "Executor", "Run", "RunStore", "Ticket"]
 

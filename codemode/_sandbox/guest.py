@@ -29,7 +29,7 @@ from pathlib import Path
 
 import platformdirs
 
-from ._errors import SandboxUnavailable
+from .._errors import SandboxUnavailable
 
 __all__ = ["GuestArtifacts", "cache_root", "ensure_built", "guest_source_dir"]
 
@@ -48,11 +48,12 @@ def _stderr(message: str) -> None:
 
 def guest_source_dir() -> Path:
     """The guest sources: packaged inside the wheel, or `sandbox/` of a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_guest_src", here.parent / "sandbox"):
+    package = Path(__file__).resolve().parent.parent
+    packaged, checkout = package / "_guest_src", package.parent / "sandbox"
+    for candidate in (packaged, checkout):
         if (candidate / "wit").is_dir() and (candidate / "guest").is_dir():
             return candidate
-    raise SandboxUnavailable(f"the sandbox guest sources are missing (looked in {here / '_guest_src'} and {here.parent / 'sandbox'})")
+    raise SandboxUnavailable(f"the sandbox guest sources are missing (looked in {packaged} and {checkout})")
 
 
 def cache_root() -> Path:

@@ -5,7 +5,7 @@ server gets a supervisor task in it that enters the SDK `Client` (which spawns
 the stdio child or opens the HTTP session), lists the tools, watches for tool
 list changes, and on shutdown leaves the client in the same task that entered
 it, as anyio's cancel scopes require. Everything `mcp` stays in this module and
-`_mcp_results`: callers see `codemode.Tool`s, `ToolError`s and `ServerFailure`s.
+`results`: callers see `codemode.Tool`s, `ToolError`s and `ServerFailure`s.
 
 Failure policy:
 - a server that cannot start is recorded in `Hub.failures` and its tools are
@@ -38,10 +38,10 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from ._config import Config, HttpServer, ServerConfig, StdioServer
-from ._errors import ToolError
-from ._mcp_results import to_value
-from ._tools import Tool
+from .config import Config, HttpServer, ServerConfig, StdioServer
+from .._errors import ToolError
+from .results import to_value
+from .._tools import Tool
 
 __all__ = ["Hub", "ServerFailure"]
 
@@ -179,7 +179,7 @@ class Hub:
         return self._generation
 
     async def call_tool(self, namespace: str, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        """Call tool `name` of the server with `namespace`; its value per `_mcp_results`.
+        """Call tool `name` of the server with `namespace`; its value per `results`.
 
         Raises `ToolError` if the server is unknown or unavailable, the tool is not
         permitted by the configuration, the call fails or times out, or the tool

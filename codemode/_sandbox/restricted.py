@@ -40,10 +40,10 @@ from RestrictedPython.Guards import (
 )
 from RestrictedPython.transformer import RestrictingNodeTransformer
 
-from . import _guest
-from ._epoch import RunGuard
-from ._errors import RunCancelled, RunTimeout
-from ._limits import Limits
+from . import guest
+from .epoch import RunGuard
+from .._errors import RunCancelled, RunTimeout
+from .._limits import Limits
 
 __all__ = ["RestrictedBackend"]
 
@@ -73,7 +73,7 @@ class _Timeout(BaseException):
 
 @cache
 def _runtime() -> types.ModuleType:
-    path = _guest.guest_source_dir() / "guest" / "runtime.py"
+    path = guest.guest_source_dir() / "guest" / "runtime.py"
     spec = importlib.util.spec_from_file_location("codemode._guest_runtime", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

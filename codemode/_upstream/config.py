@@ -44,8 +44,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from ._errors import ConfigError
-from ._names import to_identifier
+from .._errors import ConfigError
+from .._names import to_identifier
 
 __all__ = ["CodemodeOptions", "Config", "HttpServer", "ServerConfig", "StdioServer", "load_config", "parse_config"]
 

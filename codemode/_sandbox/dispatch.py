@@ -24,17 +24,17 @@ import anyio.from_thread
 import anyio.to_thread
 import jsonschema
 
-from ._errors import (
+from .._errors import (
     BatchLimitExceeded,
     ExecutionError,
     RunTimeout,
     ToolCallLimitExceeded,
     ToolError,
 )
-from ._limits import Limits
-from ._result import ToolCallRecord
-from ._stubgen import ToolBinding
-from ._tools import Tool
+from .._limits import Limits
+from .._result import ToolCallRecord
+from .._stubgen import ToolBinding
+from .._tools import Tool
 
 __all__ = ["Dispatcher"]
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._limits import Limits
+from .._limits import Limits
 
 __all__ = [
     "ExecuteRequest",
