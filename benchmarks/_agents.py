@@ -28,16 +28,16 @@ from mcp.types import TextContent
 
 from benchmarks._tokens import Conversation
 from benchmarks._workloads import Task, Workspace
-from codemode import RunResult, Sandbox, Tool, ToolError
-from codemode import CodeMode
+from codemode import CodeMode, Hub, RunResult, Sandbox, Tool, ToolError
 from codemode import build_mcp_server as build_server
 from codemode._serve.mcp_server import server_instructions
-from codemode import Hub
 
 __all__ = ["SYSTEM_PROMPT", "AgentRun", "BenchmarkError", "run_code_mode", "run_direct"]
 
-SYSTEM_PROMPT = ("You are an agent that completes the user's task with the tools provided. Call tools as needed; "
-                 "when done, reply with the final answer only, as the JSON the task asks for.")
+SYSTEM_PROMPT = (
+    "You are an agent that completes the user's task with the tools provided. Call tools as needed; "
+    "when done, reply with the final answer only, as the JSON the task asks for."
+)
 
 
 class BenchmarkError(Exception):
@@ -76,7 +76,8 @@ class _DirectCalls:
     async def parallel(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
         blocks: list[dict[str, Any]] = [
             {"type": "tool_use", "id": self.conversation.tool_use_id(), "name": f"{ns}__{tool}", "input": args}
-            for ns, tool, args in calls]
+            for ns, tool, args in calls
+        ]
         self.conversation.model_turn(blocks)
         values: list[Any] = [None] * len(calls)
         failures: list[str] = []
@@ -96,14 +97,17 @@ class _DirectCalls:
         elapsed = time.perf_counter() - t0
         if failures:
             raise BenchmarkError("direct: " + "; ".join(failures))
-        self.conversation.tool_results([(b["id"], _result_text(v), False) for b, v in zip(blocks, values, strict=True)],
-                                       elapsed)
+        self.conversation.tool_results(
+            [(b["id"], _result_text(v), False) for b, v in zip(blocks, values, strict=True)], elapsed
+        )
         return values
 
 
 def direct_tool_definitions(tools: list[Tool]) -> list[dict[str, Any]]:
-    return [{"name": f"{t.namespace}__{t.name}", "description": t.description, "input_schema": dict(t.input_schema)}
-            for t in tools]
+    return [
+        {"name": f"{t.namespace}__{t.name}", "description": t.description, "input_schema": dict(t.input_schema)}
+        for t in tools
+    ]
 
 
 async def run_direct(task: Task, ws: Workspace, hub: Hub, tools: list[Tool]) -> AgentRun:
@@ -112,8 +116,9 @@ async def run_direct(task: Task, ws: Workspace, hub: Hub, tools: list[Tool]) -> 
     calls = _DirectCalls(hub, conversation)
     answer = await task.direct(calls, ws)
     conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
-    return AgentRun(answer=answer, conversation=conversation, upstream_calls=len(calls.durations),
-                    call_durations_s=calls.durations)
+    return AgentRun(
+        answer=answer, conversation=conversation, upstream_calls=len(calls.durations), call_durations_s=calls.durations
+    )
 
 
 class _RecordingCodeMode(CodeMode):
@@ -131,15 +136,18 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
     cm = _RecordingCodeMode(tools=tools, sandbox=sandbox)
     async with cm, Client(build_server(cm)) as client:
         listed = (await client.list_tools()).tools
-        definitions = [{"name": t.name, "description": t.description or "", "input_schema": t.input_schema}
-                       for t in listed]
+        definitions = [
+            {"name": t.name, "description": t.description or "", "input_schema": t.input_schema} for t in listed
+        ]
         # An MCP client puts the server's instructions in the system prompt.
         system = SYSTEM_PROMPT + "\n\n" + server_instructions(cm)
         conversation = Conversation(system=system, tools=definitions)
         conversation.user(task.render(task.prompt, ws))
         steps: list[tuple[str, dict[str, Any]]] = [
-            ("search_tools", {"query": task.search}), ("get_tool_stubs", {"names": list(task.stubs)}),
-            ("execute_code", {"code": task.render(task.program, ws)})]
+            ("search_tools", {"query": task.search}),
+            ("get_tool_stubs", {"names": list(task.stubs)}),
+            ("execute_code", {"code": task.render(task.program, ws)}),
+        ]
         texts: dict[str, str] = {}
         for name, arguments in steps:
             tool_use_id = conversation.tool_use_id()
@@ -156,12 +164,18 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
                 visible = texts["search_tools"] + "\n" + system
                 unseen = [s for s in task.stubs if s.split(".", 1)[1] not in visible]
                 if unseen:
-                    raise BenchmarkError(f"{task.name}: the script reads stubs of {unseen}, which neither the "
-                                         "search results nor the system prompt show")
+                    raise BenchmarkError(
+                        f"{task.name}: the script reads stubs of {unseen}, which neither the "
+                        "search results nor the system prompt show"
+                    )
         answer = json.loads(texts["execute_code"])
         conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
         run = cm.last_run
         assert run is not None
-        return AgentRun(answer=answer, conversation=conversation, upstream_calls=len(run.tool_calls),
-                        call_durations_s=[c.duration_s for c in run.tool_calls],
-                        sandbox={**run.timings.to_dict(), "batches": len({c.batch for c in run.tool_calls})})
+        return AgentRun(
+            answer=answer,
+            conversation=conversation,
+            upstream_calls=len(run.tool_calls),
+            call_durations_s=[c.duration_s for c in run.tool_calls],
+            sandbox={**run.timings.to_dict(), "batches": len({c.batch for c in run.tool_calls})},
+        )

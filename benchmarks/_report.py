@@ -59,13 +59,15 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{c['model_turns']} | {d['input_tokens']:,} / {c['input_tokens']:,} | {d['output_tokens']:,} / "
             f"{c['output_tokens']:,} | {d['total_tokens']:,} / {c['total_tokens']:,} | "
             f"{_pct(c['total_tokens'], d['total_tokens'])} | {d['total_tokens_billed_cached']:,.0f} / "
-            f"{c['total_tokens_billed_cached']:,.0f} | {_pays_off(t)} |")
+            f"{c['total_tokens_billed_cached']:,.0f} | {_pays_off(t)} |"
+        )
     ad, ac = agg["direct"], agg["code_mode"]
     lines.append(
         f"| **all tasks** | | | {ad['tool_calls']} | {ad['model_turns']} / {ac['model_turns']} | "
         f"{ad['input_tokens']:,} / {ac['input_tokens']:,} | {ad['output_tokens']:,} / {ac['output_tokens']:,} | "
         f"{ad['total_tokens']:,} / {ac['total_tokens']:,} | {_pct(ac['total_tokens'], ad['total_tokens'])} | "
-        f"{ad['total_tokens_billed_cached']:,.0f} / {ac['total_tokens_billed_cached']:,.0f} | |")
+        f"{ad['total_tokens_billed_cached']:,.0f} / {ac['total_tokens_billed_cached']:,.0f} | |"
+    )
     lines += [
         "",
         f"## Latency per task (measured: median of {runs} run(s); modelled: from the token counts)",
@@ -79,11 +81,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append(
             f"| {t['name']} | {d['model_turns']} / {c['model_turns']} | {d['measured_s']:.3f} / {c['measured_s']:.3f} "
             f"| {d['modelled_s']:.1f} / {c['modelled_s']:.1f} | {d['total_s']:.1f} / {c['total_s']:.1f} | "
-            f"{_pct(c['total_s'], d['total_s'])} |")
+            f"{_pct(c['total_s'], d['total_s'])} |"
+        )
     lines.append(
         f"| **all tasks** | {ad['model_turns']} / {ac['model_turns']} | {ad['measured_s']:.3f} / "
         f"{ac['measured_s']:.3f} | {ad['modelled_s']:.1f} / {ac['modelled_s']:.1f} | {ad['total_s']:.1f} / "
-        f"{ac['total_s']:.1f} | {_pct(ac['total_s'], ad['total_s'])} |")
+        f"{ac['total_s']:.1f} | {_pct(ac['total_s'], ad['total_s'])} |"
+    )
     lines += ["", "## Checks", ""]
     for t in tasks:
         status = "pass" if t["passed"] else "**FAIL**"
@@ -93,19 +97,28 @@ def render_markdown(data: dict[str, Any]) -> str:
     for t in tasks:
         d, c = t["direct"], t["code_mode"]
         if c["total_tokens"] >= d["total_tokens"]:
-            lines.append(f"- Tokens, {t['name']} ({d['tool_calls']} upstream call(s), {t['tools_offered']} tools "
-                         f"offered): {c['total_tokens']:,} in code mode vs {d['total_tokens']:,} direct. Discovery "
-                         "(search, stubs), the program and the extra round trips cost more than the calls they save.")
+            lines.append(
+                f"- Tokens, {t['name']} ({d['tool_calls']} upstream call(s), {t['tools_offered']} tools "
+                f"offered): {c['total_tokens']:,} in code mode vs {d['total_tokens']:,} direct. Discovery "
+                "(search, stubs), the program and the extra round trips cost more than the calls they save."
+            )
         if c["total_s"] >= d["total_s"]:
-            lines.append(f"- Time, {t['name']}: {c['total_s']:.1f} s in code mode vs {d['total_s']:.1f} s direct "
-                         f"({c['model_turns']} model round trips vs {d['model_turns']}; each costs a time to first "
-                         "token).")
-    if not any(t["code_mode"]["total_tokens"] >= t["direct"]["total_tokens"] or
-               t["code_mode"]["total_s"] >= t["direct"]["total_s"] for t in tasks):
+            lines.append(
+                f"- Time, {t['name']}: {c['total_s']:.1f} s in code mode vs {d['total_s']:.1f} s direct "
+                f"({c['model_turns']} model round trips vs {d['model_turns']}; each costs a time to first "
+                "token)."
+            )
+    if not any(
+        t["code_mode"]["total_tokens"] >= t["direct"]["total_tokens"]
+        or t["code_mode"]["total_s"] >= t["direct"]["total_s"]
+        for t in tasks
+    ):
         lines.append("- Code mode used fewer tokens and less time on every task.")
     lines.append("")
-    lines.append(f"Expectation (fewer total tokens in code mode on every task with 3 or more upstream calls): "
-                 f"{'met' if data['expectation_met'] else '**NOT met**'}.")
+    lines.append(
+        f"Expectation (fewer total tokens in code mode on every task with 3 or more upstream calls): "
+        f"{'met' if data['expectation_met'] else '**NOT met**'}."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -128,19 +141,30 @@ def write_chart(data: dict[str, Any], path: Path) -> None:
     fig, (ax_tokens, ax_time) = plt.subplots(2, 1, figsize=(12, 9), constrained_layout=True)
     for i, agent in enumerate(AGENTS):
         offset = [p + (i - 0.5) * width for p in x]
-        ax_tokens.bar(offset, [t[agent]["total_tokens"] for t in tasks], width, label=labels[agent],
-                      color=colors[agent])
+        ax_tokens.bar(
+            offset, [t[agent]["total_tokens"] for t in tasks], width, label=labels[agent], color=colors[agent]
+        )
         measured = [t[agent]["measured_s"] for t in tasks]
         modelled = [t[agent]["modelled_s"] for t in tasks]
         ax_time.bar(offset, modelled, width, color=colors[agent], label=f"{labels[agent]}: model (modelled)")
-        ax_time.bar(offset, measured, width, bottom=modelled, color=colors[agent], alpha=0.45, hatch="//",
-                    label=f"{labels[agent]}: tools + sandbox (measured)")
+        ax_time.bar(
+            offset,
+            measured,
+            width,
+            bottom=modelled,
+            color=colors[agent],
+            alpha=0.45,
+            hatch="//",
+            label=f"{labels[agent]}: tools + sandbox (measured)",
+        )
     ax_tokens.set_yscale("log")
     ax_tokens.set_ylabel("total tokens (input over all turns + output), log scale")
     ax_tokens.set_title("Tokens per task (counted, o200k_base)")
     ax_time.set_ylabel("seconds")
-    ax_time.set_title(f"Time per task: modelled model time + measured tool/sandbox time "
-                      f"(median of {data['method']['measured_runs']} run(s))")
+    ax_time.set_title(
+        f"Time per task: modelled model time + measured tool/sandbox time "
+        f"(median of {data['method']['measured_runs']} run(s))"
+    )
     for ax in (ax_tokens, ax_time):
         ax.set_xticks(list(x))
         ax.set_xticklabels(names, rotation=20, ha="right")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import bpe_openai  # type: ignore[import-untyped]
 
@@ -56,21 +56,25 @@ class ModelTiming:
     prefill_tps: float = 5_000.0
     decode_tps: float = 63.0
 
-    SOURCES = {
+    SOURCES: ClassVar[dict[str, str]] = {
         "ttft_s": "Artificial Analysis, Claude Sonnet 4.5 via Anthropic: median time to first token 1.80 s "
-                  "(their ~1k-token prompt workload)",
+        "(their ~1k-token prompt workload)",
         "decode_tps": "Artificial Analysis, Claude Sonnet 4.5 via Anthropic: median output speed 63 tokens/s",
         "prefill_tps": "assumption (no public per-token prefill figure for hosted frontier models): 5,000 input "
-                       "tokens/s on top of the time to first token",
+        "tokens/s on top of the time to first token",
     }
 
     def turn_s(self, input_tokens: int, output_tokens: int) -> float:
         return self.ttft_s + input_tokens / self.prefill_tps + output_tokens / self.decode_tps
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ttft_s": self.ttft_s, "prefill_tps": self.prefill_tps, "decode_tps": self.decode_tps,
-                "formula": "per turn: ttft_s + input_tokens / prefill_tps + output_tokens / decode_tps",
-                "sources": dict(self.SOURCES)}
+        return {
+            "ttft_s": self.ttft_s,
+            "prefill_tps": self.prefill_tps,
+            "decode_tps": self.decode_tps,
+            "formula": "per turn: ttft_s + input_tokens / prefill_tps + output_tokens / decode_tps",
+            "sources": dict(self.SOURCES),
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +92,13 @@ class TurnCost:
         return self.input_tokens - self.cached_input_tokens * (1 - CACHE_READ_PRICE)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"input_tokens": self.input_tokens, "cached_input_tokens": self.cached_input_tokens,
-                "output_tokens": self.output_tokens, "tool_s": round(self.tool_s, 6), "tool_calls": self.tool_calls}
+        return {
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "output_tokens": self.output_tokens,
+            "tool_s": round(self.tool_s, 6),
+            "tool_calls": self.tool_calls,
+        }
 
 
 @dataclass
@@ -122,9 +131,15 @@ class Conversation:
         shared = _common_prefix(request, self._previous)
         self._previous = request
         self.messages.append({"role": "assistant", "content": content})
-        self.turns.append(TurnCost(input_tokens=len(request), cached_input_tokens=shared,
-                                   output_tokens=sum(_output_tokens(block) for block in content), tool_s=0.0,
-                                   tool_calls=sum(1 for block in content if block.get("type") == "tool_use")))
+        self.turns.append(
+            TurnCost(
+                input_tokens=len(request),
+                cached_input_tokens=shared,
+                output_tokens=sum(_output_tokens(block) for block in content),
+                tool_s=0.0,
+                tool_calls=sum(1 for block in content if block.get("type") == "tool_use"),
+            )
+        )
 
     def tool_results(self, results: list[tuple[str, str, bool]], elapsed_s: float) -> None:
         """Append one user message with `(tool_use_id, text, is_error)` results; the
@@ -137,9 +152,13 @@ class Conversation:
             blocks.append(block)
         self.messages.append({"role": "user", "content": blocks})
         last = self.turns[-1]
-        self.turns[-1] = TurnCost(input_tokens=last.input_tokens, cached_input_tokens=last.cached_input_tokens,
-                                  output_tokens=last.output_tokens, tool_s=last.tool_s + elapsed_s,
-                                  tool_calls=last.tool_calls)
+        self.turns[-1] = TurnCost(
+            input_tokens=last.input_tokens,
+            cached_input_tokens=last.cached_input_tokens,
+            output_tokens=last.output_tokens,
+            tool_s=last.tool_s + elapsed_s,
+            tool_calls=last.tool_calls,
+        )
 
 
 def _output_tokens(block: dict[str, Any]) -> int:
@@ -155,7 +174,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     i = 0
     # Compare in chunks first: the prefixes are long and almost always equal.
     step = 1024
-    while i + step <= n and a[i:i + step] == b[i:i + step]:
+    while i + step <= n and a[i : i + step] == b[i : i + step]:
         i += step
     while i < n and a[i] == b[i]:
         i += 1

@@ -27,8 +27,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from benchmarks.fixtures import shop_server
-from codemode import Config, parse_config
-from codemode import Hub
+from codemode import Config, Hub, parse_config
 from tests.reference_servers import npm_bin, time_server
 
 __all__ = ["ALL_SERVERS", "TASKS", "Calls", "Task", "Workspace", "server_config"]
@@ -76,27 +75,81 @@ class Task:
 def server_config(root: Path, memory_file: Path) -> Config:
     """An `mcpServers` config for every benchmark server."""
     time_cmd = time_server()
-    return parse_config({"mcpServers": {
-        "filesystem": {"command": str(npm_bin("mcp-server-filesystem")), "args": [str(root)]},
-        "memory": {"command": str(npm_bin("mcp-server-memory")), "env": {"MEMORY_FILE_PATH": str(memory_file)}},
-        "everything": {"command": str(npm_bin("mcp-server-everything")), "args": ["stdio"]},
-        "time": {"command": time_cmd[0], "args": time_cmd[1:]},
-        "shop": {"command": sys.executable, "args": [str(_SHOP)]},
-    }})
+    return parse_config(
+        {
+            "mcpServers": {
+                "filesystem": {"command": str(npm_bin("mcp-server-filesystem")), "args": [str(root)]},
+                "memory": {"command": str(npm_bin("mcp-server-memory")), "env": {"MEMORY_FILE_PATH": str(memory_file)}},
+                "everything": {"command": str(npm_bin("mcp-server-everything")), "args": ["stdio"]},
+                "time": {"command": time_cmd[0], "args": time_cmd[1:]},
+                "shop": {"command": sys.executable, "args": [str(_SHOP)]},
+            }
+        }
+    )
 
 
 # -- generated data ------------------------------------------------------------------------------
 
-_WORDS = ("amber", "birch", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
-          "kestrel", "lagoon", "meadow", "nimbus", "onyx", "prairie", "quartz", "raven", "sierra", "tundra")
+_WORDS = (
+    "amber",
+    "birch",
+    "cobalt",
+    "delta",
+    "ember",
+    "fjord",
+    "garnet",
+    "harbor",
+    "indigo",
+    "juniper",
+    "kestrel",
+    "lagoon",
+    "meadow",
+    "nimbus",
+    "onyx",
+    "prairie",
+    "quartz",
+    "raven",
+    "sierra",
+    "tundra",
+)
 _COMPONENTS = ("api", "auth", "billing", "cache", "db", "queue", "scheduler", "search")
 _LEVELS = ("DEBUG",) * 3 + ("INFO",) * 8 + ("WARN",) * 2 + ("ERROR",)
 # Zones without daylight saving time, so conversions do not depend on the date.
-_ZONES = ("Asia/Kolkata", "Asia/Dubai", "Asia/Singapore", "Africa/Nairobi", "America/Bogota", "Asia/Karachi",
-          "Asia/Jakarta", "Australia/Brisbane", "Pacific/Honolulu", "UTC", "America/Phoenix", "Africa/Lagos")
+_ZONES = (
+    "Asia/Kolkata",
+    "Asia/Dubai",
+    "Asia/Singapore",
+    "Africa/Nairobi",
+    "America/Bogota",
+    "Asia/Karachi",
+    "Asia/Jakarta",
+    "Australia/Brisbane",
+    "Pacific/Honolulu",
+    "UTC",
+    "America/Phoenix",
+    "Africa/Lagos",
+)
 _ROLES = ("engineer", "designer", "analyst", "writer", "researcher")
-_FIRST = ("Ada", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Mo", "Nia",
-          "Otto", "Pia", "Quin", "Ravi")
+_FIRST = (
+    "Ada",
+    "Ben",
+    "Cleo",
+    "Dev",
+    "Eli",
+    "Fay",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jun",
+    "Kai",
+    "Lea",
+    "Mo",
+    "Nia",
+    "Otto",
+    "Pia",
+    "Quin",
+    "Ravi",
+)
 _STATUSES = ("active", "paused", "done")
 _OWNERS = ("alice", "bruno", "chen", "dara")
 
@@ -125,8 +178,9 @@ class Workspace:
         return "\n".join(f"note {i}: " + " ".join(self.rng.choice(_WORDS) for _ in range(9)) for i in range(lines))
 
     def _chain(self, length: int) -> tuple[str, int]:
-        names = ["chain/start.txt"] + [f"chain/{self.rng.choice(_WORDS)}-{self.rng.randrange(16**6):06x}.txt"
-                                       for _ in range(length - 1)]
+        names = ["chain/start.txt"] + [
+            f"chain/{self.rng.choice(_WORDS)}-{self.rng.randrange(16**6):06x}.txt" for _ in range(length - 1)
+        ]
         secret = f"{self.rng.choice(_WORDS)}-{self.rng.randrange(10**6):06d}"
         for i, name in enumerate(names):
             last = i == len(names) - 1
@@ -134,8 +188,10 @@ class Workspace:
             self._write(name, f"# hop {i + 1}\n{self._filler(6)}\n{tail}\n")
         # Decoys that a shortcut (listing the directory) would have to tell apart.
         for _ in range(4):
-            self._write(f"chain/{self.rng.choice(_WORDS)}-{self.rng.randrange(16**6):06x}.txt",
-                        f"{self._filler(6)}\nsecret: {self.rng.choice(_WORDS)}-decoy\n")
+            self._write(
+                f"chain/{self.rng.choice(_WORDS)}-{self.rng.randrange(16**6):06x}.txt",
+                f"{self._filler(6)}\nsecret: {self.rng.choice(_WORDS)}-decoy\n",
+            )
         return secret, length
 
     def _log(self, lines: int) -> dict[str, Any]:
@@ -146,15 +202,23 @@ class Workspace:
             if level == "ERROR":
                 errors[component] += 1
             stamp = (start + timedelta(seconds=7 * i)).isoformat() + "Z"
-            rows.append(f"{stamp} {level:<5} {component:<9} req={self.rng.randrange(16**8):08x} "
-                        f"took={self.rng.randrange(1, 900)}ms {' '.join(self.rng.choice(_WORDS) for _ in range(3))}")
+            rows.append(
+                f"{stamp} {level:<5} {component:<9} req={self.rng.randrange(16**8):08x} "
+                f"took={self.rng.randrange(1, 900)}ms {' '.join(self.rng.choice(_WORDS) for _ in range(3))}"
+            )
         self._write("logs/app.log", "\n".join(rows) + "\n")
-        (component, n), = errors.most_common(1)
+        ((component, n),) = errors.most_common(1)
         return {"component": component, "errors": n, "total_errors": sum(errors.values())}
 
     def _meetings(self, n: int) -> list[dict[str, str]]:
-        meetings = [{"id": f"m{i + 1:02d}", "time": f"{self.rng.randrange(6, 20):02d}:{self.rng.choice((0, 15, 30, 45)):02d}",
-                     "timezone": self.rng.choice(_ZONES)} for i in range(n)]
+        meetings = [
+            {
+                "id": f"m{i + 1:02d}",
+                "time": f"{self.rng.randrange(6, 20):02d}:{self.rng.choice((0, 15, 30, 45)):02d}",
+                "timezone": self.rng.choice(_ZONES),
+            }
+            for i in range(n)
+        ]
         self._write("meetings/schedule.json", json.dumps(meetings, indent=2))
         return meetings
 
@@ -171,8 +235,15 @@ class Workspace:
 
     def _projects(self, n: int) -> list[dict[str, Any]]:
         names = sorted({f"{self.rng.choice(_WORDS)}-{self.rng.choice(_WORDS)}" for _ in range(n * 2)})[:n]
-        return [{"name": name, "status": self.rng.choice(_STATUSES), "owner": self.rng.choice(_OWNERS),
-                 "budget_keur": self.rng.randrange(10, 400)} for name in names]
+        return [
+            {
+                "name": name,
+                "status": self.rng.choice(_STATUSES),
+                "owner": self.rng.choice(_OWNERS),
+                "budget_keur": self.rng.randrange(10, 400),
+            }
+            for name in names
+        ]
 
     # -- ground truth --------------------------------------------------------------------------
 
@@ -187,9 +258,13 @@ class Workspace:
 
     def team_truth(self) -> dict[str, Any]:
         reports = Counter(p["manager"] for p in self.team if p["manager"])
-        (manager, n), = reports.most_common(1)
-        return {"manager": manager, "direct_reports": n, "entities": len(self.team),
-                "relations": sum(1 for p in self.team if p["manager"])}
+        ((manager, n),) = reports.most_common(1)
+        return {
+            "manager": manager,
+            "direct_reports": n,
+            "entities": len(self.team),
+            "relations": sum(1 for p in self.team if p["manager"]),
+        }
 
     def projects_report(self) -> str:
         by_status: dict[str, list[str]] = defaultdict(list)
@@ -214,14 +289,35 @@ class Workspace:
         assert self.hub is not None
         await self.clear_memory()
         (self.root / "reports" / "projects.md").unlink(missing_ok=True)
-        await self.hub.call_tool("memory", "create_entities", {"entities": [
-            {"name": p["name"], "entityType": "project",
-             "observations": [f"status: {p['status']}", f"owner: {p['owner']}", f"budget_keur: {p['budget_keur']}"]}
-            for p in self.projects]})
+        await self.hub.call_tool(
+            "memory",
+            "create_entities",
+            {
+                "entities": [
+                    {
+                        "name": p["name"],
+                        "entityType": "project",
+                        "observations": [
+                            f"status: {p['status']}",
+                            f"owner: {p['owner']}",
+                            f"budget_keur: {p['budget_keur']}",
+                        ],
+                    }
+                    for p in self.projects
+                ]
+            },
+        )
         names = [p["name"] for p in self.projects]
-        await self.hub.call_tool("memory", "create_relations", {"relations": [
-            {"from": names[i], "to": names[(i * 7 + 3) % len(names)], "relationType": "depends_on"}
-            for i in range(0, len(names), 2)]})
+        await self.hub.call_tool(
+            "memory",
+            "create_relations",
+            {
+                "relations": [
+                    {"from": names[i], "to": names[(i * 7 + 3) % len(names)], "relationType": "depends_on"}
+                    for i in range(0, len(names), 2)
+                ]
+            },
+        )
 
 
 def shop_restock_truth() -> dict[str, Any]:
@@ -235,8 +331,10 @@ def shop_refunds_truth() -> dict[str, Any]:
     refunded = [o for o in shop_server.orders() if o["status"] == "refunded"]
     for o in refunded:
         by_region[o["region"]] += o["total"]
-    return {"refunded_by_region": {r: round(v, 2) for r, v in sorted(by_region.items())},
-            "refunded_orders": len(refunded)}
+    return {
+        "refunded_by_region": {r: round(v, 2) for r, v in sorted(by_region.items())},
+        "refunded_orders": len(refunded),
+    }
 
 
 def weekday_now(zone: str) -> str:
@@ -259,17 +357,24 @@ async def chain_direct(calls: Calls, ws: Workspace) -> Any:
 async def log_direct(calls: Calls, ws: Workspace) -> Any:
     text = (await calls.call("filesystem", "read_text_file", {"path": f"{ws.root}/logs/app.log"}))["content"]
     errors = Counter(line.split()[2] for line in text.splitlines() if line.split()[1:2] == ["ERROR"])
-    (component, n), = errors.most_common(1)
+    ((component, n),) = errors.most_common(1)
     return {"component": component, "errors": n, "total_errors": sum(errors.values())}
 
 
 async def meetings_direct(calls: Calls, ws: Workspace) -> Any:
     text = (await calls.call("filesystem", "read_text_file", {"path": f"{ws.root}/meetings/schedule.json"}))["content"]
     meetings = json.loads(text)
-    converted = await calls.parallel([("time", "convert_time", {
-        "source_timezone": m["timezone"], "time": m["time"], "target_timezone": "Asia/Tokyo"}) for m in meetings])
-    ids = [m["id"] for m, c in zip(meetings, converted, strict=True)
-           if 9 <= int(c["target"]["datetime"][11:13]) < 18]
+    converted = await calls.parallel(
+        [
+            (
+                "time",
+                "convert_time",
+                {"source_timezone": m["timezone"], "time": m["time"], "target_timezone": "Asia/Tokyo"},
+            )
+            for m in meetings
+        ]
+    )
+    ids = [m["id"] for m, c in zip(meetings, converted, strict=True) if 9 <= int(c["target"]["datetime"][11:13]) < 18]
     return {"ids": sorted(ids), "count": len(ids)}
 
 
@@ -298,11 +403,18 @@ async def refunds_direct(calls: Calls, ws: Workspace) -> Any:
 async def team_direct(calls: Calls, ws: Workspace) -> Any:
     text = (await calls.call("filesystem", "read_text_file", {"path": f"{ws.root}/team/team.csv"}))["content"]
     people = list(csv.DictReader(io.StringIO(text)))
-    await calls.call("memory", "create_entities", {"entities": [
-        {"name": p["name"], "entityType": "person", "observations": [f"role: {p['role']}"]} for p in people]})
+    await calls.call(
+        "memory",
+        "create_entities",
+        {
+            "entities": [
+                {"name": p["name"], "entityType": "person", "observations": [f"role: {p['role']}"]} for p in people
+            ]
+        },
+    )
     relations = [{"from": p["name"], "to": p["manager"], "relationType": "reports_to"} for p in people if p["manager"]]
     await calls.call("memory", "create_relations", {"relations": relations})
-    (manager, n), = Counter(r["to"] for r in relations).most_common(1)
+    ((manager, n),) = Counter(r["to"] for r in relations).most_common(1)
     return {"manager": manager, "direct_reports": n, "entities": len(people), "relations": len(relations)}
 
 
@@ -333,7 +445,7 @@ async def weekday_direct(calls: Calls, ws: Workspace) -> Any:
 
 # -- code mode programs ----------------------------------------------------------------------------
 
-CHAIN_PROGRAM = '''\
+CHAIN_PROGRAM = """\
 import re
 path, files = "{root}/chain/start.txt", 0
 while True:
@@ -343,17 +455,17 @@ while True:
         break
     path = "{root}/" + re.search(r"^next: (\\S+)", text, re.M).group(1)
 {"secret": secret.group(1), "files": files}
-'''
+"""
 
-LOG_PROGRAM = '''\
+LOG_PROGRAM = """\
 from collections import Counter
 text = (await filesystem.read_text_file(path="{root}/logs/app.log"))["content"]
 errors = Counter(line.split()[2] for line in text.splitlines() if line.split()[1:2] == ["ERROR"])
 component, n = errors.most_common(1)[0]
 {"component": component, "errors": n, "total_errors": sum(errors.values())}
-'''
+"""
 
-MEETINGS_PROGRAM = '''\
+MEETINGS_PROGRAM = """\
 import asyncio, json
 meetings = json.loads((await filesystem.read_text_file(path="{root}/meetings/schedule.json"))["content"])
 converted = await asyncio.gather(*(
@@ -361,17 +473,17 @@ converted = await asyncio.gather(*(
     for m in meetings))
 ids = sorted(m["id"] for m, c in zip(meetings, converted) if 9 <= int(c["target"]["datetime"][11:13]) < 18)
 {"ids": ids, "count": len(ids)}
-'''
+"""
 
-RESTOCK_PROGRAM = '''\
+RESTOCK_PROGRAM = """\
 import asyncio
 products = await asyncio.gather(*(shop.get_product(sku=p["sku"]) for p in await shop.list_products()))
 low = [p for p in products if p["stock"] < p["reorder_level"]]
 cost = sum((2 * p["reorder_level"] - p["stock"]) * p["unit_price"] for p in low)
 {"skus": sorted(p["sku"] for p in low), "restock_cost": round(cost, 2)}
-'''
+"""
 
-REFUNDS_PROGRAM = '''\
+REFUNDS_PROGRAM = """\
 from collections import defaultdict
 totals, count, cursor = defaultdict(float), 0, None
 while True:
@@ -384,9 +496,9 @@ while True:
     if not cursor:
         break
 {"refunded_by_region": {r: round(v, 2) for r, v in sorted(totals.items())}, "refunded_orders": count}
-'''
+"""
 
-TEAM_PROGRAM = '''\
+TEAM_PROGRAM = """\
 import csv, io
 from collections import Counter
 text = (await filesystem.read_text_file(path="{root}/team/team.csv"))["content"]
@@ -397,9 +509,9 @@ relations = [{"from": p["name"], "to": p["manager"], "relationType": "reports_to
 await memory.create_relations(relations=relations)
 manager, n = Counter(r["to"] for r in relations).most_common(1)[0]
 {"manager": manager, "direct_reports": n, "entities": len(people), "relations": len(relations)}
-'''
+"""
 
-PROJECTS_PROGRAM = '''\
+PROJECTS_PROGRAM = """\
 from collections import defaultdict
 graph = await memory.read_graph()
 by_status, active_budget = defaultdict(list), 0
@@ -412,12 +524,12 @@ for e in graph["entities"]:
 report = "".join(f"{s}: {len(by_status[s])} - {', '.join(sorted(by_status[s]))}\\n" for s in sorted(by_status))
 await filesystem.write_file(path="{root}/reports/projects.md", content=report)
 {"active": len(by_status["active"]), "active_budget_keur": active_budget}
-'''
+"""
 
-WEEKDAY_PROGRAM = '''\
+WEEKDAY_PROGRAM = """\
 now = await time.get_current_time(timezone="Pacific/Kiritimati")
 {"day_of_week": now["day_of_week"]}
-'''
+"""
 
 
 async def _verify_team(ws: Workspace) -> str | None:
@@ -443,69 +555,126 @@ async def _verify_report(ws: Workspace) -> str | None:
 _WEEKDAY_PROMPT = "What day of the week is it right now in the Pacific/Kiritimati time zone?"
 
 TASKS: tuple[Task, ...] = (
-    Task(name="file_chain", shape="long chain: 12 reads, each path comes from the previous file",
-         servers=("filesystem",),
-         prompt="Start at {root}/chain/start.txt. Each file names the next one on its `next:` line (a path "
-                "relative to {root}); the last file has a `secret:` line instead. Follow the chain and return "
-                'JSON {"secret": ..., "files": <number of files read>}.',
-         direct=chain_direct, search="read a text file", stubs=("filesystem.read_text_file",),
-         program=CHAIN_PROGRAM, expected=lambda ws: {"secret": ws.chain_secret, "files": ws.chain_files}),
-    Task(name="log_errors", shape="large intermediate result: a 3,000-line log, only a count is needed",
-         servers=("filesystem",),
-         prompt="Which component logged the most ERROR lines in {root}/logs/app.log (format: timestamp, level, "
-                'component, ...), and how many? Return JSON {"component": ..., "errors": ..., "total_errors": '
-                "<ERROR lines in all>}.",
-         direct=log_direct, search="read a text file", stubs=("filesystem.read_text_file",),
-         program=LOG_PROGRAM, expected=lambda ws: ws.log_truth),
-    Task(name="meetings_tokyo", shape="cross-server fan-out: 1 file read, then 24 independent time conversions",
-         servers=("filesystem", "time"),
-         prompt="{root}/meetings/schedule.json lists meetings with a local start time and IANA time zone. Convert "
-                "each start time to Asia/Tokyo with the time tools and return the ids of the meetings that start "
-                'between 09:00 and 17:59 Tokyo time: JSON {"ids": [sorted ids], "count": ...}.',
-         direct=meetings_direct, search="convert a time between time zones; read a file",
-         stubs=("filesystem.read_text_file", "time.convert_time"), program=MEETINGS_PROGRAM,
-         expected=lambda ws: ws.meetings_truth()),
-    Task(name="shop_restock", shape="fan-out: list 40 products, then 40 independent lookups",
-         servers=("shop",),
-         prompt="Find every shop product whose stock is below its reorder level. Return JSON "
-                '{"skus": [sorted SKUs], "restock_cost": <EUR, rounded to cents, to bring each up to twice its '
-                "reorder level at its unit price>}.",
-         direct=restock_direct, search="product stock and reorder level",
-         stubs=("shop.list_products", "shop.get_product"), program=RESTOCK_PROGRAM,
-         expected=lambda ws: shop_restock_truth()),
-    Task(name="shop_refunds", shape="paginated chain: 10 pages, each cursor comes from the previous page",
-         servers=("shop",),
-         prompt="Go through every shop order (list_orders is paginated: follow next_cursor until it is null) and "
-                'return JSON {"refunded_by_region": {region: EUR total rounded to cents}, "refunded_orders": '
-                "<count>} for orders with status refunded.",
-         direct=refunds_direct, search="list orders", stubs=("shop.list_orders",), program=REFUNDS_PROGRAM,
-         expected=lambda ws: shop_refunds_truth()),
-    Task(name="team_to_memory", shape="cross-server write: read a CSV, store 18 entities + 17 relations in memory",
-         servers=("filesystem", "memory"),
-         prompt="Record the team in {root}/team/team.csv (name, role, manager) in the memory knowledge graph: one "
-                'entity per person (entityType "person", one observation "role: <role>") and a "reports_to" '
-                "relation from each person to their manager. Then return JSON "
-                '{"manager": <who has the most direct reports>, "direct_reports": ..., "entities": <stored>, '
-                '"relations": <stored>}.',
-         direct=team_direct, search="create entities and relations in the knowledge graph; read a file",
-         stubs=("filesystem.read_text_file", "memory.create_entities", "memory.create_relations"),
-         program=TEAM_PROGRAM, expected=lambda ws: ws.team_truth(),
-         setup=lambda ws: ws.clear_memory(), verify=_verify_team),
-    Task(name="graph_report", shape="cross-server: read the memory graph, write a report file",
-         servers=("filesystem", "memory"),
-         prompt="The memory knowledge graph holds projects (observations `status: ...`, `owner: ...`, "
-                "`budget_keur: ...`). Write {root}/reports/projects.md with one line per status, sorted: "
-                "`<status>: <count> - <project names, sorted, comma-separated>`. Return JSON "
-                '{"active": <active projects>, "active_budget_keur": <their total budget>}.',
-         direct=projects_direct, search="read the knowledge graph; write a file",
-         stubs=("memory.read_graph", "filesystem.write_file"), program=PROJECTS_PROGRAM,
-         expected=lambda ws: ws.projects_truth(), setup=lambda ws: ws.seed_projects(), verify=_verify_report),
-    Task(name="weekday_41_tools", shape="one call, small result, 41 tools connected (all five servers)",
-         servers=ALL_SERVERS, prompt=_WEEKDAY_PROMPT + ' Return JSON {"day_of_week": ...}.',
-         direct=weekday_direct, search="current time in a time zone", stubs=("time.get_current_time",),
-         program=WEEKDAY_PROGRAM, expected=lambda ws: {"day_of_week": weekday_now("Pacific/Kiritimati")}, live=True),
-    Task(name="weekday_2_tools", shape="one call, small result, 2 tools connected (time server only)",
-         servers=("time",), prompt=_WEEKDAY_PROMPT + ' Return JSON {"day_of_week": ...}.',
-         direct=weekday_direct, search="current time in a time zone", stubs=("time.get_current_time",),
-         program=WEEKDAY_PROGRAM, expected=lambda ws: {"day_of_week": weekday_now("Pacific/Kiritimati")}, live=True),
+    Task(
+        name="file_chain",
+        shape="long chain: 12 reads, each path comes from the previous file",
+        servers=("filesystem",),
+        prompt="Start at {root}/chain/start.txt. Each file names the next one on its `next:` line (a path "
+        "relative to {root}); the last file has a `secret:` line instead. Follow the chain and return "
+        'JSON {"secret": ..., "files": <number of files read>}.',
+        direct=chain_direct,
+        search="read a text file",
+        stubs=("filesystem.read_text_file",),
+        program=CHAIN_PROGRAM,
+        expected=lambda ws: {"secret": ws.chain_secret, "files": ws.chain_files},
+    ),
+    Task(
+        name="log_errors",
+        shape="large intermediate result: a 3,000-line log, only a count is needed",
+        servers=("filesystem",),
+        prompt="Which component logged the most ERROR lines in {root}/logs/app.log (format: timestamp, level, "
+        'component, ...), and how many? Return JSON {"component": ..., "errors": ..., "total_errors": '
+        "<ERROR lines in all>}.",
+        direct=log_direct,
+        search="read a text file",
+        stubs=("filesystem.read_text_file",),
+        program=LOG_PROGRAM,
+        expected=lambda ws: ws.log_truth,
+    ),
+    Task(
+        name="meetings_tokyo",
+        shape="cross-server fan-out: 1 file read, then 24 independent time conversions",
+        servers=("filesystem", "time"),
+        prompt="{root}/meetings/schedule.json lists meetings with a local start time and IANA time zone. Convert "
+        "each start time to Asia/Tokyo with the time tools and return the ids of the meetings that start "
+        'between 09:00 and 17:59 Tokyo time: JSON {"ids": [sorted ids], "count": ...}.',
+        direct=meetings_direct,
+        search="convert a time between time zones; read a file",
+        stubs=("filesystem.read_text_file", "time.convert_time"),
+        program=MEETINGS_PROGRAM,
+        expected=lambda ws: ws.meetings_truth(),
+    ),
+    Task(
+        name="shop_restock",
+        shape="fan-out: list 40 products, then 40 independent lookups",
+        servers=("shop",),
+        prompt="Find every shop product whose stock is below its reorder level. Return JSON "
+        '{"skus": [sorted SKUs], "restock_cost": <EUR, rounded to cents, to bring each up to twice its '
+        "reorder level at its unit price>}.",
+        direct=restock_direct,
+        search="product stock and reorder level",
+        stubs=("shop.list_products", "shop.get_product"),
+        program=RESTOCK_PROGRAM,
+        expected=lambda ws: shop_restock_truth(),
+    ),
+    Task(
+        name="shop_refunds",
+        shape="paginated chain: 10 pages, each cursor comes from the previous page",
+        servers=("shop",),
+        prompt="Go through every shop order (list_orders is paginated: follow next_cursor until it is null) and "
+        'return JSON {"refunded_by_region": {region: EUR total rounded to cents}, "refunded_orders": '
+        "<count>} for orders with status refunded.",
+        direct=refunds_direct,
+        search="list orders",
+        stubs=("shop.list_orders",),
+        program=REFUNDS_PROGRAM,
+        expected=lambda ws: shop_refunds_truth(),
+    ),
+    Task(
+        name="team_to_memory",
+        shape="cross-server write: read a CSV, store 18 entities + 17 relations in memory",
+        servers=("filesystem", "memory"),
+        prompt="Record the team in {root}/team/team.csv (name, role, manager) in the memory knowledge graph: one "
+        'entity per person (entityType "person", one observation "role: <role>") and a "reports_to" '
+        "relation from each person to their manager. Then return JSON "
+        '{"manager": <who has the most direct reports>, "direct_reports": ..., "entities": <stored>, '
+        '"relations": <stored>}.',
+        direct=team_direct,
+        search="create entities and relations in the knowledge graph; read a file",
+        stubs=("filesystem.read_text_file", "memory.create_entities", "memory.create_relations"),
+        program=TEAM_PROGRAM,
+        expected=lambda ws: ws.team_truth(),
+        setup=lambda ws: ws.clear_memory(),
+        verify=_verify_team,
+    ),
+    Task(
+        name="graph_report",
+        shape="cross-server: read the memory graph, write a report file",
+        servers=("filesystem", "memory"),
+        prompt="The memory knowledge graph holds projects (observations `status: ...`, `owner: ...`, "
+        "`budget_keur: ...`). Write {root}/reports/projects.md with one line per status, sorted: "
+        "`<status>: <count> - <project names, sorted, comma-separated>`. Return JSON "
+        '{"active": <active projects>, "active_budget_keur": <their total budget>}.',
+        direct=projects_direct,
+        search="read the knowledge graph; write a file",
+        stubs=("memory.read_graph", "filesystem.write_file"),
+        program=PROJECTS_PROGRAM,
+        expected=lambda ws: ws.projects_truth(),
+        setup=lambda ws: ws.seed_projects(),
+        verify=_verify_report,
+    ),
+    Task(
+        name="weekday_41_tools",
+        shape="one call, small result, 41 tools connected (all five servers)",
+        servers=ALL_SERVERS,
+        prompt=_WEEKDAY_PROMPT + ' Return JSON {"day_of_week": ...}.',
+        direct=weekday_direct,
+        search="current time in a time zone",
+        stubs=("time.get_current_time",),
+        program=WEEKDAY_PROGRAM,
+        expected=lambda ws: {"day_of_week": weekday_now("Pacific/Kiritimati")},
+        live=True,
+    ),
+    Task(
+        name="weekday_2_tools",
+        shape="one call, small result, 2 tools connected (time server only)",
+        servers=("time",),
+        prompt=_WEEKDAY_PROMPT + ' Return JSON {"day_of_week": ...}.',
+        direct=weekday_direct,
+        search="current time in a time zone",
+        stubs=("time.get_current_time",),
+        program=WEEKDAY_PROGRAM,
+        expected=lambda ws: {"day_of_week": weekday_now("Pacific/Kiritimati")},
+        live=True,
+    ),
 )

@@ -58,8 +58,11 @@ LIMITS = Limits(timeout=120, max_tool_calls=100_000)
 
 def _stats(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
-    return {"median_ms": statistics.median(ordered) * 1e3,
-            "p95_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1e3, "n": len(ordered)}
+    return {
+        "median_ms": statistics.median(ordered) * 1e3,
+        "p95_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1e3,
+        "n": len(ordered),
+    }
 
 
 async def _timed(fn: Callable[[], Awaitable[Any]], n: int, pause_s: float = 0.0) -> list[float]:
@@ -76,20 +79,24 @@ async def _timed(fn: Callable[[], Awaitable[Any]], n: int, pause_s: float = 0.0)
 async def cold_start(sandbox: Sandbox, n: int, pause_s: float = 0.0) -> dict[str, float]:
     """Fresh instance (wasm) or namespace (restricted) + trivial program, through
     Sandbox.run; `pause_s` between runs (untimed) models an idle service."""
+
     async def once() -> None:
         result = await sandbox.run("1 + 1", limits=LIMITS)
         assert result.value == 2, result.error
+
     await _timed(once, 5)  # warm the process, not the instances: every run is fresh anyway
     return _stats(await _timed(once, n, pause_s))
 
 
 async def crossing(sandbox: Sandbox, calls: int, reps: int, tools: list[Tool] = NOOP) -> dict[str, float]:
     """Per tool call: (chain of `calls` sequential no-op calls - chain of 0) / calls, median over reps."""
+
     async def chain(n: int) -> float:
         t0 = time.perf_counter()
         result = await sandbox.run(CHAIN.format(n=n), tools=tools, limits=LIMITS)
         assert result.ok, result.error
         return time.perf_counter() - t0
+
     base = statistics.median([await chain(0) for _ in range(reps)])
     full = statistics.median([await chain(calls) for _ in range(reps)])
     return {"per_call_us": (full - base) / calls * 1e6, "calls": calls, "reps": reps}
@@ -123,7 +130,10 @@ def python_c_throughput(threads: int, runs: int) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(_: int) -> None:
-        subprocess.run([sys.executable, "-c", "print(sum(i * i for i in range(2000)))"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", "print(sum(i * i for i in range(2000)))"], check=True, capture_output=True
+        )
+
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(runs)))
@@ -132,18 +142,24 @@ def python_c_throughput(threads: int, runs: int) -> float:
 
 # -- peers: the same programs on every system --------------------------------------------------
 
+
 def _value_problem(value: Any, want: Any) -> str | None:
     return None if value == want else f"returned {value!r}, expected {want!r}"
 
 
 async def codemode_peer(sandbox: Sandbox, n_cpu: int, n_chain: int) -> dict[str, Any]:
     """CPU loop, 100-call chain (sync no-op tool) and coverage on one backend."""
+
     async def run(code: str, tools: list[Tool] | None = None) -> tuple[Any, float, str | None]:
         t0 = time.perf_counter()
         result = await sandbox.run(code, tools=tools or [], limits=LIMITS)
         elapsed = time.perf_counter() - t0
-        return result.value, elapsed, (None if result.ok else f"{type(result.error).__name__}: "
-                                       f"{str(result.error).splitlines()[0][:160]}")
+        return (
+            result.value,
+            elapsed,
+            (None if result.ok else f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:160]}"),
+        )
+
     chain = chain_program(CHAIN_CALLS, "await tools.noop(x=i)")
     cpu, chains = [], []
     for _ in range(n_cpu):
@@ -198,8 +214,14 @@ def monty_peer(n_cold: int, n_cpu: int, n_chain: int) -> dict[str, Any]:
                 coverage[name] = _value_problem(feed(pool, code)[0], EXPECTED[name]) or "ok"
             except pydantic_monty.MontyError as exc:
                 coverage[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}"
-    return {"version": pydantic_monty.__version__, "pool_start_ms": pool_start * 1e3, "start": _stats(start),
-            "cpu": _stats(cpu), "chain": _stats(chains), "coverage": coverage}
+    return {
+        "version": pydantic_monty.__version__,
+        "pool_start_ms": pool_start * 1e3,
+        "start": _stats(start),
+        "cpu": _stats(cpu),
+        "chain": _stats(chains),
+        "coverage": coverage,
+    }
 
 
 def python_c_peer(n_cpu: int, n_chain: int) -> dict[str, Any]:
@@ -221,26 +243,44 @@ def python_c_peer(n_cpu: int, n_chain: int) -> dict[str, Any]:
             coverage[name] = _value_problem(subprocess_runner.run(code)[0], EXPECTED[name]) or "ok"
         except RuntimeError as exc:
             coverage[name] = str(exc)[:160]
-    return {"runner_start": _stats(base), "cpu": _stats(cpu), "chain": _stats(chains), "coverage": coverage,
-            "child_rss_kb": rss}
+    return {
+        "runner_start": _stats(base),
+        "cpu": _stats(cpu),
+        "chain": _stats(chains),
+        "coverage": coverage,
+        "child_rss_kb": rss,
+    }
 
 
 def pyodide_peer(n_cold: int, n_warm: int, n_cpu: int, n_chain: int) -> dict[str, Any]:
     """Pyodide in node: fresh interpreters (loadPyodide), then warm runs in one
     interpreter; tools are JS functions called from Python."""
-    spec = {"cold": n_cold, "warm": n_warm, "cpu": {"code": CPU, "n": n_cpu},
-            "chain": {"code": chain_program(CHAIN_CALLS, "noop(i)"), "n": n_chain}, "coverage": COVERAGE}
+    spec = {
+        "cold": n_cold,
+        "warm": n_warm,
+        "cpu": {"code": CPU, "n": n_cpu},
+        "chain": {"code": chain_program(CHAIN_CALLS, "noop(i)"), "n": n_chain},
+        "coverage": COVERAGE,
+    }
     try:
         data = pyodide.measure(spec)
     except pyodide.Unavailable as exc:
         return {"unavailable": str(exc)}
     if data.get("cpu_value") != CPU_VALUE or data.get("chain_value") != CHAIN_CALLS - 1:
         return {"unavailable": f"wrong results: cpu {data.get('cpu_value')!r}, chain {data.get('chain_value')!r}"}
-    coverage = {name: (_value_problem(r.get("value"), EXPECTED[name]) or "ok") if r["ok"] else r["error"][:160]
-                for name, r in data["coverage"].items()}
-    return {"version": data["version"], "start": _stats_ms(data["cold_ms"]), "warm": _stats_ms(data["warm_ms"]),
-            "cpu": _stats_ms(data["cpu_ms"]), "chain": _stats_ms(data["chain_ms"]), "coverage": coverage,
-            "rss_kb": data["max_rss_kb"]}
+    coverage = {
+        name: (_value_problem(r.get("value"), EXPECTED[name]) or "ok") if r["ok"] else r["error"][:160]
+        for name, r in data["coverage"].items()
+    }
+    return {
+        "version": data["version"],
+        "start": _stats_ms(data["cold_ms"]),
+        "warm": _stats_ms(data["warm_ms"]),
+        "cpu": _stats_ms(data["cpu_ms"]),
+        "chain": _stats_ms(data["chain_ms"]),
+        "coverage": coverage,
+        "rss_kb": data["max_rss_kb"],
+    }
 
 
 def _stats_ms(samples_ms: list[float]) -> dict[str, float]:
@@ -249,8 +289,13 @@ def _stats_ms(samples_ms: list[float]) -> dict[str, float]:
 
 def memory_probe(system: str) -> dict[str, Any]:
     """Peak RSS (kB) of a fresh process that runs `system` (see peers/memprobe.py)."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.peers.memprobe", system], capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers.memprobe", system],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     if proc.returncode != 0:
         return {"unavailable": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]}
     peaks: dict[str, Any] = json.loads(proc.stdout)
@@ -269,48 +314,77 @@ async def measure(quick: bool) -> dict[str, Any]:
     monty = monty_peer(n_cold, n_cpu, n_chain)
     node = pyodide_peer(n_pyodide, n_cold, n_cpu, n_chain)
     py_c = python_c_peer(n_cpu, n_chain)
-    out["cold_start"] = {"wasm": await cold_start(wasm, n_cold),
-                         "wasm, runs 10 ms apart": await cold_start(wasm, n_cold, IDLE_PAUSE_S),
-                         "restricted": await cold_start(restricted, n_cold),
-                         "pydantic-monty": monty.get("start", monty), "python -c": python_c(n_py),
-                         "pyodide": node.get("start", node), "pyodide, warm interpreter": node.get("warm", node)}
-    systems = {"wasm": await codemode_peer(wasm, n_cpu, n_chain),
-               "restricted": await codemode_peer(restricted, n_cpu, n_chain),
-               "pydantic-monty": monty, "python -c": py_c, "pyodide": node}
+    out["cold_start"] = {
+        "wasm": await cold_start(wasm, n_cold),
+        "wasm, runs 10 ms apart": await cold_start(wasm, n_cold, IDLE_PAUSE_S),
+        "restricted": await cold_start(restricted, n_cold),
+        "pydantic-monty": monty.get("start", monty),
+        "python -c": python_c(n_py),
+        "pyodide": node.get("start", node),
+        "pyodide, warm interpreter": node.get("warm", node),
+    }
+    systems = {
+        "wasm": await codemode_peer(wasm, n_cpu, n_chain),
+        "restricted": await codemode_peer(restricted, n_cpu, n_chain),
+        "pydantic-monty": monty,
+        "python -c": py_c,
+        "pyodide": node,
+    }
     out["cpu"] = {name: s.get("cpu", s) for name, s in systems.items()}
     out["chain100"] = {}
     for name, s in systems.items():
         if "chain" not in s:
             out["chain100"][name] = s
             continue
-        base = py_c["runner_start"] if name == "python -c" else (
-            node["warm"] if name == "pyodide" else out["cold_start"][name])
-        out["chain100"][name] = {**s["chain"], "calls": CHAIN_CALLS, "mechanism": MECHANISMS[name],
-                                 "per_call_us": (s["chain"]["median_ms"] - base["median_ms"]) / CHAIN_CALLS * 1e3}
+        base = (
+            py_c["runner_start"]
+            if name == "python -c"
+            else (node["warm"] if name == "pyodide" else out["cold_start"][name])
+        )
+        out["chain100"][name] = {
+            **s["chain"],
+            "calls": CHAIN_CALLS,
+            "mechanism": MECHANISMS[name],
+            "per_call_us": (s["chain"]["median_ms"] - base["median_ms"]) / CHAIN_CALLS * 1e3,
+        }
     out["coverage"] = {name: s.get("coverage", s) for name, s in systems.items()}
-    probes = {name: memory_probe(probe) for name, probe in (("python baseline", "baseline"), ("wasm", "wasm"),
-                                                            ("restricted", "restricted"), ("pydantic-monty", "monty"))}
-    out["memory_kb"] = {name: probe if "unavailable" in probe else {"host": probe["self_kb"],
-                                                                    "worker": probe["children_kb"]}
-                        for name, probe in probes.items()}
+    probes = {
+        name: memory_probe(probe)
+        for name, probe in (
+            ("python baseline", "baseline"),
+            ("wasm", "wasm"),
+            ("restricted", "restricted"),
+            ("pydantic-monty", "monty"),
+        )
+    }
+    out["memory_kb"] = {
+        name: probe if "unavailable" in probe else {"host": probe["self_kb"], "worker": probe["children_kb"]}
+        for name, probe in probes.items()
+    }
     out["memory_kb"]["python -c"] = {"host": None, "worker": py_c["child_rss_kb"]}
     out["memory_kb"]["pyodide"] = {"host": node["rss_kb"], "worker": None} if "rss_kb" in node else node
-    out["versions"] = {"pydantic-monty": monty.get("version"), "pyodide": node.get("version"),
-                       "node": _node_version()}
+    out["versions"] = {"pydantic-monty": monty.get("version"), "pyodide": node.get("version"), "node": _node_version()}
     out["monty_pool_start_ms"] = monty.get("pool_start_ms")
-    out["crossing"] = {"wasm, sync tool": await crossing(wasm, calls, reps),
-                       "wasm, sync tool, wasmtime-py public add_func": await crossing(public_api, calls, reps),
-                       "wasm, async tool (hop to the event loop)": await crossing(wasm, calls, reps, ASYNC_NOOP),
-                       "restricted, sync tool": await crossing(restricted, calls, reps),
-                       "restricted, async tool": await crossing(restricted, calls, reps, ASYNC_NOOP)}
+    out["crossing"] = {
+        "wasm, sync tool": await crossing(wasm, calls, reps),
+        "wasm, sync tool, wasmtime-py public add_func": await crossing(public_api, calls, reps),
+        "wasm, async tool (hop to the event loop)": await crossing(wasm, calls, reps, ASYNC_NOOP),
+        "restricted, sync tool": await crossing(restricted, calls, reps),
+        "restricted, async tool": await crossing(restricted, calls, reps, ASYNC_NOOP),
+    }
     out["throughput_runs_per_s"] = {
         "wasm": {"1": await throughput("wasm", 1, runs), "2": await throughput("wasm", 2, runs)},
         "restricted": {"1": await throughput("restricted", 1, runs), "2": await throughput("restricted", 2, runs)},
-        "python -c": {"1": python_c_throughput(1, max(10, runs // 10)), "2": python_c_throughput(2, max(10, runs // 10))},
+        "python -c": {
+            "1": python_c_throughput(1, max(10, runs // 10)),
+            "2": python_c_throughput(2, max(10, runs // 10)),
+        },
         # Long runs show whether the guest itself runs in parallel; short ones are
         # bound by per-run instance set-up and tear-down.
-        "wasm, long runs": {"1": await throughput("wasm", 1, max(6, runs // 10), LONG_RUN),
-                            "2": await throughput("wasm", 2, max(6, runs // 10), LONG_RUN)},
+        "wasm, long runs": {
+            "1": await throughput("wasm", 1, max(6, runs // 10), LONG_RUN),
+            "2": await throughput("wasm", 2, max(6, runs // 10), LONG_RUN),
+        },
     }
     return out
 
@@ -365,35 +439,54 @@ def render(data: dict[str, Any]) -> str:
         if reason := _unavailable(s):
             lines.append(f"| {name} | {what.get(name, '')} | cannot run here: {reason} | | | |")
             continue
-        lines.append(f"| {name} | {what.get(name, '')} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | "
-                     f"{_ratio(s['median_ms'], base)} |")
+        lines.append(
+            f"| {name} | {what.get(name, '')} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | "
+            f"{_ratio(s['median_ms'], base)} |"
+        )
     if data.get("monty_pool_start_ms") is not None:
-        lines.append(f"\npydantic-monty: starting its worker pool (once per host process) plus the first run took "
-                     f"{data['monty_pool_start_ms']:.1f} ms, measured once. Its README claims a 0.06 ms start; "
-                     "the row above is the comparable figure (a fresh session on a warm worker).")
-    lines += ["", "CPU-bound loop (`total = (total + i * i) % 1_000_003` for 200,000 iterations), start included",
-              "| system | median ms | p95 ms | runs | median vs wasm |", "|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"\npydantic-monty: starting its worker pool (once per host process) plus the first run took "
+            f"{data['monty_pool_start_ms']:.1f} ms, measured once. Its README claims a 0.06 ms start; "
+            "the row above is the comparable figure (a fresh session on a warm worker)."
+        )
+    lines += [
+        "",
+        "CPU-bound loop (`total = (total + i * i) % 1_000_003` for 200,000 iterations), start included",
+        "| system | median ms | p95 ms | runs | median vs wasm |",
+        "|---|---:|---:|---:|---:|",
+    ]
     cpu_base = data["cpu"]["wasm"]["median_ms"]
     for name, s in data["cpu"].items():
         if reason := _unavailable(s):
             lines.append(f"| {name} | cannot run here: {reason} | | | |")
             continue
-        lines.append(f"| {name} | {s['median_ms']:.1f} | {s['p95_ms']:.1f} | {s['n']} | {_ratio(s['median_ms'], cpu_base)} |")
-    lines += ["", f"Tool chain: {CHAIN_CALLS} sequential calls of a no-op host tool, each taking the previous "
-              "result, through each system's own external-function mechanism; start included. Per call = "
-              "(chain median - start median) / 100.",
-              "| system | mechanism | chain median ms | p95 ms | runs | µs per call | chain vs wasm |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {name} | {s['median_ms']:.1f} | {s['p95_ms']:.1f} | {s['n']} | {_ratio(s['median_ms'], cpu_base)} |"
+        )
+    lines += [
+        "",
+        f"Tool chain: {CHAIN_CALLS} sequential calls of a no-op host tool, each taking the previous "
+        "result, through each system's own external-function mechanism; start included. Per call = "
+        "(chain median - start median) / 100.",
+        "| system | mechanism | chain median ms | p95 ms | runs | µs per call | chain vs wasm |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     chain_base = data["chain100"]["wasm"]["median_ms"]
     for name, s in data["chain100"].items():
         if reason := _unavailable(s):
             lines.append(f"| {name} | | cannot run here: {reason} | | | | |")
             continue
-        lines.append(f"| {name} | {s['mechanism']} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | "
-                     f"{s['per_call_us']:.1f} | {_ratio(s['median_ms'], chain_base)} |")
-    lines += ["", f"Everyday model code: {len(COVERAGE)} small programs, each run once; a value that differs from "
-              "CPython's counts as a failure",
-              "| system | programs run correctly | what failed |", "|---|---:|---|"]
+        lines.append(
+            f"| {name} | {s['mechanism']} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | "
+            f"{s['per_call_us']:.1f} | {_ratio(s['median_ms'], chain_base)} |"
+        )
+    lines += [
+        "",
+        f"Everyday model code: {len(COVERAGE)} small programs, each run once; a value that differs from "
+        "CPython's counts as a failure",
+        "| system | programs run correctly | what failed |",
+        "|---|---:|---|",
+    ]
     for name, results in data["coverage"].items():
         if reason := _unavailable(results):
             lines.append(f"| {name} | cannot run here | {reason} |")
@@ -401,15 +494,21 @@ def render(data: dict[str, Any]) -> str:
         failed = {k: v.splitlines()[0][:110] for k, v in results.items() if v != "ok"}
         detail = "; ".join(f"{k}: {v}" for k, v in failed.items()) or "-"
         lines.append(f"| {name} | {len(results) - len(failed)} / {len(results)} | {detail} |")
-    lines += ["", "Peak memory (peak RSS, MB; one fresh process per system running the trivial program 20x, the CPU "
-              "loop and the chain; measured once)",
-              "| system | host process | separate worker / child | note |", "|---|---:|---:|---|"]
-    notes = {"python baseline": "an empty Python process: subtract it from in-process hosts",
-             "wasm": "Python host + wasmtime + the CPython component, all in one process",
-             "restricted": "Python host with codemode imported (runs in-process)",
-             "pydantic-monty": "Python host + one `monty` worker process",
-             "python -c": "the child process of the chain run",
-             "pyodide": "the whole node process with one loaded interpreter"}
+    lines += [
+        "",
+        "Peak memory (peak RSS, MB; one fresh process per system running the trivial program 20x, the CPU "
+        "loop and the chain; measured once)",
+        "| system | host process | separate worker / child | note |",
+        "|---|---:|---:|---|",
+    ]
+    notes = {
+        "python baseline": "an empty Python process: subtract it from in-process hosts",
+        "wasm": "Python host + wasmtime + the CPython component, all in one process",
+        "restricted": "Python host with codemode imported (runs in-process)",
+        "pydantic-monty": "Python host + one `monty` worker process",
+        "python -c": "the child process of the chain run",
+        "pyodide": "the whole node process with one loaded interpreter",
+    }
     for name, s in data["memory_kb"].items():
         if reason := _unavailable(s):
             lines.append(f"| {name} | cannot run here: {reason} | | |")
@@ -417,12 +516,20 @@ def render(data: dict[str, Any]) -> str:
         host = f"{s['host'] / 1024:.1f}" if s.get("host") else "-"
         worker = f"{s['worker'] / 1024:.1f}" if s.get("worker") else "-"
         lines.append(f"| {name} | {host} | {worker} | {notes.get(name, '')} |")
-    lines += ["", "codemode only: one tool-call crossing (sequential chain of no-op tool calls, per call; median of reps)",
-              "| system | µs per call | calls x reps |", "|---|---:|---:|"]
+    lines += [
+        "",
+        "codemode only: one tool-call crossing (sequential chain of no-op tool calls, per call; median of reps)",
+        "| system | µs per call | calls x reps |",
+        "|---|---:|---:|",
+    ]
     for name, s in cross.items():
         lines.append(f"| {name} | {s['per_call_us']:.1f} | {s['calls']} x {s['reps']} |")
-    lines += ["", f"Throughput, runs per second: short runs (`{SHORT_RUN}`); long runs (`{LONG_RUN}`)",
-              "| system | 1 thread | 2 threads | 2 / 1 |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Throughput, runs per second: short runs (`{SHORT_RUN}`); long runs (`{LONG_RUN}`)",
+        "| system | 1 thread | 2 threads | 2 / 1 |",
+        "|---|---:|---:|---:|",
+    ]
     for name, s in tput.items():
         lines.append(f"| {name} | {s['1']:.0f} | {s['2']:.0f} | {s['2'] / s['1']:.2f}x |")
     return "\n".join(lines)

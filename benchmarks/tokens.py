@@ -26,8 +26,7 @@ from benchmarks._agents import AgentRun, BenchmarkError, run_code_mode, run_dire
 from benchmarks._report import render_markdown, write_chart, write_json
 from benchmarks._tokens import CACHE_READ_PRICE, ENCODING, ModelTiming
 from benchmarks._workloads import TASKS, Task, Workspace, server_config
-from codemode import Sandbox
-from codemode import Hub
+from codemode import Hub, Sandbox
 from tests.reference_servers import Unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,9 +44,14 @@ def summarize(runs: list[AgentRun], timing: ModelTiming) -> dict[str, Any]:
     # With caching, only the tokens not read from the cache need prefilling.
     modelled_cached = sum(timing.turn_s(t.input_tokens - t.cached_input_tokens, t.output_tokens) for t in turns)
     return {
-        "input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens,
-        "tool_calls": runs[-1].upstream_calls, "model_turns": len(turns),
-        "measured_s": round(measured, 4), "modelled_s": round(modelled, 3), "total_s": round(measured + modelled, 3),
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "tool_calls": runs[-1].upstream_calls,
+        "model_turns": len(turns),
+        "measured_s": round(measured, 4),
+        "modelled_s": round(modelled, 3),
+        "total_s": round(measured + modelled, 3),
         "cached_input_tokens": sum(t.cached_input_tokens for t in turns),
         "input_tokens_billed_cached": round(billed, 1),
         "total_tokens_billed_cached": round(billed + output_tokens, 1),
@@ -60,8 +64,9 @@ def summarize(runs: list[AgentRun], timing: ModelTiming) -> dict[str, Any]:
     }
 
 
-async def _run_agent(kind: str, task: Task, ws: Workspace, hub: Hub, sandbox: Sandbox,
-                     repeat: int) -> tuple[list[AgentRun], list[str]]:
+async def _run_agent(
+    kind: str, task: Task, ws: Workspace, hub: Hub, sandbox: Sandbox, repeat: int
+) -> tuple[list[AgentRun], list[str]]:
     tools = [t for t in hub.tools() if t.namespace in task.servers]
     runs, problems = [], []
     for _ in range(repeat):
@@ -86,8 +91,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         async with Hub(server_config(ws.root, ws.memory_file)) as hub:
             if hub.failures:
-                raise BenchmarkError("servers unavailable: " + "; ".join(
-                    f"{ns}: {f.message}" for ns, f in hub.failures.items()))
+                raise BenchmarkError(
+                    "servers unavailable: " + "; ".join(f"{ns}: {f.message}" for ns, f in hub.failures.items())
+                )
             ws.hub = hub
             sandbox = Sandbox()
             await sandbox.load()
@@ -99,30 +105,42 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 code, code_problems = await _run_agent("code_mode", task, ws, hub, sandbox, args.repeat)
                 problems = direct_problems + code_problems
                 if direct[-1].answer != code[-1].answer:
-                    problems.append(f"the agents disagree: direct {direct[-1].answer!r}, "
-                                    f"code mode {code[-1].answer!r}")
-                out_tasks.append({
-                    "name": task.name, "shape": task.shape, "servers": list(task.servers),
-                    "tools_offered": sum(1 for t in hub.tools() if t.namespace in task.servers),
-                    "answer": direct[-1].answer, "passed": not problems, "problems": problems,
-                    "direct": summarize(direct, timing),
-                    "code_mode": {**summarize(code, timing), "codemode_tool_calls": 3},
-                })
-    aggregate = {agent: {key: round(sum(t[agent][key] for t in out_tasks), 4)
-                         for key in (*KEYS, "total_s", "total_tokens_billed_cached")} for agent in ("direct", "code_mode")}
+                    problems.append(f"the agents disagree: direct {direct[-1].answer!r}, code mode {code[-1].answer!r}")
+                out_tasks.append(
+                    {
+                        "name": task.name,
+                        "shape": task.shape,
+                        "servers": list(task.servers),
+                        "tools_offered": sum(1 for t in hub.tools() if t.namespace in task.servers),
+                        "answer": direct[-1].answer,
+                        "passed": not problems,
+                        "problems": problems,
+                        "direct": summarize(direct, timing),
+                        "code_mode": {**summarize(code, timing), "codemode_tool_calls": 3},
+                    }
+                )
+    aggregate = {
+        agent: {
+            key: round(sum(t[agent][key] for t in out_tasks), 4)
+            for key in (*KEYS, "total_s", "total_tokens_billed_cached")
+        }
+        for agent in ("direct", "code_mode")
+    }
     return {
         "quick": args.quick,
         "method": {
             "tokenizer": f"{ENCODING} BPE via bpe-openai 0.1.4 (offline, embedded vocabulary)",
             "serialization": "Each turn's request is the JSON of an Anthropic-style Messages body "
-                             '({"tools": [...], "system": ..., "messages": [...]}; tools as name, description, '
-                             "input_schema; results as tool_result blocks) and its tokens are counted.",
+            '({"tools": [...], "system": ..., "messages": [...]}; tools as name, description, '
+            "input_schema; results as tool_result blocks) and its tokens are counted.",
             "output_tokens": "what the model generates: each tool call's name and JSON input, and the answer text.",
             "caching": f"each turn, the prefix shared with the previous turn's request is billed at "
-                       f"{CACHE_READ_PRICE:.0%} (cache read), the rest at 100% (no cache-write premium); every task "
-                       "starts with a cold cache.",
-            "model_timing": {**timing.to_dict(), "modelled_s_cached": "the same, prefilling only the input "
-                                                                       "tokens not read from the cache"},
+            f"{CACHE_READ_PRICE:.0%} (cache read), the rest at 100% (no cache-write premium); every task "
+            "starts with a cold cache.",
+            "model_timing": {
+                **timing.to_dict(),
+                "modelled_s_cached": "the same, prefilling only the input tokens not read from the cache",
+            },
             "measured_runs": args.repeat,
             "startup_s": round(startup_s, 2),
             "direct_tool_results": "the value codemode's hub returns: text as sent, structured content as compact JSON",
@@ -130,8 +148,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": out_tasks,
         "aggregate": aggregate,
         "checks_passed": all(t["passed"] for t in out_tasks),
-        "expectation_met": all(t["code_mode"]["total_tokens"] < t["direct"]["total_tokens"]
-                               for t in out_tasks if t["direct"]["tool_calls"] >= 3),
+        "expectation_met": all(
+            t["code_mode"]["total_tokens"] < t["direct"]["total_tokens"]
+            for t in out_tasks
+            if t["direct"]["tool_calls"] >= 3
+        ),
     }
 
 
@@ -142,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="runs per agent and task for measured times (default 5; 1 quick)")
     parser.add_argument("--task", action="append", choices=[t.name for t in TASKS], help="only these tasks")
     parser.add_argument("--ttft", type=float, default=ModelTiming.ttft_s, help="modelled time to first token, s")
-    parser.add_argument("--prefill-tps", type=float, default=ModelTiming.prefill_tps,
-                        help="modelled input tokens per second")
-    parser.add_argument("--decode-tps", type=float, default=ModelTiming.decode_tps,
-                        help="modelled output tokens per second")
+    parser.add_argument(
+        "--prefill-tps", type=float, default=ModelTiming.prefill_tps, help="modelled input tokens per second"
+    )
+    parser.add_argument(
+        "--decode-tps", type=float, default=ModelTiming.decode_tps, help="modelled output tokens per second"
+    )
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 5)
     try:
@@ -157,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tokens.md").write_text(report)
     write_json(data, args.out / "tokens.json")
-    write_chart(data, args.out / "tokens.png")
+    try:
+        write_chart(data, args.out / "tokens.png")
+    except ImportError:
+        print("no chart: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
     print(report)
     print(f"wrote {args.out / 'tokens.md'}, tokens.json, tokens.png")
     return 0 if data["checks_passed"] else 1

@@ -1,5 +1,8 @@
 """codemode: run model-written Python that composes MCP tools in a WebAssembly sandbox."""
 
+import typing as _typing
+
+from ._discovery import ServerSummary, ToolHit, ToolIndex, ToolNotFound
 from ._errors import (
     BatchLimitExceeded,
     CodemodeError,
@@ -26,9 +29,6 @@ from ._errors import (
     UncaughtException,
     UnknownTool,
 )
-import typing as _typing
-
-from ._discovery import ServerSummary, ToolHit, ToolIndex, ToolNotFound
 from ._limits import Limits
 from ._observed import ShapeRecorder
 from ._pinning import LockFileError, PinPolicy, PinReport, PinStore, ToolDefinitionChanged
@@ -76,6 +76,7 @@ def __getattr__(name: str) -> _typing.Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

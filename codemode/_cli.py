@@ -32,8 +32,12 @@ class _UsageError(Exception):
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["wasm", "restricted"], default="wasm",
-                   help="wasm (default): fresh WebAssembly instance per run; restricted: in-process, NOT a security boundary")
+    p.add_argument(
+        "--backend",
+        choices=["wasm", "restricted"],
+        default="wasm",
+        help="wasm (default): fresh WebAssembly instance per run; restricted: in-process, NOT a security boundary",
+    )
     _add_run_limits(p)
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("--trace", action="store_true", help="with --json: include the tool-call log")
@@ -41,27 +45,49 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run_limits(p: argparse.ArgumentParser) -> None:
     d = Limits()
-    p.add_argument("--timeout", type=float, default=d.timeout, help=f"seconds for the whole run (default {d.timeout:g})")
-    p.add_argument("--memory-mb", type=int, default=d.memory // (1024 * 1024),
-                   help=f"guest memory cap in MiB (default {d.memory // (1024 * 1024)})")
-    p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls,
-                   help=f"tool calls per run (default {d.max_tool_calls})")
+    p.add_argument(
+        "--timeout", type=float, default=d.timeout, help=f"seconds for the whole run (default {d.timeout:g})"
+    )
+    p.add_argument(
+        "--memory-mb",
+        type=int,
+        default=d.memory // (1024 * 1024),
+        help=f"guest memory cap in MiB (default {d.memory // (1024 * 1024)})",
+    )
+    p.add_argument(
+        "--max-tool-calls", type=int, default=d.max_tool_calls, help=f"tool calls per run (default {d.max_tool_calls})"
+    )
 
 
 def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    p.add_argument("--config", "-c", required=required, metavar="PATH",
-                   help="an mcpServers JSON file (as used by Claude Desktop, Cursor, VS Code)")
-    p.add_argument("--observe-shapes", action="store_true",
-                   help="record result shapes of tools without an output schema (codemode.observed.json beside "
-                        "the config) and show them as observed return types in the stubs")
+    p.add_argument(
+        "--config",
+        "-c",
+        required=required,
+        metavar="PATH",
+        help="an mcpServers JSON file (as used by Claude Desktop, Cursor, VS Code)",
+    )
+    p.add_argument(
+        "--observe-shapes",
+        action="store_true",
+        help="record result shapes of tools without an output schema (codemode.observed.json beside "
+        "the config) and show them as observed return types in the stubs",
+    )
 
 
 def _add_network_flags(p: argparse.ArgumentParser, *, port: int) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs --token)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs --token)"
+    )
     p.add_argument("--port", type=int, default=port, help=f"port (default {port}; 0 picks a free one)")
     p.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` (default: $CODEMODE_TOKEN)")
-    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                   help="a browser Origin allowed to call (repeatable; default: none but localhost)")
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser Origin allowed to call (repeatable; default: none but localhost)",
+    )
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -79,62 +105,91 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="run a demo program against built-in demo tools",
-                          description="Run a demo program (with a concurrent gather) against built-in demo tools.")
+    demo = sub.add_parser(
+        "demo",
+        help="run a demo program against built-in demo tools",
+        description="Run a demo program (with a concurrent gather) against built-in demo tools.",
+    )
     _add_limit_flags(demo)
 
-    run = sub.add_parser("run", help="run a program (file or stdin) in the sandbox",
-                         description="Run a program in the sandbox and print its result (the value of its last expression).")
+    run = sub.add_parser(
+        "run",
+        help="run a program (file or stdin) in the sandbox",
+        description="Run a program in the sandbox and print its result (the value of its last expression).",
+    )
     run.add_argument("program", nargs="?", default="-", help="a Python file, or - for stdin (default)")
     _add_config_flag(run)
     _add_limit_flags(run)
 
-    stubs = sub.add_parser("stubs", help="print the typed stubs of the configured tools",
-                           description="Print the typed Python stubs a model reads (all tools, or the named ones).")
+    stubs = sub.add_parser(
+        "stubs",
+        help="print the typed stubs of the configured tools",
+        description="Print the typed Python stubs a model reads (all tools, or the named ones).",
+    )
     _add_config_flag(stubs, required=True)
     stubs.add_argument("tools", nargs="*", metavar="NAMESPACE.TOOL", help="only these tools (default: all)")
 
-    search = sub.add_parser("search", help="search the configured tools",
-                            description="Rank the configured tools by how well they match a query (BM25).")
+    search = sub.add_parser(
+        "search",
+        help="search the configured tools",
+        description="Rank the configured tools by how well they match a query (BM25).",
+    )
     _add_config_flag(search, required=True)
     search.add_argument("query", help="what the tool should do, in words")
     search.add_argument("--limit", type=int, default=10, help="at most this many hits (default 10)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
 
-    pin = sub.add_parser("pin", help="pin (or re-approve) the configured tool definitions",
-                         description="Record a hash of every tool definition in codemode.lock.json beside the config. "
-                                     "Changed definitions are refused until re-approved with --update.")
+    pin = sub.add_parser(
+        "pin",
+        help="pin (or re-approve) the configured tool definitions",
+        description="Record a hash of every tool definition in codemode.lock.json beside the config. "
+        "Changed definitions are refused until re-approved with --update.",
+    )
     _add_config_flag(pin, required=True)
     pin.add_argument("--update", action="store_true", help="re-approve changed definitions and forget removed tools")
 
-    serve = sub.add_parser("serve", help="serve code mode over HTTP (FastAPI)",
-                           description="Serve /v1/execute, /v1/runs, /v1/tools/search, /v1/stubs, /healthz, /metrics.")
+    serve = sub.add_parser(
+        "serve",
+        help="serve code mode over HTTP (FastAPI)",
+        description="Serve /v1/execute, /v1/runs, /v1/tools/search, /v1/stubs, /healthz, /metrics.",
+    )
     _add_config_flag(serve)
     _add_network_flags(serve, port=8000)
     serve.add_argument("--max-concurrency", type=int, default=4, help="runs executing at once (default 4)")
     serve.add_argument("--queue", type=int, default=16, help="runs waiting beyond those; more get 429 (default 16)")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
-    serve.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
+    serve.add_argument(
+        "--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)"
+    )
     _add_run_limits(serve)
 
-    mcp = sub.add_parser("mcp", help="serve code mode as an MCP server (stdio, or --http)",
-                         description="Serve the tools search_tools, get_tool_stubs and execute_code over MCP.")
+    mcp = sub.add_parser(
+        "mcp",
+        help="serve code mode as an MCP server (stdio, or --http)",
+        description="Serve the tools search_tools, get_tool_stubs and execute_code over MCP.",
+    )
     _add_config_flag(mcp)
     mcp.add_argument("--http", action="store_true", help="serve Streamable HTTP instead of stdio")
     _add_network_flags(mcp, port=8765)
     mcp.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
     _add_run_limits(mcp)
 
-    bench = sub.add_parser("bench", help="run a benchmark (tokens | sandbox) from benchmarks/",
-                           description="Run `python -m benchmarks.NAME ARGS...` from the source checkout. "
-                                       "Pass --quick for a short run; --help after NAME lists its options.")
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark (tokens | sandbox) from benchmarks/",
+        description="Run `python -m benchmarks.NAME ARGS...` from the source checkout. "
+        "Pass --quick for a short run; --help after NAME lists its options.",
+    )
     bench.add_argument("name", choices=["tokens", "sandbox"], help="which benchmark")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to the benchmark")
 
     sandbox = sub.add_parser("sandbox", help="manage the sandbox guest", description="Manage the sandbox guest.")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
-    build = sandbox_sub.add_parser("build", help="build and cache the guest now (otherwise done on first use)",
-                                   description="Build the WebAssembly guest and cache its compiled form.")
+    build = sandbox_sub.add_parser(
+        "build",
+        help="build and cache the guest now (otherwise done on first use)",
+        description="Build the WebAssembly guest and cache its compiled form.",
+    )
     build.add_argument("--force", action="store_true", help="rebuild even if a valid cached build exists")
     return parser
 
@@ -186,13 +241,14 @@ def _report_failures(cm: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._upstream.config import parse_config
     from ._core import CodeMode
     from ._demo import DEMO_PROGRAM, demo_config
+    from ._upstream.config import parse_config
 
     async def go() -> RunResult:
-        async with CodeMode(config=parse_config(demo_config(), source="<built-in demo>"),
-                            backend=args.backend, limits=_limits(args)) as cm:
+        async with CodeMode(
+            config=parse_config(demo_config(), source="<built-in demo>"), backend=args.backend, limits=_limits(args)
+        ) as cm:
             _report_failures(cm)
             if not args.json:
                 print("# stubs the model reads (two MCP servers, started over stdio):", file=sys.stderr)
@@ -205,8 +261,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     code = _print_result(result, args)
     if not args.json:
         batches = len({c.batch for c in result.tool_calls})
-        print(f"# {len(result.tool_calls)} tool calls in {batches} host crossings; "
-              f"run took {result.timings.total_s:.3f} s ({result.backend} backend)", file=sys.stderr)
+        print(
+            f"# {len(result.tool_calls)} tool calls in {batches} host crossings; "
+            f"run took {result.timings.total_s:.3f} s ({result.backend} backend)",
+            file=sys.stderr,
+        )
     return code
 
 
@@ -219,6 +278,7 @@ def _cmd_stubs(args: argparse.Namespace) -> int:
         async with _code_mode(args) as cm:
             _report_failures(cm)
             return str(cm.stubs(args.tools or None))
+
     print(anyio.run(go), end="")
     return EXIT_OK
 
@@ -228,10 +288,24 @@ def _cmd_search(args: argparse.Namespace) -> int:
         async with _code_mode(args) as cm:
             _report_failures(cm)
             return list(cm.search_tools(args.query, limit=args.limit))
+
     hits = anyio.run(go)
     if args.json:
-        print(json.dumps([{"name": h.qualified_name, "score": round(h.score, 4), "signature": h.signature,
-                           "summary": h.summary} for h in hits], indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": h.qualified_name,
+                        "score": round(h.score, 4),
+                        "signature": h.signature,
+                        "summary": h.summary,
+                    }
+                    for h in hits
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     else:
         for hit in hits:
             print(hit.line)
@@ -241,8 +315,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_pin(args: argparse.Namespace) -> int:
-    from ._upstream.config import load_config
     from ._pinning import LOCK_FILE_NAME, PinStore, ToolRef
+    from ._upstream.config import load_config
     from ._upstream.hub import Hub
 
     lock = Path(args.config).parent / LOCK_FILE_NAME
@@ -260,6 +334,7 @@ def _cmd_pin(args: argparse.Namespace) -> int:
                 store.approve([t for t in tools if ToolRef(server=t.namespace, tool=t.name) in new])
             store.save()
             return report
+
     report = anyio.run(go)
     for ref in report.new:
         print(f"pinned new   {ref.server}.{ref.tool}")
@@ -270,8 +345,9 @@ def _cmd_pin(args: argparse.Namespace) -> int:
         print(f"{'forgot' if args.update else 'removed':<11}  {ref.server}.{ref.tool}")
     print(f"codemode: {len(report.unchanged)} unchanged; lock file {lock}", file=sys.stderr)
     if report.changed and not args.update:
-        print("codemode: changed definitions stay refused; review them, then run `codemode pin --update`",
-              file=sys.stderr)
+        print(
+            "codemode: changed definitions stay refused; review them, then run `codemode pin --update`", file=sys.stderr
+        )
         return EXIT_RUN_FAILED
     return EXIT_OK
 
@@ -295,8 +371,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / f"{args.name}.py").is_file():
-        raise _UsageError("the benchmarks ship with the source checkout: clone the repository and "
-                          "`pip install -e '.[dev]'` there")
+        raise _UsageError(
+            "the benchmarks ship with the source checkout: clone the repository and `pip install -e '.[dev]'` there"
+        )
     return subprocess.call([sys.executable, "-m", f"benchmarks.{args.name}", *args.bench_args], cwd=root)
 
 
@@ -310,8 +387,17 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"demo": _cmd_demo, "run": _cmd_run, "stubs": _cmd_stubs, "search": _cmd_search, "pin": _cmd_pin,
-                "serve": _cmd_serve, "mcp": _cmd_mcp, "bench": _cmd_bench, "sandbox": _cmd_sandbox}
+    handlers = {
+        "demo": _cmd_demo,
+        "run": _cmd_run,
+        "stubs": _cmd_stubs,
+        "search": _cmd_search,
+        "pin": _cmd_pin,
+        "serve": _cmd_serve,
+        "mcp": _cmd_mcp,
+        "bench": _cmd_bench,
+        "sandbox": _cmd_sandbox,
+    }
     try:
         return handlers[args.command](args)
     except _UsageError as exc:

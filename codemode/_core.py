@@ -49,10 +49,18 @@ class CodeMode:
     The shapes are kept in `codemode.observed.json` beside the lock file.
     """
 
-    def __init__(self, *, config: Config | None = None, tools: Sequence[Tool] = (), sandbox: Sandbox | None = None,
-                 backend: Literal["wasm", "restricted"] | Backend = "wasm", limits: Limits | None = None,
-                 lock_file: str | Path | None = None, pin_policy: PinPolicy | None = None,
-                 observe_shapes: bool | str | Path = False) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config | None = None,
+        tools: Sequence[Tool] = (),
+        sandbox: Sandbox | None = None,
+        backend: Literal["wasm", "restricted"] | Backend = "wasm",
+        limits: Limits | None = None,
+        lock_file: str | Path | None = None,
+        pin_policy: PinPolicy | None = None,
+        observe_shapes: bool | str | Path = False,
+    ) -> None:
         self.config = config
         self.sandbox = sandbox or Sandbox(backend=backend, limits=limits)
         self._static = list(tools)
@@ -167,12 +175,22 @@ class CodeMode:
             return self.sandbox.stubs(self.tools()).source
         return self.index.get_stubs(names)
 
-    async def execute(self, code: str | bytes, *, limits: Limits | None = None,
-                      on_event: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+    async def execute(
+        self,
+        code: str | bytes,
+        *,
+        limits: Limits | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> RunResult:
         """Run `code` against the tools; see `Sandbox.run`."""
         tools = self.tools()
-        return await self.sandbox.run(code, tools=_referenced(code, tools, self.sandbox), limits=limits,
-                                      on_event=on_event, observe=self._observe if self._shapes is not None else None)
+        return await self.sandbox.run(
+            code,
+            tools=_referenced(code, tools, self.sandbox),
+            limits=limits,
+            on_event=on_event,
+            observe=self._observe if self._shapes is not None else None,
+        )
 
     def system_prompt(self) -> str:
         """Instructions for a model plus a compact index of the servers and tools."""
@@ -184,20 +202,31 @@ class CodeMode:
             lines.append("Unavailable: " + ", ".join(sorted(self.failures)))
         return "\n".join(lines)
 
-    def tool_definition(self, format: Literal["openai", "anthropic"] = "openai", *,
-                        contract: bool = True) -> dict[str, Any]:
+    def tool_definition(
+        self, format: Literal["openai", "anthropic"] = "openai", *, contract: bool = True
+    ) -> dict[str, Any]:
         """A ready definition of an `execute_code` tool for a model API. Its
         description teaches the code contract; pass `contract=False` when the
         model also gets `system_prompt()`, which carries the same text.
 
         Raises `ValueError` for an unknown format."""
-        schema = {"type": "object", "properties": {"code": {
-            "type": "string", "description": "Python source; the value of its last expression is returned."}},
-            "required": ["code"], "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "Python source; the value of its last expression is returned.",
+                }
+            },
+            "required": ["code"],
+            "additionalProperties": False,
+        }
         description = EXECUTE_DESCRIPTION if contract else EXECUTE_SUMMARY
         if format == "openai":
-            return {"type": "function", "function": {"name": "execute_code", "description": description,
-                                                     "parameters": schema}}
+            return {
+                "type": "function",
+                "function": {"name": "execute_code", "description": description, "parameters": schema},
+            }
         if format == "anthropic":
             return {"name": "execute_code", "description": description, "input_schema": schema}
         raise ValueError(f"unknown tool definition format {format!r}: use 'openai' or 'anthropic'")
@@ -227,8 +256,8 @@ def _referenced(code: str | bytes, tools: list[Tool], sandbox: Sandbox) -> list[
     subset = [t for t in tools if t.namespace in wanted]
     # Names that collided may be assigned differently in a subset; then the
     # stubs the model read would not be the ones that run. Keep them all.
-    same = all(bindings.get(key) is not None and bindings[key].tool is b.tool
-               for key, b in sandbox.stubs(subset).bindings.items())
+    same = all(
+        bindings.get(key) is not None and bindings[key].tool is b.tool
+        for key, b in sandbox.stubs(subset).bindings.items()
+    )
     return subset if same else tools
-
-

@@ -10,10 +10,12 @@ __all__ = ["DEMO_PROGRAM", "demo_config"]
 
 def demo_config() -> dict[str, Any]:
     """An `mcpServers` config for the bundled demo servers (this Python runs them)."""
-    return {"mcpServers": {
-        name: {"command": sys.executable, "args": ["-m", "codemode._demo_server", name]}
-        for name in ("weather", "notes")
-    }}
+    return {
+        "mcpServers": {
+            name: {"command": sys.executable, "args": ["-m", "codemode._demo_server", name]}
+            for name in ("weather", "notes")
+        }
+    }
 
 
 DEMO_PROGRAM = """\

@@ -18,7 +18,11 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 CITIES = {
-    "Cairo": 30.04, "Hanoi": 21.03, "Lima": -12.05, "Lisbon": 38.72, "Oslo": 59.91,
+    "Cairo": 30.04,
+    "Hanoi": 21.03,
+    "Lima": -12.05,
+    "Lisbon": 38.72,
+    "Oslo": 59.91,
 }
 DELAY_S = 0.2
 
@@ -38,8 +42,10 @@ def weather_server() -> MCPServer:
         return sorted(CITIES)
 
     @server.tool()
-    async def forecast(city: Annotated[str, Field(description="A city from list_cities().")],
-                       days: Annotated[int, Field(ge=1, le=7, description="How many days.")] = 3) -> Forecast:
+    async def forecast(
+        city: Annotated[str, Field(description="A city from list_cities().")],
+        days: Annotated[int, Field(ge=1, le=7, description="How many days.")] = 3,
+    ) -> Forecast:
         """Daily high temperatures in °C for a city, one value per day."""
         await asyncio.sleep(DELAY_S)  # a slow upstream: calls in a gather overlap
         if city not in CITIES:

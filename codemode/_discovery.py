@@ -44,9 +44,64 @@ _B = 0.75
 _SUMMARY_MAX = 100
 
 _STOP_WORDS = frozenset(
-    "a an and are as at be been by can could do does for from has have how i if in into is it its "
-    "me my of on or our should so than that the their them then these this those to was we what "
-    "when where which while who will with would you your".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "by",
+        "can",
+        "could",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "our",
+        "should",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "these",
+        "this",
+        "those",
+        "to",
+        "was",
+        "we",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
 )
 _CAMEL_LOWER_UPPER = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _CAMEL_ACRONYM = re.compile(r"(?<=[A-Z])(?=[A-Z][a-z])")
@@ -161,6 +216,7 @@ def _documents(bindings: Iterable[ToolBinding]) -> list[_Doc]:
 
 
 # --- cutting stubs out of the rendered source -------------------------------------------
+
 
 def _defined_names(node: ast.stmt) -> set[str]:
     if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -287,7 +343,9 @@ class ToolIndex:
             self._methods[key] = fn
         self._tool_fns = {id(fn) for fn in self._methods.values()}
         self._docs = _documents(self._bindings.values())
-        self._avg_len = {f: (sum(d.lengths[f] for d in self._docs) / len(self._docs)) if self._docs else 0.0 for f in _FIELD_WEIGHTS}
+        self._avg_len = {
+            f: (sum(d.lengths[f] for d in self._docs) / len(self._docs)) if self._docs else 0.0 for f in _FIELD_WEIGHTS
+        }
         df: Counter[str] = Counter()
         for d in self._docs:
             df.update({t for c in d.fields.values() for t in c})
@@ -366,7 +424,12 @@ class ToolIndex:
     def _hit(self, key: tuple[str, str], binding: ToolBinding, score: float) -> ToolHit:
         fn = self._methods[key]
         return ToolHit(
-            namespace=key[0], name=key[1], score=score, signature=_signature(key[0], fn), summary=_summary(fn), tool=binding.tool
+            namespace=key[0],
+            name=key[1],
+            score=score,
+            signature=_signature(key[0], fn),
+            summary=_summary(fn),
+            tool=binding.tool,
         )
 
     def signature(self, name: str) -> str:
@@ -382,7 +445,9 @@ class ToolIndex:
         for (namespace, _), b in self._bindings.items():
             grouped.setdefault(namespace, []).append(b)
         return [
-            ServerSummary(namespace=ns, server=bs[0].tool.namespace, tool_count=len(bs), tools=tuple(sorted(b.name for b in bs)))
+            ServerSummary(
+                namespace=ns, server=bs[0].tool.namespace, tool_count=len(bs), tools=tuple(sorted(b.name for b in bs))
+            )
             for ns, bs in sorted(grouped.items())
         ]
 

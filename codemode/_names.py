@@ -55,10 +55,23 @@ _KEYWORDS = frozenset(keyword.kwlist)
 # names, so they are not reserved.
 PARAM_RESERVED = _KEYWORDS | {"self", "cls", "locals", "_call_tool"}
 RESERVED = PARAM_RESERVED  # the name this set had before the scopes were split
-TYPE_NAMES = frozenset({
-    "Any", "Literal", "NotRequired", "Required", "TypedDict",
-    "str", "int", "float", "bool", "list", "dict", "tuple", "object",
-})
+TYPE_NAMES = frozenset(
+    {
+        "Any",
+        "Literal",
+        "NotRequired",
+        "Required",
+        "TypedDict",
+        "str",
+        "int",
+        "float",
+        "bool",
+        "list",
+        "dict",
+        "tuple",
+        "object",
+    }
+)
 """Every name a stub annotation may use besides the TypedDicts it defines."""
 MEMBER_RESERVED = _KEYWORDS | TYPE_NAMES
 GLOBAL_RESERVED = MEMBER_RESERVED | {n for n in dir(builtins) if not n.startswith("_")} | {"ToolError"}
@@ -97,8 +110,9 @@ def to_identifier(name: object, *, fallback: str = "x", reserved: frozenset[str]
     return s
 
 
-def unique_identifier(name: object, taken: set[str], *, fallback: str = "x",
-                      reserved: frozenset[str] = PARAM_RESERVED) -> str:
+def unique_identifier(
+    name: object, taken: set[str], *, fallback: str = "x", reserved: frozenset[str] = PARAM_RESERVED
+) -> str:
     """`to_identifier(name)`, suffixed `_2`, `_3`, ... until not in `taken`; adds it.
 
     Callers pass names in input order, so the suffixes are stable."""
@@ -122,5 +136,11 @@ def is_field_name(key: str, avoid: frozenset[str] | set[str]) -> bool:
 
     Keywords cannot, `__x` would be name-mangled by the class body, and names
     in `avoid` (the module's type names) would confuse type checkers."""
-    return (key.isidentifier() and key.isascii() and not keyword.iskeyword(key)
-            and not key.startswith("__") and key not in avoid and key not in TYPE_NAMES)
+    return (
+        key.isidentifier()
+        and key.isascii()
+        and not keyword.iskeyword(key)
+        and not key.startswith("__")
+        and key not in avoid
+        and key not in TYPE_NAMES
+    )

@@ -69,7 +69,9 @@ class ObservedShapesError(CodemodeError):
 
     def __init__(self, path: Path, problem: str) -> None:
         self.path = path
-        super().__init__(f"observed shapes file {str(path)!r} is invalid: {problem}; delete it to start over (it holds no configuration)")
+        super().__init__(
+            f"observed shapes file {str(path)!r} is invalid: {problem}; delete it to start over (it holds no configuration)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "path": str(self.path)}
@@ -154,7 +156,9 @@ def _schema(node: Node) -> dict[str, Any]:
         options.append(schema)
     if "array" in types:
         arr = types["array"]
-        options.append({"type": "array", "items": _schema(arr["items"])} if arr["items"] is not None else {"type": "array"})
+        options.append(
+            {"type": "array", "items": _schema(arr["items"])} if arr["items"] is not None else {"type": "array"}
+        )
     scalars = [t for t in _SCALARS if t in types and not (t == "integer" and "number" in types)]
     if scalars:
         options.append({"type": scalars[0] if len(scalars) == 1 else scalars})
@@ -202,7 +206,9 @@ class ShapeRecorder:
     _dirty: bool = field(default=False, repr=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, max_depth: int = 6, max_keys: int = 50, max_items: int = 50) -> ShapeRecorder:
+    def load(
+        cls, path: str | os.PathLike[str], *, max_depth: int = 6, max_keys: int = 50, max_items: int = 50
+    ) -> ShapeRecorder:
         """The recorder kept at `path`; empty if the file does not exist.
 
         Raises `ObservedShapesError` if the file is not a valid shapes file and

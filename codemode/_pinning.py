@@ -66,7 +66,9 @@ class ToolDefinitionChanged(CodemodeError):
 
     def __init__(self, changed: Iterable[ChangedTool]) -> None:
         self.changed = tuple(changed)
-        parts = [f"server {c.server!r} tool {c.tool!r} ({', '.join(c.fields) or 'definition'} changed)" for c in self.changed]
+        parts = [
+            f"server {c.server!r} tool {c.tool!r} ({', '.join(c.fields) or 'definition'} changed)" for c in self.changed
+        ]
         super().__init__(f"tool definition changed since it was pinned: {'; '.join(parts)}; {_REAPPROVE_HINT}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,7 +278,15 @@ class PinStore:
                 new.append(ref)
             elif pinned.sha256 != current.sha256:
                 fields = _changed_fields(pinned.definition, current.definition)
-                changed.append(ChangedTool(server=ref.server, tool=ref.tool, fields=fields, pinned_sha256=pinned.sha256, current_sha256=current.sha256))
+                changed.append(
+                    ChangedTool(
+                        server=ref.server,
+                        tool=ref.tool,
+                        fields=fields,
+                        pinned_sha256=pinned.sha256,
+                        current_sha256=current.sha256,
+                    )
+                )
             else:
                 unchanged.append(ref)
         present = {ToolRef(server=t.namespace, tool=t.name) for t in tools}
@@ -344,7 +354,9 @@ def _parse_lock(path: Path, data: object) -> dict[ToolRef, _Pin]:
     version = data.get("version")
     if version != _LOCK_VERSION:
         if isinstance(version, int) and not isinstance(version, bool) and version > _LOCK_VERSION:
-            raise LockFileError(path, f"version {version} was written by a newer codemode (this one reads version {_LOCK_VERSION})")
+            raise LockFileError(
+                path, f"version {version} was written by a newer codemode (this one reads version {_LOCK_VERSION})"
+            )
         raise LockFileError(path, f"unsupported version {version!r} (expected {_LOCK_VERSION})")
     servers = data.get("tools", {})
     if not isinstance(servers, dict):
@@ -385,16 +397,25 @@ def filter_pinned(tools: Iterable[Tool], store: PinStore, policy: PinPolicy | No
         for change in report.changed:
             logger.warning(
                 "refusing tool %r of server %r: its %s changed since it was pinned; %s",
-                change.tool, change.server, ", ".join(change.fields) or "definition", _REAPPROVE_HINT,
+                change.tool,
+                change.server,
+                ", ".join(change.fields) or "definition",
+                _REAPPROVE_HINT,
             )
     refused = {c.ref for c in report.changed}
     new = set(report.new)
     if new and policy.on_new == "exclude":
-        logger.warning("not running %d tool(s) that are not pinned yet: %s", len(new), ", ".join(f"{r.server}.{r.tool}" for r in sorted(new)))
+        logger.warning(
+            "not running %d tool(s) that are not pinned yet: %s",
+            len(new),
+            ", ".join(f"{r.server}.{r.tool}" for r in sorted(new)),
+        )
         refused |= new
     allowed = [t for t in tools if ToolRef(server=t.namespace, tool=t.name) not in refused]
     if new and policy.on_new == "pin":
-        logger.info("pinning %d new tool(s) on first use: %s", len(new), ", ".join(f"{r.server}.{r.tool}" for r in sorted(new)))
+        logger.info(
+            "pinning %d new tool(s) on first use: %s", len(new), ", ".join(f"{r.server}.{r.tool}" for r in sorted(new))
+        )
         store.approve(t for t in tools if ToolRef(server=t.namespace, tool=t.name) in new)
         if store.path is not None:
             store.save()

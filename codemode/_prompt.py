@@ -24,7 +24,7 @@ SEARCH_DESCRIPTION = (
 
 GET_STUBS_DESCRIPTION = (
     "Typed Python stubs (signatures, docstrings, input/output types) for the named tools, "
-    "e.g. [\"filesystem.read_text_file\"]. Read them before writing code that calls those tools."
+    'e.g. ["filesystem.read_text_file"]. Read them before writing code that calls those tools.'
 )
 
 EXECUTE_SUMMARY = "Run a Python program that composes tool calls, and return its final value."

@@ -51,7 +51,12 @@ class RunTimings:
     """Wall time the host spent inside tool calls (batches run concurrently)."""
 
     def to_dict(self) -> dict[str, float]:
-        return {"total_s": self.total_s, "startup_s": self.startup_s, "execute_s": self.execute_s, "tools_s": self.tools_s}
+        return {
+            "total_s": self.total_s,
+            "startup_s": self.startup_s,
+            "execute_s": self.execute_s,
+            "tools_s": self.tools_s,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,9 +22,23 @@ from typing import Any
 from ._names import GLOBAL_RESERVED, clean_text, type_name_part, unique_identifier
 
 __all__ = [
-    "ANY", "MAX_DEPTH", "MAX_TEXT", "Annotation", "Field", "SchemaTypes", "TypedDictDef",
-    "annotation_for", "default_source", "describe", "describe_text", "dump_schema", "is_record",
-    "json_scalar", "json_text", "resolve_ref", "sentences",
+    "ANY",
+    "MAX_DEPTH",
+    "MAX_TEXT",
+    "Annotation",
+    "Field",
+    "SchemaTypes",
+    "TypedDictDef",
+    "annotation_for",
+    "default_source",
+    "describe",
+    "describe_text",
+    "dump_schema",
+    "is_record",
+    "json_scalar",
+    "json_text",
+    "resolve_ref",
+    "sentences",
 ]
 
 _SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None"}
@@ -40,8 +54,20 @@ MAX_TEXT = 4_000
 """Descriptions are cut to this many characters: a 10 MB description must not
 make a 10 MB stub (real ones stay well under)."""
 _MAX_DEFAULT_CHARS = 120
-_CONSTRAINTS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-                "pattern", "format", "minItems", "maxItems", "uniqueItems", "multipleOf")
+_CONSTRAINTS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "multipleOf",
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +113,11 @@ class TypedDictDef:
         documented = [f for f in self.fields if f.doc]
         if documented:
             # A key that is not a plain name is shown as a repr: it may hold anything.
-            lines += [*([""] if lines else []), "Keys:",
-                      *(f"    {f.key if f.key.isidentifier() else repr(f.key)}: {f.doc}" for f in documented)]
+            lines += [
+                *([""] if lines else []),
+                "Keys:",
+                *(f"    {f.key if f.key.isidentifier() else repr(f.key)}: {f.doc}" for f in documented),
+            ]
         if self.extra is not None:
             lines += [*([""] if lines else []), f"Other keys are allowed too, with values of type {self.extra.text}."]
         return "\n".join(lines)
@@ -169,8 +198,9 @@ def describe(schema: object) -> str:
 def sentences(parts: list[str]) -> str:
     """Non-empty `parts` joined as sentences: "Text. Note." rather than "Text Note"."""
     parts = [p for p in parts if p]
-    return " ".join(p if p.endswith((".", "!", "?", "…", ":")) or i == len(parts) - 1 else p + "."
-                    for i, p in enumerate(parts))
+    return " ".join(
+        p if p.endswith((".", "!", "?", "…", ":")) or i == len(parts) - 1 else p + "." for i, p in enumerate(parts)
+    )
 
 
 def describe_text(text: object) -> str:
@@ -178,7 +208,7 @@ def describe_text(text: object) -> str:
     it is not a string."""
     if not isinstance(text, str):
         return ""
-    text = clean_text(text[:MAX_TEXT + 1]).strip()
+    text = clean_text(text[: MAX_TEXT + 1]).strip()
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
 
 
@@ -214,13 +244,14 @@ def _union(parts: list[Annotation]) -> Annotation:
             return ANY
         for member in part.members:
             if member.startswith("Literal[") and member.endswith("]"):
-                literals[member[len("Literal["):-1]] = None
+                literals[member[len("Literal[") : -1]] = None
                 member = "Literal"  # holds the merged Literal's place
             members[member] = None
     if not members:
         return ANY
-    ordered = [f"Literal[{', '.join(literals)}]" if m == "Literal" else m
-               for m in sorted(members, key=lambda m: m == "None")]
+    ordered = [
+        f"Literal[{', '.join(literals)}]" if m == "Literal" else m for m in sorted(members, key=lambda m: m == "None")
+    ]
     return Annotation(tuple(ordered), frozenset().union(*(p.refs for p in parts)))
 
 
@@ -240,8 +271,9 @@ def default_source(schema: Mapping[str, Any], annotation: Annotation) -> str | N
     if allowed is not None:
         return text if any(type(a) is type(default) and a == default for a in allowed) else None
     kind = _type_of(default).text
-    fits = "Any" in annotation.members or kind in annotation.members or (
-        kind == "int" and "float" in annotation.members)
+    fits = (
+        "Any" in annotation.members or kind in annotation.members or (kind == "int" and "float" in annotation.members)
+    )
     return text if fits else None
 
 
@@ -265,8 +297,12 @@ def resolve_ref(root: Mapping[str, Any], ref: str) -> object:
 
 def is_record(schema: object) -> bool:
     """Whether `schema` is an object with named properties (a TypedDict)."""
-    return (isinstance(schema, Mapping) and isinstance(schema.get("properties"), Mapping)
-            and bool(schema["properties"]) and schema.get("type", "object") == "object")
+    return (
+        isinstance(schema, Mapping)
+        and isinstance(schema.get("properties"), Mapping)
+        and bool(schema["properties"])
+        and schema.get("type", "object") == "object"
+    )
 
 
 def _note(notes: list[str], note: str) -> None:
@@ -303,8 +339,9 @@ class SchemaTypes:
         self._owner: list[str] = []
         self._budget = _MAX_NODES
 
-    def annotation(self, schema: object, *, root: object, owner: list[str], path: list[str],
-                   notes: list[str]) -> Annotation:
+    def annotation(
+        self, schema: object, *, root: object, owner: list[str], path: list[str], notes: list[str]
+    ) -> Annotation:
         """The annotation for `schema`, whose `$ref`s resolve against `root`.
 
         TypedDicts are named `owner + path (+ nested keys)`, or `owner +
@@ -328,8 +365,15 @@ class SchemaTypes:
             _note(notes, f"Type not expressible ({why}); schema: {dump_schema(schema)}")
         return ANY
 
-    def _convert(self, schema: object, root: Mapping[str, Any], path: list[str], notes: list[str],
-                 depth: int, memo_key: _MemoKey | None) -> Annotation:
+    def _convert(
+        self,
+        schema: object,
+        root: Mapping[str, Any],
+        path: list[str],
+        notes: list[str],
+        depth: int,
+        memo_key: _MemoKey | None,
+    ) -> Annotation:
         if schema is True or (isinstance(schema, Mapping) and not schema):
             return ANY
         if not isinstance(schema, Mapping):
@@ -342,8 +386,15 @@ class SchemaTypes:
         ann = self._convert_mapping(schema, root, path, notes, depth, memo_key)
         return _union([ann, _NONE]) if schema.get("nullable") is True else ann
 
-    def _convert_mapping(self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str],
-                         notes: list[str], depth: int, memo_key: _MemoKey | None) -> Annotation:
+    def _convert_mapping(
+        self,
+        schema: Mapping[str, Any],
+        root: Mapping[str, Any],
+        path: list[str],
+        notes: list[str],
+        depth: int,
+        memo_key: _MemoKey | None,
+    ) -> Annotation:
         ref = schema.get("$ref")
         if isinstance(ref, str):
             return self._ref(ref, schema, root, notes, depth)
@@ -356,8 +407,12 @@ class SchemaTypes:
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
-                union = _union([self._convert(o, root, [*path, f"Option{i}"], notes, depth + 1, None)
-                                for i, o in enumerate(options, 1)])
+                union = _union(
+                    [
+                        self._convert(o, root, [*path, f"Option{i}"], notes, depth + 1, None)
+                        for i, o in enumerate(options, 1)
+                    ]
+                )
                 if union.members == ANY.members and "type" in schema:
                     # Options that only add constraints to a typed schema.
                     rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
@@ -373,8 +428,12 @@ class SchemaTypes:
             kinds = [k for k in kind if isinstance(k, str)]
             if not kinds:
                 return self._unexpressible("unknown type", schema, notes)
-            return _union([self._convert({**schema, "type": k}, root, path, notes, depth + 1, memo_key)
-                           for k in dict.fromkeys(kinds)])
+            return _union(
+                [
+                    self._convert({**schema, "type": k}, root, path, notes, depth + 1, memo_key)
+                    for k in dict.fromkeys(kinds)
+                ]
+            )
         if kind is None:
             kind = "object" if "properties" in schema else "array" if "items" in schema else None
             if kind is None:
@@ -387,8 +446,9 @@ class SchemaTypes:
             return self._object(schema, root, path, notes, depth, memo_key)
         return self._unexpressible("unknown type", schema, notes)
 
-    def _ref(self, ref: str, schema: Mapping[str, Any], root: Mapping[str, Any], notes: list[str],
-             depth: int) -> Annotation:
+    def _ref(
+        self, ref: str, schema: Mapping[str, Any], root: Mapping[str, Any], notes: list[str], depth: int
+    ) -> Annotation:
         key = (id(root), ref)
         if key in self._memo:
             name = self._memo[key]
@@ -409,8 +469,11 @@ class SchemaTypes:
 
     def _enum(self, values: list[Any], notes: list[str]) -> Annotation:
         literals = [_literal(v) for v in values if v is not None]
-        if (None in literals or len(literals) > _MAX_LITERALS
-                or sum(len(m or "") for m in literals) > _MAX_LITERAL_CHARS):
+        if (
+            None in literals
+            or len(literals) > _MAX_LITERALS
+            or sum(len(m or "") for m in literals) > _MAX_LITERAL_CHARS
+        ):
             shown = ", ".join(dump_schema(v) for v in values[:5])
             _note(notes, f"One of {len(values)} values: {shown}{', …' if len(values) > 5 else ''}")
             return _union([_type_of(v) for v in values])
@@ -419,21 +482,30 @@ class SchemaTypes:
         parts = [_simple(f"Literal[{', '.join(members)}]")] if members else []
         return _union(parts + ([_NONE] if any(v is None for v in values) else []))
 
-    def _array(self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str], notes: list[str],
-               depth: int) -> Annotation:
+    def _array(
+        self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str], notes: list[str], depth: int
+    ) -> Annotation:
         items = schema.get("items")
         prefix = items if isinstance(items, list) else schema.get("prefixItems")
         if isinstance(prefix, list) and prefix:  # tuples: the values of any position
-            item = _union([self._convert(i, root, [*path, f"Item{n}"], notes, depth + 1, None)
-                           for n, i in enumerate(prefix, 1)])
+            item = _union(
+                [self._convert(i, root, [*path, f"Item{n}"], notes, depth + 1, None) for n, i in enumerate(prefix, 1)]
+            )
         elif items is None or items is True or isinstance(items, list):
             item = ANY
         else:  # the item type of a list property is named after the property
             item = self._convert(items, root, path, notes, depth + 1, None)
         return Annotation((f"list[{item.text}]",), item.refs)
 
-    def _object(self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str], notes: list[str],
-                depth: int, memo_key: _MemoKey | None) -> Annotation:
+    def _object(
+        self,
+        schema: Mapping[str, Any],
+        root: Mapping[str, Any],
+        path: list[str],
+        notes: list[str],
+        depth: int,
+        memo_key: _MemoKey | None,
+    ) -> Annotation:
         extra_schema = schema.get("additionalProperties")
         extra: Annotation | None = None
         if extra_schema is True or isinstance(extra_schema, Mapping):
@@ -441,8 +513,7 @@ class SchemaTypes:
         if not is_record(schema) or self._inline_objects:
             value = extra or ANY
             return Annotation((f"dict[str, {value.text}]",), value.refs)
-        name = unique_identifier("_".join(path) or "Object", self.taken, fallback="Object",
-                                 reserved=GLOBAL_RESERVED)
+        name = unique_identifier("_".join(path) or "Object", self.taken, fallback="Object", reserved=GLOBAL_RESERVED)
         if memo_key is not None:
             self._memo[memo_key] = name  # before the fields, so that they can refer back to it
         required = schema.get("required")
@@ -450,8 +521,7 @@ class SchemaTypes:
         record = TypedDictDef(name=name, description=describe_text(schema.get("description")), extra=extra)
         for key, prop in schema["properties"].items():
             field_notes: list[str] = []
-            ann = self._convert(prop, root, [*path, type_name_part(key, fallback="Key")], field_notes,
-                                depth + 1, None)
+            ann = self._convert(prop, root, [*path, type_name_part(key, fallback="Key")], field_notes, depth + 1, None)
             if isinstance(prop, Mapping) and "default" in prop:
                 field_notes.insert(0, f"Default: {dump_schema(prop['default'])}.")
             doc = sentences([describe(prop), *field_notes])

@@ -34,9 +34,9 @@ from ._schema_types import (
     describe,
     describe_text,
     dump_schema,
-    sentences,
     json_scalar,
     resolve_ref,
+    sentences,
 )
 from ._tools import Tool
 
@@ -68,6 +68,7 @@ class StubSet:
 
 # What the template sees. Every str here is an identifier from `_names`, an
 # annotation from `_schema_types`, a repr, or text for the `docstring` filter.
+
 
 @dataclass(kw_only=True)
 class _Param:
@@ -118,8 +119,7 @@ def _docstring(text: str, indent: int) -> str:
     body = clean_text(text).strip().replace("\\", "\\\\")
     # Every quote is now unescaped; a run of three would close the literal, and
     # so would one at the very end (it merges with the closing quotes).
-    body = _QUOTES.sub(lambda m: m[0].replace('"', '\\"') if len(m[0]) >= 3 or m.end() == len(body) else m[0],
-                       body)
+    body = _QUOTES.sub(lambda m: m[0].replace('"', '\\"') if len(m[0]) >= 3 or m.end() == len(body) else m[0], body)
     pad = " " * indent
     body = "\n".join((pad + line) if line.strip() else "" for line in body.split("\n")).lstrip()
     return f'"""{body}"""' if "\n" not in body else f'"""{body}\n{pad}"""'
@@ -184,8 +184,7 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
         wire = str(wire_key)
         py = unique_identifier(wire, taken, fallback="arg")
         notes: list[str] = []
-        ann = types.annotation(prop, root=schema, owner=owner, path=[type_name_part(wire, fallback="Arg")],
-                               notes=notes)
+        ann = types.annotation(prop, root=schema, owner=owner, path=[type_name_part(wire, fallback="Arg")], notes=notes)
         prop_map: Mapping[str, Any] = prop if isinstance(prop, Mapping) else {}
         is_required = wire in required
         default = None if is_required else default_source(prop_map, ann)
@@ -197,15 +196,23 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
             annotation = ann.text
         else:  # `None` means "not sent": the guest drops None-valued arguments
             annotation, default = _optional(ann), "None"
-        params.append(_Param(py_name=py, wire=wire, annotation=annotation, default=default,
-                             doc=sentences([describe(prop_map), *notes])))
+        params.append(
+            _Param(
+                py_name=py,
+                wire=wire,
+                annotation=annotation,
+                default=default,
+                doc=sentences([describe(prop_map), *notes]),
+            )
+        )
     # Required parameters first, so that a reader sees them first.
     params.sort(key=lambda p: p.default is not None)
 
     returns, return_notes = "Any", list[str]()
     if tool.output_schema is not None:
-        ann = types.annotation(tool.output_schema, root=tool.output_schema, owner=owner, path=["Result"],
-                               notes=return_notes)
+        ann = types.annotation(
+            tool.output_schema, root=tool.output_schema, owner=owner, path=["Result"], notes=return_notes
+        )
         returns = ann.text
 
     # Names are shown as reprs: escaped, so nothing in them is invisible.
@@ -224,8 +231,13 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
         lines += ["", "Returns:", f"    {output_doc}"]
 
     one_line = sum(len(p.py_name) + len(p.annotation) + len(p.default or "") + 6 for p in params)
-    stub = _Stub(py_name=py_name, params=params, returns=returns, doc="\n".join(lines),
-                 multiline=len(py_name) + one_line + len(returns) + 25 > _LINE)
+    stub = _Stub(
+        py_name=py_name,
+        params=params,
+        returns=returns,
+        doc="\n".join(lines),
+        multiline=len(py_name) + one_line + len(returns) + 25 > _LINE,
+    )
     return stub, {p.py_name: p.wire for p in params}
 
 
@@ -235,8 +247,12 @@ def _typed_dict_views(defs: list[TypedDictDef]) -> list[_TypedDictView]:
     defined: set[str] = set()
     for d in defs:
         functional = not all(is_field_name(f.key, names) for f in d.fields)
-        fields = [_FieldView(key=f.key, annotation=f.annotation.text, required=f.required,
-                             quoted=bool(f.annotation.refs - defined)) for f in d.fields]
+        fields = [
+            _FieldView(
+                key=f.key, annotation=f.annotation.text, required=f.required, quoted=bool(f.annotation.refs - defined)
+            )
+            for f in d.fields
+        ]
         views.append(_TypedDictView(name=d.name, doc=d.doc, functional=functional, fields=fields))
         defined.add(d.name)
     return views
@@ -313,9 +329,16 @@ def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | N
     for namespace, members in by_namespace.items():
         ns_py = unique_identifier(namespace, module_names, fallback="server", reserved=GLOBAL_RESERVED)
         member_names: set[str] = set()
-        named.append((namespace, ns_py, [
-            (tool, unique_identifier(tool.name, member_names, fallback="tool", reserved=MEMBER_RESERVED))
-            for tool in members]))
+        named.append(
+            (
+                namespace,
+                ns_py,
+                [
+                    (tool, unique_identifier(tool.name, member_names, fallback="tool", reserved=MEMBER_RESERVED))
+                    for tool in members
+                ],
+            )
+        )
     types = SchemaTypes(module_names | {py for _, _, named_tools in named for _, py in named_tools})
 
     namespaces: list[_Namespace] = []
@@ -329,9 +352,15 @@ def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | N
         doc = _text(namespace_docs.get(namespace)) or f"Tools of {namespace[:MAX_TEXT]!r}."
         namespaces.append(_Namespace(py_name=ns_py, doc=doc, tools=stubs))
 
-    source = _environment().get_template("stubs.py.jinja").render(
-        typed_dicts=_typed_dict_views(types.typed_dicts), namespaces=namespaces,
-        input_hash=_input_hash(tools, namespace_docs))
+    source = (
+        _environment()
+        .get_template("stubs.py.jinja")
+        .render(
+            typed_dicts=_typed_dict_views(types.typed_dicts),
+            namespaces=namespaces,
+            input_hash=_input_hash(tools, namespace_docs),
+        )
+    )
     try:
         ast.parse(source)
     except SyntaxError as exc:  # pragma: no cover - would be a template bug

@@ -58,4 +58,4 @@ class Tool:
     def is_async(self) -> bool:
         """True if `fn` must run on the event loop."""
         fn = self.fn
-        return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004 (an async __call__)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from codemode import parse_config
-from codemode import CodeMode
+from codemode import CodeMode, parse_config
 
 STUBS = Path(__file__).resolve().parent.parent / "stubs"
 
@@ -53,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(source)
             print(f"wrote {path}", file=sys.stderr)
     if drift:
-        print(f"stubs drifted: {', '.join(drift)}; run `python -m tests.golden_stubs` and review the diff",
-              file=sys.stderr)
+        print(
+            f"stubs drifted: {', '.join(drift)}; run `python -m tests.golden_stubs` and review the diff",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -58,8 +58,13 @@ def ensure_npm() -> None:
     target.mkdir(parents=True, exist_ok=True)
     (target / "package.json").write_text(json.dumps({"private": True, "dependencies": NPM}, indent=2))
     _log(f"installing {', '.join(f'{k}@{v}' for k, v in NPM.items())} (once)…")
-    proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode != 0:
         raise Unavailable(f"npm install failed: {proc.stderr.strip()[-1000:]}")
     stamp.write_text(json.dumps(NPM))
@@ -73,8 +78,20 @@ def time_server() -> list[str]:
     if not _stamp(stamp, PYPI):
         _log(f"installing {', '.join(f'{k}=={v}' for k, v in PYPI.items())} into {target} (once)…")
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
-        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                               *(f"{k}=={v}" for k, v in PYPI.items())], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *(f"{k}=={v}" for k, v in PYPI.items()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             raise Unavailable(f"pip install failed: {proc.stderr.strip()[-1000:]}")
         stamp.write_text(json.dumps(PYPI))

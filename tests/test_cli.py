@@ -15,9 +15,18 @@ from codemode._demo import demo_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def codemode(*args: str, stdin: str | None = None, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "codemode", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def codemode(
+    *args: str, stdin: str | None = None, timeout: float = 120, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "codemode", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture
@@ -37,10 +46,12 @@ def test_demo_runs_a_gather_over_bundled_mcp_servers() -> None:
 
 
 def test_run_chains_calls_across_servers_and_prints_only_the_result(demo_config_file: Path) -> None:
-    program = ("cities = await weather.list_cities()\n"
-               "f = await weather.forecast(city=cities[0], days=1)\n"
-               "n = await notes.add_note(text=str(f['highs_c'][0]))\n"
-               "(await notes.list_notes())[n - 1]\n")
+    program = (
+        "cities = await weather.list_cities()\n"
+        "f = await weather.forecast(city=cities[0], days=1)\n"
+        "n = await notes.add_note(text=str(f['highs_c'][0]))\n"
+        "(await notes.list_notes())[n - 1]\n"
+    )
     proc = codemode("run", "--config", str(demo_config_file), stdin=program)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "13.0"  # Cairo, the first city, day one
@@ -85,14 +96,17 @@ def test_pin_records_definitions_and_refuses_a_changed_one(demo_config_file: Pat
     assert again.returncode == 0, again.stderr
 
 
-@pytest.mark.parametrize(("args", "stdin", "code"), [
-    (["run"], "1/0", 1),
-    (["run", "--json"], "1/0", 1),
-    (["run", "/no/such/file.py"], None, 2),
-    (["run", "--timeout", "-1"], "1", 2),
-    (["stubs", "--config", "/no/such/config.json"], None, 3),
-    (["nonsense"], None, 2),
-])
+@pytest.mark.parametrize(
+    ("args", "stdin", "code"),
+    [
+        (["run"], "1/0", 1),
+        (["run", "--json"], "1/0", 1),
+        (["run", "/no/such/file.py"], None, 2),
+        (["run", "--timeout", "-1"], "1", 2),
+        (["stubs", "--config", "/no/such/config.json"], None, 3),
+        (["nonsense"], None, 2),
+    ],
+)
 def test_exit_codes_scripts_can_rely_on(args: list[str], stdin: str | None, code: int) -> None:
     proc = codemode(*args, stdin=stdin)
     assert proc.returncode == code, (proc.stdout, proc.stderr)

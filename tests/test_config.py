@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from codemode import ConfigError
-from codemode import load_config, parse_config
+from codemode import ConfigError, load_config, parse_config
 from codemode._upstream.config import CodemodeOptions, HttpServer, StdioServer
 
 SECRET = "sk-live-0123456789abcdef"
@@ -29,20 +28,26 @@ def config_error(data: Any, **kwargs: Any) -> ConfigError:
 
 
 def test_a_claude_desktop_file_loads_unchanged(tmp_path: Path) -> None:
-    path = write(tmp_path, {
-        "globalShortcut": "Ctrl+Space",
-        "mcpServers": {
-            "server-filesystem": {
-                "command": "npx",
-                "args": ["-y", "@modelcontextprotocol/server-filesystem", "/data"],
-                "env": {"API_KEY": SECRET},
-                "autoApprove": ["read_file"],
-                "alwaysAllow": [],
+    path = write(
+        tmp_path,
+        {
+            "globalShortcut": "Ctrl+Space",
+            "mcpServers": {
+                "server-filesystem": {
+                    "command": "npx",
+                    "args": ["-y", "@modelcontextprotocol/server-filesystem", "/data"],
+                    "env": {"API_KEY": SECRET},
+                    "autoApprove": ["read_file"],
+                    "alwaysAllow": [],
+                },
+                "search": {
+                    "type": "streamable-http",
+                    "url": "https://example.com/mcp",
+                    "headers": {"Authorization": f"Bearer {SECRET}"},
+                },
             },
-            "search": {"type": "streamable-http", "url": "https://example.com/mcp",
-                       "headers": {"Authorization": f"Bearer {SECRET}"}},
         },
-    })
+    )
     config = load_config(path)
     fs, search = config.servers["server-filesystem"], config.servers["search"]
     assert isinstance(fs, StdioServer) and isinstance(search, HttpServer)
@@ -54,33 +59,55 @@ def test_a_claude_desktop_file_loads_unchanged(tmp_path: Path) -> None:
 
 
 def test_a_vs_code_file_with_servers_and_types_loads() -> None:
-    config = parse_config({"inputs": [], "servers": {
-        "local": {"type": "stdio", "command": "python", "args": ["server.py"], "cwd": "/srv"},
-        "remote": {"type": "http", "url": "http://127.0.0.1:8000/mcp"},
-    }})
+    config = parse_config(
+        {
+            "inputs": [],
+            "servers": {
+                "local": {"type": "stdio", "command": "python", "args": ["server.py"], "cwd": "/srv"},
+                "remote": {"type": "http", "url": "http://127.0.0.1:8000/mcp"},
+            },
+        }
+    )
     local = config.servers["local"]
     assert isinstance(local, StdioServer) and local.cwd == "/srv"
     assert isinstance(config.servers["remote"], HttpServer)
 
 
 def test_namespace_is_the_alias_else_the_key_as_an_identifier() -> None:
-    config = parse_config({"mcpServers": {
-        "server-filesystem": {"command": "npx"},
-        "github": {"command": "gh-mcp", "codemode": {"alias": "gh"}},
-        "2fa.tools": {"url": "https://x/mcp"},
-    }})
+    config = parse_config(
+        {
+            "mcpServers": {
+                "server-filesystem": {"command": "npx"},
+                "github": {"command": "gh-mcp", "codemode": {"alias": "gh"}},
+                "2fa.tools": {"url": "https://x/mcp"},
+            }
+        }
+    )
     assert [s.namespace for s in config.servers.values()] == ["server_filesystem", "gh", "n_2fa_tools"]
 
 
 def test_codemode_options_are_read_with_defaults() -> None:
-    config = parse_config({"mcpServers": {
-        "a": {"command": "x", "codemode": {"allow": ["read_*"], "deny": ["read_secret"], "timeout": 5,
-                                            "connectTimeout": 2, "protocol": "legacy"}},
-        "b": {"command": "y"},
-    }})
+    config = parse_config(
+        {
+            "mcpServers": {
+                "a": {
+                    "command": "x",
+                    "codemode": {
+                        "allow": ["read_*"],
+                        "deny": ["read_secret"],
+                        "timeout": 5,
+                        "connectTimeout": 2,
+                        "protocol": "legacy",
+                    },
+                },
+                "b": {"command": "y"},
+            }
+        }
+    )
     a, b = config.servers["a"].codemode, config.servers["b"].codemode
-    assert a == CodemodeOptions(allow=("read_*",), deny=("read_secret",), timeout=5, connect_timeout=2,
-                                protocol="legacy")
+    assert a == CodemodeOptions(
+        allow=("read_*",), deny=("read_secret",), timeout=5, connect_timeout=2, protocol="legacy"
+    )
     assert b == CodemodeOptions()
     assert (b.timeout, b.connect_timeout, b.protocol, b.allow, b.deny) == (60.0, 30.0, "auto", None, ())
 
@@ -101,10 +128,15 @@ def test_disabled_servers_are_skipped() -> None:
 
 def test_environment_variables_are_expanded() -> None:
     environ = {"TOKEN": SECRET, "ROOT": "/data"}
-    config = parse_config({"mcpServers": {
-        "a": {"command": "srv", "args": ["--root", "${env:ROOT}", "${DEPTH:-3}"], "env": {"KEY": "${TOKEN}"}},
-        "b": {"url": "https://x/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}},
-    }}, environ=environ)
+    config = parse_config(
+        {
+            "mcpServers": {
+                "a": {"command": "srv", "args": ["--root", "${env:ROOT}", "${DEPTH:-3}"], "env": {"KEY": "${TOKEN}"}},
+                "b": {"url": "https://x/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}},
+            }
+        },
+        environ=environ,
+    )
     a, b = config.servers["a"], config.servers["b"]
     assert isinstance(a, StdioServer) and isinstance(b, HttpServer)
     assert a.args == ("--root", "/data", "3")
@@ -118,22 +150,34 @@ def test_a_missing_environment_variable_is_reported_by_field() -> None:
 
 
 def test_a_bad_file_names_the_file_and_every_bad_field(tmp_path: Path) -> None:
-    path = write(tmp_path, {"mcpServers": {
-        "fs": {"command": "npx", "codemode": {"timeout": -1, "alais": "x"}},
-        "web": {"url": "ftp://example.com"},
-        "both": {"command": "x", "url": "https://x"},
-        "none": {"args": []},
-        "old": {"type": "sse", "url": "https://x/sse"},
-        "odd": {"type": "stdio", "url": "https://x/mcp"},
-        "kw": {"command": "x", "codemode": {"alias": "class"}},
-    }})
+    path = write(
+        tmp_path,
+        {
+            "mcpServers": {
+                "fs": {"command": "npx", "codemode": {"timeout": -1, "alais": "x"}},
+                "web": {"url": "ftp://example.com"},
+                "both": {"command": "x", "url": "https://x"},
+                "none": {"args": []},
+                "old": {"type": "sse", "url": "https://x/sse"},
+                "odd": {"type": "stdio", "url": "https://x/mcp"},
+                "kw": {"command": "x", "codemode": {"alias": "class"}},
+            }
+        },
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = info.value.message
     assert message.startswith(f"{path}: invalid configuration:")
-    for field in ["mcpServers.fs.codemode.timeout", "mcpServers.fs.codemode.alais", "mcpServers.web.url",
-                  "mcpServers.both:", "mcpServers.none:", "mcpServers.old.type", "mcpServers.odd.type",
-                  "mcpServers.kw.codemode.alias"]:
+    for field in [
+        "mcpServers.fs.codemode.timeout",
+        "mcpServers.fs.codemode.alais",
+        "mcpServers.web.url",
+        "mcpServers.both:",
+        "mcpServers.none:",
+        "mcpServers.old.type",
+        "mcpServers.odd.type",
+        "mcpServers.kw.codemode.alias",
+    ]:
         assert field in message, field
 
 
@@ -161,10 +205,12 @@ def test_a_file_without_servers_is_a_config_error() -> None:
 
 
 def test_secrets_never_appear_in_reprs_dumps_or_errors(tmp_path: Path) -> None:
-    data = {"mcpServers": {
-        "a": {"command": "srv", "env": {"KEY": SECRET, "OTHER": 42}},  # OTHER is invalid: not a string
-        "b": {"url": "https://x/mcp", "headers": {"Authorization": SECRET, "X-Num": ["not", "a", "string"]}},
-    }}
+    data = {
+        "mcpServers": {
+            "a": {"command": "srv", "env": {"KEY": SECRET, "OTHER": 42}},  # OTHER is invalid: not a string
+            "b": {"url": "https://x/mcp", "headers": {"Authorization": SECRET, "X-Num": ["not", "a", "string"]}},
+        }
+    }
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, data))
     assert "mcpServers.a.env.OTHER" in info.value.message
@@ -172,10 +218,14 @@ def test_secrets_never_appear_in_reprs_dumps_or_errors(tmp_path: Path) -> None:
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
     assert SECRET not in json.dumps(info.value.to_dict())
 
-    config = parse_config({"mcpServers": {
-        "a": {"command": "srv", "env": {"KEY": SECRET}},
-        "b": {"url": "https://x/mcp", "headers": {"Authorization": SECRET}},
-    }})
+    config = parse_config(
+        {
+            "mcpServers": {
+                "a": {"command": "srv", "env": {"KEY": SECRET}},
+                "b": {"url": "https://x/mcp", "headers": {"Authorization": SECRET}},
+            }
+        }
+    )
     for text in (repr(config), str(config), config.model_dump_json(), repr(config.servers["a"])):
         assert SECRET not in text
     assert config.secrets() == [SECRET, SECRET]

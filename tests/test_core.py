@@ -31,9 +31,11 @@ async def test_an_agent_loop_discovers_reads_stubs_and_executes(config_file: Pat
         stubs = cm.stubs([hits[0].qualified_name, "weather.forecast"])
         ast.parse(stubs)
         assert "async def add_note" in stubs and "async def forecast" in stubs and "list_notes" not in stubs
-        code = ("f = await weather.forecast(city='Oslo', days=2)\n"
-                "n = await notes.add_note(text=str(f['highs_c']))\n"
-                "{'note': n, 'notes': await notes.list_notes()}")
+        code = (
+            "f = await weather.forecast(city='Oslo', days=2)\n"
+            "n = await notes.add_note(text=str(f['highs_c']))\n"
+            "{'note': n, 'notes': await notes.list_notes()}"
+        )
         result = await cm.execute(code)
         assert result.ok, result.error
         assert result.value == {"note": 1, "notes": ["[-2.0, 0.0]"]}
@@ -44,14 +46,27 @@ async def test_tool_definitions_are_valid_for_both_apis() -> None:
     async def add(a: int, b: int) -> int:
         return a + b
 
-    cm = CodeMode(tools=[Tool(name="add", fn=add, input_schema={
-        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]})])
+    cm = CodeMode(
+        tools=[
+            Tool(
+                name="add",
+                fn=add,
+                input_schema={
+                    "type": "object",
+                    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                    "required": ["a", "b"],
+                },
+            )
+        ]
+    )
     async with cm:
         openai = json.loads(json.dumps(cm.tool_definition("openai")))
         assert openai["type"] == "function" and openai["function"]["name"] == "execute_code"
         assert openai["function"]["parameters"]["required"] == ["code"]
         anthropic = json.loads(json.dumps(cm.tool_definition("anthropic")))
-        assert anthropic["name"] == "execute_code" and anthropic["input_schema"]["properties"]["code"]["type"] == "string"
+        assert (
+            anthropic["name"] == "execute_code" and anthropic["input_schema"]["properties"]["code"]["type"] == "string"
+        )
         assert "asyncio.gather" in anthropic["description"]
         # With the system prompt, which carries the contract, it need not be said twice.
         short = cm.tool_definition("anthropic", contract=False)["description"]
@@ -85,8 +100,11 @@ async def test_observed_shapes_type_tools_that_declare_no_output(tmp_path: Path)
     async def lookup(user: str) -> dict[str, object]:
         return {"user": user, "age": len(user), "tags": ["a"]}
 
-    tool = Tool(name="lookup", fn=lookup, input_schema={
-        "type": "object", "properties": {"user": {"type": "string"}}, "required": ["user"]})
+    tool = Tool(
+        name="lookup",
+        fn=lookup,
+        input_schema={"type": "object", "properties": {"user": {"type": "string"}}, "required": ["user"]},
+    )
     lock = tmp_path / "codemode.lock.json"
     async with CodeMode(tools=[tool], lock_file=lock, observe_shapes=True) as cm:
         assert "-> Any" in cm.stubs(["tools.lookup"])

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from inline_snapshot import snapshot
 
+from codemode import Tool, render_stubs
 from codemode._discovery import ServerSummary, ToolIndex, ToolNotFound, get_stubs, list_servers, search_tools, tokenize
-from codemode import render_stubs
-from codemode import Tool
 
 
 async def _noop(**kwargs: Any) -> None:
@@ -28,47 +27,157 @@ _B = {"type": "boolean"}
 # name, description, input schema; shaped after the reference servers people actually run.
 _CATALOG: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "filesystem": [
-        ("read_text_file", "Read a file as text. Use head or tail to read only the first or last lines.",
-         _obj(["path"], path=_S, head={**_I, "description": "Only the first N lines"}, tail={**_I, "description": "Only the last N lines"})),
-        ("read_media_file", "Read an image or audio file and return base64 data with its MIME type.", _obj(["path"], path=_S)),
-        ("read_multiple_files", "Read several files at once; failures for single files do not stop the rest.",
-         _obj(["paths"], paths={"type": "array", "items": _S})),
-        ("write_file", "Create a new file or overwrite an existing file with new content.", _obj(["path", "content"], path=_S, content=_S)),
-        ("edit_file", "Make line-based edits to a text file and return a git-style diff.",
-         _obj(["path", "edits"], path=_S, edits={"type": "array", "items": {"type": "object"}}, dryRun=_B)),
-        ("create_directory", "Create a new directory, or make sure it exists, including parents.", _obj(["path"], path=_S)),
+        (
+            "read_text_file",
+            "Read a file as text. Use head or tail to read only the first or last lines.",
+            _obj(
+                ["path"],
+                path=_S,
+                head={**_I, "description": "Only the first N lines"},
+                tail={**_I, "description": "Only the last N lines"},
+            ),
+        ),
+        (
+            "read_media_file",
+            "Read an image or audio file and return base64 data with its MIME type.",
+            _obj(["path"], path=_S),
+        ),
+        (
+            "read_multiple_files",
+            "Read several files at once; failures for single files do not stop the rest.",
+            _obj(["paths"], paths={"type": "array", "items": _S}),
+        ),
+        (
+            "write_file",
+            "Create a new file or overwrite an existing file with new content.",
+            _obj(["path", "content"], path=_S, content=_S),
+        ),
+        (
+            "edit_file",
+            "Make line-based edits to a text file and return a git-style diff.",
+            _obj(["path", "edits"], path=_S, edits={"type": "array", "items": {"type": "object"}}, dryRun=_B),
+        ),
+        (
+            "create_directory",
+            "Create a new directory, or make sure it exists, including parents.",
+            _obj(["path"], path=_S),
+        ),
         ("list_directory", "Get a listing of all files and directories in a path.", _obj(["path"], path=_S)),
         ("directory_tree", "Get a recursive tree view of files and directories as JSON.", _obj(["path"], path=_S)),
-        ("move_file", "Move or rename files and directories.", _obj(["source", "destination"], source=_S, destination=_S)),
-        ("search_files", "Recursively search for files and directories matching a glob pattern.",
-         _obj(["path", "pattern"], path=_S, pattern=_S, excludePatterns={"type": "array", "items": _S})),
-        ("get_file_info", "Retrieve metadata about a file or directory: size, creation time, permissions.", _obj(["path"], path=_S)),
+        (
+            "move_file",
+            "Move or rename files and directories.",
+            _obj(["source", "destination"], source=_S, destination=_S),
+        ),
+        (
+            "search_files",
+            "Recursively search for files and directories matching a glob pattern.",
+            _obj(["path", "pattern"], path=_S, pattern=_S, excludePatterns={"type": "array", "items": _S}),
+        ),
+        (
+            "get_file_info",
+            "Retrieve metadata about a file or directory: size, creation time, permissions.",
+            _obj(["path"], path=_S),
+        ),
     ],
     "github": [
-        ("create_issue", "Create a new issue in a GitHub repository.",
-         _obj(["owner", "repo", "title"], owner=_S, repo=_S, title=_S, body=_S, labels={"type": "array", "items": _S})),
-        ("list_issues", "List issues in a GitHub repository, filtered by state and labels.",
-         _obj(["owner", "repo"], owner=_S, repo=_S, state={"enum": ["open", "closed", "all"]})),
-        ("add_issue_comment", "Add a comment to an existing issue.", _obj(["owner", "repo", "issue_number", "body"], owner=_S, repo=_S, issue_number=_I, body=_S)),
-        ("create_pull_request", "Create a new pull request in a GitHub repository.",
-         _obj(["owner", "repo", "title", "head", "base"], owner=_S, repo=_S, title=_S, head=_S, base=_S, draft=_B)),
-        ("merge_pull_request", "Merge a pull request.", _obj(["owner", "repo", "pull_number"], owner=_S, repo=_S, pull_number=_I, merge_method={"enum": ["merge", "squash", "rebase"]})),
-        ("get_pull_request_files", "Get the list of files changed in a pull request.", _obj(["owner", "repo", "pull_number"], owner=_S, repo=_S, pull_number=_I)),
+        (
+            "create_issue",
+            "Create a new issue in a GitHub repository.",
+            _obj(
+                ["owner", "repo", "title"], owner=_S, repo=_S, title=_S, body=_S, labels={"type": "array", "items": _S}
+            ),
+        ),
+        (
+            "list_issues",
+            "List issues in a GitHub repository, filtered by state and labels.",
+            _obj(["owner", "repo"], owner=_S, repo=_S, state={"enum": ["open", "closed", "all"]}),
+        ),
+        (
+            "add_issue_comment",
+            "Add a comment to an existing issue.",
+            _obj(["owner", "repo", "issue_number", "body"], owner=_S, repo=_S, issue_number=_I, body=_S),
+        ),
+        (
+            "create_pull_request",
+            "Create a new pull request in a GitHub repository.",
+            _obj(["owner", "repo", "title", "head", "base"], owner=_S, repo=_S, title=_S, head=_S, base=_S, draft=_B),
+        ),
+        (
+            "merge_pull_request",
+            "Merge a pull request.",
+            _obj(
+                ["owner", "repo", "pull_number"],
+                owner=_S,
+                repo=_S,
+                pull_number=_I,
+                merge_method={"enum": ["merge", "squash", "rebase"]},
+            ),
+        ),
+        (
+            "get_pull_request_files",
+            "Get the list of files changed in a pull request.",
+            _obj(["owner", "repo", "pull_number"], owner=_S, repo=_S, pull_number=_I),
+        ),
         ("search_repositories", "Search for GitHub repositories by keyword.", _obj(["query"], query=_S, page=_I)),
         ("search_code", "Search for code across GitHub repositories.", _obj(["q"], q=_S)),
-        ("get_file_contents", "Get the contents of a file or directory from a GitHub repository.", _obj(["owner", "repo", "path"], owner=_S, repo=_S, path=_S, branch=_S)),
-        ("create_branch", "Create a new branch in a GitHub repository.", _obj(["owner", "repo", "branch"], owner=_S, repo=_S, branch=_S, from_branch=_S)),
-        ("listCommits", "Get a list of commits of a branch in a GitHub repository.", _obj(["owner", "repo"], owner=_S, repo=_S, sha=_S)),
+        (
+            "get_file_contents",
+            "Get the contents of a file or directory from a GitHub repository.",
+            _obj(["owner", "repo", "path"], owner=_S, repo=_S, path=_S, branch=_S),
+        ),
+        (
+            "create_branch",
+            "Create a new branch in a GitHub repository.",
+            _obj(["owner", "repo", "branch"], owner=_S, repo=_S, branch=_S, from_branch=_S),
+        ),
+        (
+            "listCommits",
+            "Get a list of commits of a branch in a GitHub repository.",
+            _obj(["owner", "repo"], owner=_S, repo=_S, sha=_S),
+        ),
     ],
     "slack": [
-        ("slack_list_channels", "List public channels in the workspace with pagination.", _obj([], limit=_I, cursor=_S)),
-        ("slack_post_message", "Post a new message to a Slack channel.", _obj(["channel_id", "text"], channel_id=_S, text=_S)),
-        ("slack_reply_to_thread", "Reply to a specific message thread in Slack.", _obj(["channel_id", "thread_ts", "text"], channel_id=_S, thread_ts=_S, text=_S)),
-        ("slack_add_reaction", "Add a reaction emoji to a message.", _obj(["channel_id", "timestamp", "reaction"], channel_id=_S, timestamp=_S, reaction=_S)),
-        ("slack_get_channel_history", "Get recent messages from a channel.", _obj(["channel_id"], channel_id=_S, limit=_I)),
-        ("slack_get_thread_replies", "Get all replies in a message thread.", _obj(["channel_id", "thread_ts"], channel_id=_S, thread_ts=_S)),
-        ("slack_get_users", "Get a list of all users in the workspace with their basic profile information.", _obj([], cursor=_S, limit=_I)),
-        ("slack_get_user_profile", "Get detailed profile information for a specific user.", _obj(["user_id"], user_id=_S)),
+        (
+            "slack_list_channels",
+            "List public channels in the workspace with pagination.",
+            _obj([], limit=_I, cursor=_S),
+        ),
+        (
+            "slack_post_message",
+            "Post a new message to a Slack channel.",
+            _obj(["channel_id", "text"], channel_id=_S, text=_S),
+        ),
+        (
+            "slack_reply_to_thread",
+            "Reply to a specific message thread in Slack.",
+            _obj(["channel_id", "thread_ts", "text"], channel_id=_S, thread_ts=_S, text=_S),
+        ),
+        (
+            "slack_add_reaction",
+            "Add a reaction emoji to a message.",
+            _obj(["channel_id", "timestamp", "reaction"], channel_id=_S, timestamp=_S, reaction=_S),
+        ),
+        (
+            "slack_get_channel_history",
+            "Get recent messages from a channel.",
+            _obj(["channel_id"], channel_id=_S, limit=_I),
+        ),
+        (
+            "slack_get_thread_replies",
+            "Get all replies in a message thread.",
+            _obj(["channel_id", "thread_ts"], channel_id=_S, thread_ts=_S),
+        ),
+        (
+            "slack_get_users",
+            "Get a list of all users in the workspace with their basic profile information.",
+            _obj([], cursor=_S, limit=_I),
+        ),
+        (
+            "slack_get_user_profile",
+            "Get detailed profile information for a specific user.",
+            _obj(["user_id"], user_id=_S),
+        ),
     ],
 }
 
@@ -107,7 +216,11 @@ def test_search_weighs_names_above_descriptions() -> None:
     # "comment" is in add_issue_comment's name; no other tool mentions it at all, and
     # "issue" is in several names and descriptions: the name match must win.
     hits = search_tools(TOOLS, "issue comment")
-    assert [h.qualified_name for h in hits[:3]] == ["github.add_issue_comment", "github.create_issue", "github.list_issues"]
+    assert [h.qualified_name for h in hits[:3]] == [
+        "github.add_issue_comment",
+        "github.create_issue",
+        "github.list_issues",
+    ]
 
 
 def test_search_returns_compact_signature_lines() -> None:
@@ -122,8 +235,10 @@ def test_signatures_match_the_rendered_stubs() -> None:
     module = ast.parse(stubs.source)
     functions = {
         (cls.name, fn.name): fn
-        for cls in module.body if isinstance(cls, ast.ClassDef)
-        for fn in cls.body if isinstance(fn, ast.AsyncFunctionDef)
+        for cls in module.body
+        if isinstance(cls, ast.ClassDef)
+        for fn in cls.body
+        if isinstance(fn, ast.AsyncFunctionDef)
     }
     index = ToolIndex(TOOLS, stubs=stubs)
     hits = index.search("file issue message channel directory user", limit=len(TOOLS))
@@ -131,15 +246,22 @@ def test_signatures_match_the_rendered_stubs() -> None:
     for hit in hits:
         fn = functions[(hit.namespace, hit.name)]
         # Same function header once both are normalised by the ast: decorators and body dropped.
-        stub_header = ast.unparse(ast.AsyncFunctionDef(fn.name, fn.args, [ast.Expr(ast.Constant(...))], [], fn.returns, None, lineno=1))
+        stub_header = ast.unparse(
+            ast.AsyncFunctionDef(fn.name, fn.args, [ast.Expr(ast.Constant(...))], [], fn.returns, None, lineno=1)
+        )
         hit_header = ast.unparse(ast.parse(f"async def {hit.signature.split('.', 1)[1]}: ..."))
         assert stub_header == hit_header
 
 
 def test_search_limits_results_and_breaks_ties_by_name() -> None:
-    twins = [Tool(name=n, fn=_noop, namespace=ns, description="Ping the server.") for ns, n in [("b", "ping"), ("a", "ping"), ("a", "pong")]]
+    twins = [
+        Tool(name=n, fn=_noop, namespace=ns, description="Ping the server.")
+        for ns, n in [("b", "ping"), ("a", "ping"), ("a", "pong")]
+    ]
     hits = search_tools(twins, "ping", limit=10)
-    assert [(h.qualified_name, h.score) for h in hits] == snapshot([("a.ping", 0.102716), ("b.ping", 0.102716), ("a.pong", 0.060696)])
+    assert [(h.qualified_name, h.score) for h in hits] == snapshot(
+        [("a.ping", 0.102716), ("b.ping", 0.102716), ("a.pong", 0.060696)]
+    )
     assert [h.qualified_name for h in search_tools(twins, "ping", limit=1)] == ["a.ping"]
 
 
@@ -162,7 +284,11 @@ def test_tokenize_splits_identifiers_into_words() -> None:
 def test_get_stubs_returns_only_the_requested_tools() -> None:
     source = get_stubs(TOOLS, ["github.create_issue", "filesystem.read_text_file"])
     module = ast.parse(source)
-    classes = {c.name: [f.name for f in c.body if isinstance(f, ast.AsyncFunctionDef)] for c in module.body if isinstance(c, ast.ClassDef)}
+    classes = {
+        c.name: [f.name for f in c.body if isinstance(f, ast.AsyncFunctionDef)]
+        for c in module.body
+        if isinstance(c, ast.ClassDef)
+    }
     assert classes == {"filesystem": ["read_text_file"], "github": ["create_issue"]}
     assert "from typing import" in source
 
@@ -171,7 +297,13 @@ def test_get_stubs_copies_the_stub_text_verbatim() -> None:
     full = render_stubs(TOOLS).source
     source = get_stubs(TOOLS, ["slack.slack_post_message", "github.listCommits"])
     module = ast.parse(source)
-    functions = [fn for cls in module.body if isinstance(cls, ast.ClassDef) for fn in cls.body if isinstance(fn, ast.AsyncFunctionDef)]
+    functions = [
+        fn
+        for cls in module.body
+        if isinstance(cls, ast.ClassDef)
+        for fn in cls.body
+        if isinstance(fn, ast.AsyncFunctionDef)
+    ]
     assert [fn.name for fn in functions] == ["listCommits", "slack_post_message"]
     for fn in functions:
         text = ast.get_source_segment(source, fn, padded=True)
@@ -279,8 +411,14 @@ def _rich_index() -> ToolIndex:
     from codemode import StubSet
     from codemode._stubgen import ToolBinding
 
-    tools = [Tool(name="ls", fn=_noop, namespace="fs"), Tool(name="cat", fn=_noop, namespace="fs"), Tool(name="issue", fn=_noop, namespace="gh")]
-    bindings = {(t.namespace, t.name): ToolBinding(tool=t, namespace=t.namespace, name=t.name, params={}) for t in tools}
+    tools = [
+        Tool(name="ls", fn=_noop, namespace="fs"),
+        Tool(name="cat", fn=_noop, namespace="fs"),
+        Tool(name="issue", fn=_noop, namespace="gh"),
+    ]
+    bindings = {
+        (t.namespace, t.name): ToolBinding(tool=t, namespace=t.namespace, name=t.name, params={}) for t in tools
+    }
     return ToolIndex(tools, stubs=StubSet(source=_RICH_SOURCE, bindings=bindings))
 
 
@@ -318,8 +456,13 @@ class fs:
 def test_get_stubs_from_the_real_generator_defines_every_type_it_uses() -> None:
     edit = {"type": "object", "properties": {"oldText": _S, "newText": _S}, "required": ["oldText", "newText"]}
     tools = [
-        Tool(name="edit", fn=_noop, namespace="fs", input_schema=_obj(["edits"], edits={"type": "array", "items": edit}),
-             output_schema=_obj([], diff=_S)),
+        Tool(
+            name="edit",
+            fn=_noop,
+            namespace="fs",
+            input_schema=_obj(["edits"], edits={"type": "array", "items": edit}),
+            output_schema=_obj([], diff=_S),
+        ),
         Tool(name="stat", fn=_noop, namespace="fs", output_schema=_obj([], size=_I)),
         Tool(name="query", fn=_noop, namespace="db", input_schema=_obj([], where=edit)),
     ]
@@ -340,9 +483,21 @@ def test_stubs_for_one_tool_leave_out_other_tools_functional_typeddicts() -> Non
     async def noop(**_: object) -> None:
         return None
 
-    link = Tool(name="link", fn=noop, input_schema={"type": "object", "properties": {"edge": {
-        "type": "object", "properties": {"from": {"type": "string", "description": "ORIGIN-OF-EDGE"}},
-        "required": ["from"]}}, "required": ["edge"]})
+    link = Tool(
+        name="link",
+        fn=noop,
+        input_schema={
+            "type": "object",
+            "properties": {
+                "edge": {
+                    "type": "object",
+                    "properties": {"from": {"type": "string", "description": "ORIGIN-OF-EDGE"}},
+                    "required": ["from"],
+                }
+            },
+            "required": ["edge"],
+        },
+    )
     ping = Tool(name="ping", fn=noop)
     only_ping = get_stubs([link, ping], ["tools.ping"])
     assert "ORIGIN-OF-EDGE" not in only_ping and "TypedDict('" not in only_ping

@@ -16,8 +16,11 @@ SCHEMAS: list[dict[str, Any]] = [
     {"type": "object", "properties": {"a": {"type": kind}}, "required": ["a"]}
     for kind in ("string", "integer", "number", "boolean", "null", "array", "object")
 ] + [
-    {"type": "object", "properties": {"a": {"type": "integer", "description": "d"}, "b": {}},
-     "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "description": "d"}, "b": {}},
+        "additionalProperties": False,
+    },
     {"type": "object", "properties": {"a": {"type": "string", "title": "A", "default": "x"}}, "required": []},
     {"type": "object"},
     {"properties": {"a": {"type": "number"}}, "required": ["a", "b"]},
@@ -37,14 +40,17 @@ def test_the_quick_check_agrees_with_jsonschema(schema: dict[str, Any]) -> None:
         assert fast(arguments) == full.is_valid(arguments), (schema, arguments)
 
 
-@pytest.mark.parametrize("schema", [
-    {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}},
-    {"type": "object", "properties": {"a": {"enum": [1, 2]}}},
-    {"type": "object", "properties": {"a": {"type": ["string", "null"]}}},
-    {"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {"type": "string"}}},
-    {"type": "object", "additionalProperties": {"type": "string"}},
-    {"type": "array"},
-    {"anyOf": [{"type": "object"}]},
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}},
+        {"type": "object", "properties": {"a": {"enum": [1, 2]}}},
+        {"type": "object", "properties": {"a": {"type": ["string", "null"]}}},
+        {"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {"type": "string"}}},
+        {"type": "object", "additionalProperties": {"type": "string"}},
+        {"type": "array"},
+        {"anyOf": [{"type": "object"}]},
+    ],
+)
 def test_anything_richer_goes_to_jsonschema(schema: dict[str, Any]) -> None:
     assert _fast_check(schema) is None

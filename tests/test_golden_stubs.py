@@ -11,8 +11,7 @@ import pytest
 
 from tests.golden_stubs import STUBS, main
 
-PRELUDE = ("from typing import Any\n"
-           "async def _call_tool(namespace: str, tool: str, args: dict[str, Any]) -> Any: ...\n")
+PRELUDE = "from typing import Any\nasync def _call_tool(namespace: str, tool: str, args: dict[str, Any]) -> Any: ...\n"
 SERVERS = ["everything", "filesystem", "memory", "time"]
 
 
@@ -27,8 +26,22 @@ def test_golden_stubs_compile_and_type_check(server: str, tmp_path: Path) -> Non
     checked = tmp_path / f"{server}_stubs.py"
     checked.write_text(PRELUDE + source)
     py_compile.compile(str(checked), doraise=True)
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
-                           # the stub body returns `await _call_tool(...)`, which is Any by design
-                           "--disable-error-code", "no-any-return", "--cache-dir",
-                           str(tmp_path / ".mypy"), str(checked)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            # the stub body returns `await _call_tool(...)`, which is Any by design
+            "--disable-error-code",
+            "no-any-return",
+            "--cache-dir",
+            str(tmp_path / ".mypy"),
+            str(checked),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

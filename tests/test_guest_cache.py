@@ -18,7 +18,7 @@ pytestmark = pytest.mark.anyio
 def _flip_bytes(path: Path) -> None:
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
     path.write_bytes(bytes(data))
 
 
@@ -28,7 +28,9 @@ async def _works(backend: WasmBackend) -> None:
 
 
 @pytest.mark.slow
-async def test_first_build_is_cached_reused_and_rebuilt_when_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_first_build_is_cached_reused_and_rebuilt_when_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CODEMODE_CACHE_DIR", str(tmp_path))
     messages: list[str] = []
     first = WasmBackend()
@@ -61,7 +63,9 @@ def _copy_of_the_suites_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     return target
 
 
-async def test_a_corrupt_compiled_guest_is_recompiled_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_corrupt_compiled_guest_is_recompiled_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = _copy_of_the_suites_cache(tmp_path, monkeypatch)
     _flip_bytes(target / "sandbox.cwasm")
     messages: list[str] = []

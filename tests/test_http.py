@@ -15,9 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from codemode import Limits, Tool
-from codemode import CodeMode
-from codemode import HttpSettings, create_app
+from codemode import CodeMode, HttpSettings, Limits, Tool, create_app
 from codemode._serve.models import ExecuteResponse, RunInfo
 
 pytestmark = pytest.mark.anyio
@@ -78,8 +76,9 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(probe: Probe | None = None, *, cls: type[CodeMode] = CodeMode,
-                  **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def serving(
+    probe: Probe | None = None, *, cls: type[CodeMode] = CodeMode, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     """A client for a live server over a fresh CodeMode with the test tools."""
     async with cls(tools=make_tools(probe or Probe())) as cm:
         app = create_app(cm, HttpSettings(**settings))
@@ -195,7 +194,9 @@ async def test_a_background_run_can_be_polled_until_it_finishes() -> None:
 
 async def test_events_stream_each_tool_call_as_it_happens_then_the_result() -> None:
     probe = Probe()
-    code = "import asyncio\na = await tools.gated()\nb = await asyncio.gather(tools.quick(x=1), tools.quick(x=2))\n[a, b]"
+    code = (
+        "import asyncio\na = await tools.gated()\nb = await asyncio.gather(tools.quick(x=1), tools.quick(x=2))\n[a, b]"
+    )
     async with serving(probe) as client:
         run_id = (await client.post("/v1/runs", json={"code": code})).json()["id"]
         seen: list[tuple[str, Any]] = []
@@ -252,6 +253,7 @@ async def test_delete_cancels_a_run_and_its_in_flight_tool_call() -> None:
 async def test_a_client_that_disconnects_cancels_its_run() -> None:
     probe = Probe()
     async with serving(probe) as client:
+
         async def post() -> None:
             await client.post("/v1/execute", json={"code": "await tools.hang()"})
 
@@ -337,7 +339,7 @@ async def test_an_oversize_body_is_refused_while_it_is_read() -> None:
 
     async def chunked() -> AsyncIterator[bytes]:
         for start in range(0, len(big), 4_096):
-            yield big[start:start + 4_096]
+            yield big[start : start + 4_096]
 
     async with serving(max_body_bytes=10_000) as client:
         declared = await client.post("/v1/execute", content=big, headers={"content-type": "application/json"})
@@ -354,8 +356,9 @@ async def test_malformed_and_invalid_requests_are_problems() -> None:
     async with serving() as client:
         malformed = await client.post("/v1/execute", content=b'{"code": ', headers={"content-type": "application/json"})
         wrong_type = await client.post("/v1/execute", json={"code": 1})
-        form = await client.post("/v1/execute", content=b"code=1",
-                                 headers={"content-type": "application/x-www-form-urlencoded"})
+        form = await client.post(
+            "/v1/execute", content=b"code=1", headers={"content-type": "application/x-www-form-urlencoded"}
+        )
 
     assert_problem(malformed, 400, "malformed_json")
     body = assert_problem(wrong_type, 422, "validation_error")

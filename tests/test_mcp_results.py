@@ -55,7 +55,9 @@ def test_structured_content_is_the_value_when_it_matches_the_output_schema() -> 
 
 def test_structured_content_not_matching_the_output_schema_is_a_tool_error() -> None:
     with pytest.raises(ToolError) as info:
-        to_value({"content": [], "structuredContent": {"city": "Oslo", "celsius": "warm"}}, output_schema=WEATHER_SCHEMA)
+        to_value(
+            {"content": [], "structuredContent": {"city": "Oslo", "celsius": "warm"}}, output_schema=WEATHER_SCHEMA
+        )
     assert "celsius" in info.value.message
 
 
@@ -97,10 +99,12 @@ def test_no_content_is_none() -> None:
 
 
 def test_images_and_audio_come_back_as_small_typed_dicts() -> None:
-    result = {"content": [
-        {"type": "image", "mimeType": "image/png", "data": PNG, "annotations": {"priority": 1}},
-        {"type": "audio", "mimeType": "audio/wav", "data": "AAEC"},
-    ]}
+    result = {
+        "content": [
+            {"type": "image", "mimeType": "image/png", "data": PNG, "annotations": {"priority": 1}},
+            {"type": "audio", "mimeType": "audio/wav", "data": "AAEC"},
+        ]
+    }
     assert to_value(result) == [
         {"type": "image", "mimeType": "image/png", "data": PNG, "size": 66},
         {"type": "audio", "mimeType": "audio/wav", "data": "AAEC", "size": 3},
@@ -108,11 +112,13 @@ def test_images_and_audio_come_back_as_small_typed_dicts() -> None:
 
 
 def test_embedded_resources_and_links_are_kept() -> None:
-    result = {"content": [
-        {"type": "resource", "resource": {"uri": "file:///a.txt", "mimeType": "text/plain", "text": "A"}},
-        {"type": "resource", "resource": {"uri": "file:///b.bin", "blob": "AAE=", "mimeType": None}},
-        {"type": "resource_link", "uri": "file:///c", "name": "c", "_meta": {"x": 1}},
-    ]}
+    result = {
+        "content": [
+            {"type": "resource", "resource": {"uri": "file:///a.txt", "mimeType": "text/plain", "text": "A"}},
+            {"type": "resource", "resource": {"uri": "file:///b.bin", "blob": "AAE=", "mimeType": None}},
+            {"type": "resource_link", "uri": "file:///c", "name": "c", "_meta": {"x": 1}},
+        ]
+    }
     assert to_value(result) == [
         {"type": "resource", "uri": "file:///a.txt", "mimeType": "text/plain", "text": "A"},
         {"type": "resource", "uri": "file:///b.bin", "mimeType": None, "blob": "AAE=", "size": 2},

@@ -232,8 +232,9 @@ async def http_server(config_path: Path) -> AsyncIterator[HttpServer]:
 
 @asynccontextmanager
 async def http_client(url: str, token: str = TOKEN) -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(30, read=120)) as http:
+    async with httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=120)
+    ) as http:
         with anyio.fail_after(30):
             async with Client(streamable_http_client(url, http_client=http), read_timeout_seconds=30) as client:
                 yield client
@@ -242,7 +243,10 @@ async def http_client(url: str, token: str = TOKEN) -> AsyncIterator[Client]:
 async def test_http_client_runs_a_program_and_gets_only_the_final_value(http_server: HttpServer) -> None:
     async with http_client(http_server.url) as client:
         assert sorted(t.name for t in (await client.list_tools()).tools) == [
-            "execute_code", "get_tool_stubs", "search_tools"]
+            "execute_code",
+            "get_tool_stubs",
+            "search_tools",
+        ]
         progress = Progress()
         result = await client.call_tool("execute_code", {"code": PROGRAM}, progress_callback=progress)
         assert not result.is_error and json.loads(text_of(result)) == FINAL
@@ -259,10 +263,15 @@ async def test_http_handshake_era_client_works_too(http_server: HttpServer) -> N
 
 
 async def test_http_refuses_missing_token_foreign_origin_and_foreign_host(http_server: HttpServer) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }
     auth = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json, text/event-stream"}
     async with httpx.AsyncClient(timeout=10) as http:
+
         async def post(**headers: str) -> httpx.Response:
             return await http.post(http_server.url, json=init, headers=headers)
 
@@ -278,8 +287,9 @@ async def test_http_refuses_missing_token_foreign_origin_and_foreign_host(http_s
     assert refused.group_contains(MCPError, depth=2)
 
 
-def test_refuses_to_bind_a_public_address_without_a_token(monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_to_bind_a_public_address_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("CODEMODE_TOKEN", raising=False)
     assert codemode_main(["mcp", "--http", "--host", "0.0.0.0"]) == 2
     assert "--token" in capsys.readouterr().err
@@ -325,16 +335,28 @@ async def test_inspector_lists_and_calls_tools_over_stdio(inspector_bin: str, co
     server = ["-e", f"CODEMODE_CACHE_DIR={os.environ['CODEMODE_CACHE_DIR']}", "--", *codemode_cmd(config_path)]
     listed = await run_inspector(inspector_bin, "--method", "tools/list", *server)
     assert sorted(t["name"] for t in listed["tools"]) == ["execute_code", "get_tool_stubs", "search_tools"]
-    called = await run_inspector(inspector_bin, "--method", "tools/call", "--tool-name", "execute_code",
-                                 "--tool-arg", f"code={PROGRAM}", *server)
+    called = await run_inspector(
+        inspector_bin, "--method", "tools/call", "--tool-name", "execute_code", "--tool-arg", f"code={PROGRAM}", *server
+    )
     assert called["isError"] is False and json.loads(called["content"][0]["text"]) == FINAL
 
 
 async def test_inspector_calls_execute_code_over_http(inspector_bin: str, http_server: HttpServer) -> None:
-    called = await run_inspector(inspector_bin, http_server.url, "--transport", "http",
-                                 "--header", f"Authorization: Bearer {TOKEN}",
-                                 "--method", "tools/call", "--tool-name", "execute_code",
-                                 "--tool-arg", "code=1 / 0", returncode=5)
+    called = await run_inspector(
+        inspector_bin,
+        http_server.url,
+        "--transport",
+        "http",
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "execute_code",
+        "--tool-arg",
+        "code=1 / 0",
+        returncode=5,
+    )
     assert called["isError"] is True and called["structuredContent"]["error"]["code"] == "uncaught_exception"
 
 

@@ -112,9 +112,20 @@ def test_type_name_parts_are_camel_case() -> None:
 
 @pytest.mark.parametrize(
     ("key", "ok"),
-    [("path", True), ("oldText", True), ("_private", True), ("type", True),
-     ("class", False), ("a-b", False), ("", False), ("1st", False), ("__x", False),
-     ("café", False), ("str", False), ("Node", False)],
+    [
+        ("path", True),
+        ("oldText", True),
+        ("_private", True),
+        ("type", True),
+        ("class", False),
+        ("a-b", False),
+        ("", False),
+        ("1st", False),
+        ("__x", False),
+        ("café", False),
+        ("str", False),
+        ("Node", False),
+    ],
 )
 def test_only_plain_identifiers_are_class_syntax_typed_dict_fields(key: str, ok: bool) -> None:
     assert is_field_name(key, {"Node"}) is ok

@@ -82,7 +82,13 @@ def test_depth_keys_and_items_are_capped() -> None:
     assert _schema(deep, max_depth=2) == snapshot(
         {
             "type": "object",
-            "properties": {"a": {"type": "object", "properties": {"b": {"type": "object", "properties": {}, "additionalProperties": True}}, "required": ["b"]}},
+            "properties": {
+                "a": {
+                    "type": "object",
+                    "properties": {"b": {"type": "object", "properties": {}, "additionalProperties": True}},
+                    "required": ["b"],
+                }
+            },
             "required": ["a"],
             "x-codemode-observed": True,
             "x-codemode-observations": 1,
@@ -179,7 +185,10 @@ def test_the_shapes_file_keeps_counts_so_merges_stay_exact(tmp_path: Path) -> No
                         "types": {
                             "object": {
                                 "n": 2,
-                                "keys": {"name": {"types": {"string": {"n": 2}}}, "size": {"types": {"integer": {"n": 1}}}},
+                                "keys": {
+                                    "name": {"types": {"string": {"n": 2}}},
+                                    "size": {"types": {"integer": {"n": 1}}},
+                                },
                                 "open": False,
                             }
                         }

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from inline_snapshot import snapshot
 
-from codemode import CodemodeError, ConfigError
+from codemode import CodemodeError, ConfigError, Tool
 from codemode._pinning import (
     ChangedTool,
     LockFileError,
@@ -21,7 +21,6 @@ from codemode._pinning import (
     filter_pinned,
     tool_digest,
 )
-from codemode import Tool
 
 
 async def _noop(**kwargs: Any) -> None:
@@ -60,7 +59,9 @@ def test_a_changed_description_is_refused_with_a_typed_error(tmp_path: Path) -> 
 
 def test_a_changed_schema_can_be_excluded_instead_of_raising(tmp_path: Path) -> None:
     store = _pinned(tmp_path, READ, WRITE)
-    widened = _tool("write_note", "Write a note.", type="object", properties={"path": {"type": "string"}, "url": {"type": "string"}})
+    widened = _tool(
+        "write_note", "Write a note.", type="object", properties={"path": {"type": "string"}, "url": {"type": "string"}}
+    )
     allowed = filter_pinned([READ, widened], store, PinPolicy(on_changed="exclude"))
     assert allowed == [READ]
     assert store.check([widened]).changed[0].fields == ("input_schema",)
@@ -68,8 +69,14 @@ def test_a_changed_schema_can_be_excluded_instead_of_raising(tmp_path: Path) -> 
 
 def test_an_output_schema_change_counts_as_a_change(tmp_path: Path) -> None:
     store = _pinned(tmp_path, READ)
-    with_output = Tool(name=READ.name, fn=_noop, namespace=READ.namespace, description=READ.description,
-                       input_schema=READ.input_schema, output_schema={"type": "object"})
+    with_output = Tool(
+        name=READ.name,
+        fn=_noop,
+        namespace=READ.namespace,
+        description=READ.description,
+        input_schema=READ.input_schema,
+        output_schema={"type": "object"},
+    )
     assert store.check([with_output]).changed[0].fields == ("output_schema",)
 
 
@@ -101,7 +108,9 @@ def test_new_tools_are_pinned_on_first_use_and_saved(tmp_path: Path) -> None:
     store = PinStore.load(lock)
     assert not lock.exists()
     assert filter_pinned([READ, SEARCH], store) == [READ, SEARCH]
-    assert PinStore.load(lock).check([READ, SEARCH]) == PinReport(unchanged=(ToolRef(server="notes", tool="read_note"), ToolRef(server="web", tool="search")))
+    assert PinStore.load(lock).check([READ, SEARCH]) == PinReport(
+        unchanged=(ToolRef(server="notes", tool="read_note"), ToolRef(server="web", tool="search"))
+    )
 
 
 def test_strict_policy_runs_only_tools_already_pinned(tmp_path: Path) -> None:
@@ -128,7 +137,9 @@ def test_the_same_definition_hashes_the_same_whatever_the_key_order() -> None:
     a = _tool("t", type="object", properties={"a": {"type": "string"}, "b": {"type": "integer"}})
     b = _tool("t", properties={"b": {"type": "integer"}, "a": {"type": "string"}}, type="object")
     assert tool_digest(a) == tool_digest(b)
-    assert tool_digest(a) != tool_digest(_tool("t", namespace="other", type="object", properties={"a": {"type": "string"}, "b": {"type": "integer"}}))
+    assert tool_digest(a) != tool_digest(
+        _tool("t", namespace="other", type="object", properties={"a": {"type": "string"}, "b": {"type": "integer"}})
+    )
 
 
 def test_lock_file_is_readable_sorted_json(tmp_path: Path) -> None:

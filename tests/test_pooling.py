@@ -26,11 +26,13 @@ async def test_the_pinned_wasmtime_runs_instances_in_the_pool() -> None:
 async def test_a_reused_slot_starts_from_the_snapshot_with_its_memory_limit() -> None:
     sandbox = Sandbox()
     # Grow far past the slot's resident part, and leave state behind.
-    grow = ("import json, builtins\n"
-            "keep = [bytearray(b'S' * (1 << 20)) for _ in range(120)]\n"
-            "json.dumps = None\n"
-            "builtins.leak = 'secret'\n"
-            "len(keep)")
+    grow = (
+        "import json, builtins\n"
+        "keep = [bytearray(b'S' * (1 << 20)) for _ in range(120)]\n"
+        "json.dumps = None\n"
+        "builtins.leak = 'secret'\n"
+        "len(keep)"
+    )
     # Every slot in rotation has been grown and left dirty at least once.
     for _ in range(8):
         grown = await sandbox.run(grow, limits=Limits(memory=256 << 20, timeout=20))

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from codemode import parse_config
-from codemode import CodeMode
+from codemode import CodeMode, parse_config
 from tests.reference_servers import Unavailable, npm_bin, time_server
 
 pytestmark = pytest.mark.anyio
@@ -22,8 +21,10 @@ def reference_config(root: Path) -> dict[str, Any]:
         time_cmd = time_server()
         servers = {
             "filesystem": {"command": str(npm_bin("mcp-server-filesystem")), "args": [str(root)]},
-            "memory": {"command": str(npm_bin("mcp-server-memory")),
-                       "env": {"MEMORY_FILE_PATH": str(root.parent / "memory.jsonl")}},
+            "memory": {
+                "command": str(npm_bin("mcp-server-memory")),
+                "env": {"MEMORY_FILE_PATH": str(root.parent / "memory.jsonl")},
+            },
             "everything": {"command": str(npm_bin("mcp-server-everything")), "args": ["stdio"]},
             "time": {"command": time_cmd[0], "args": time_cmd[1:]},
         }
@@ -53,7 +54,9 @@ def _root(cm: CodeMode) -> Path:
 
 
 async def test_filesystem_fan_out_then_filter_in_the_sandbox(cm: CodeMode) -> None:
-    result = await run(cm, """
+    result = await run(
+        cm,
+        """
 import asyncio
 await filesystem.create_directory(path=f"{ROOT}/logs")
 await asyncio.gather(*[
@@ -64,7 +67,8 @@ listing = await filesystem.list_directory(path=f"{ROOT}/logs")
 names = [line.split("] ", 1)[1] for line in listing["content"].splitlines() if line.startswith("[FILE]")]
 texts = await asyncio.gather(*[filesystem.read_text_file(path=f"{ROOT}/logs/{n}") for n in names])
 {n: t["content"].count("ERROR") for n, t in zip(names, texts)}
-""")
+""",
+    )
     expected = {f"day{i}.log": sum(1 for n in range(200) if (i * 7 + n) % 5 == 0) for i in range(6)}
     assert result.value == expected
     assert len(result.tool_calls) == 1 + 6 + 1 + 6
@@ -73,7 +77,9 @@ texts = await asyncio.gather(*[filesystem.read_text_file(path=f"{ROOT}/logs/{n}"
 
 
 async def test_memory_builds_and_queries_a_graph(cm: CodeMode) -> None:
-    result = await run(cm, """
+    result = await run(
+        cm,
+        """
 people = ["Ada", "Grace", "Edsger"]
 await memory.create_entities(entities=[
     {"name": p, "entityType": "person", "observations": [f"{p} wrote code"]} for p in people])
@@ -85,13 +91,19 @@ found = await memory.search_nodes(query="Grace")
 {"entities": sorted(e["name"] for e in graph["entities"]),
  "chain": [(r["from"], r["to"]) for r in graph["relations"]],
  "found": [e["name"] for e in found["entities"]]}
-""")
-    assert result.value == {"entities": ["Ada", "Edsger", "Grace"],
-                            "chain": [["Ada", "Grace"], ["Grace", "Edsger"]], "found": ["Grace"]}
+""",
+    )
+    assert result.value == {
+        "entities": ["Ada", "Edsger", "Grace"],
+        "chain": [["Ada", "Grace"], ["Grace", "Edsger"]],
+        "found": ["Grace"],
+    }
 
 
 async def test_everything_chain_feeds_each_result_into_the_next_call(cm: CodeMode) -> None:
-    result = await run(cm, """
+    result = await run(
+        cm,
+        """
 import re
 total = 1
 for step in range(5):
@@ -99,17 +111,21 @@ for step in range(5):
     total = int(float(re.findall(r"is (-?[0-9.]+)", text)[0]))
 echo = await everything.echo(message=f"total={total}")
 {"total": total, "echo": echo}
-""")
+""",
+    )
     assert result.value == {"total": 32, "echo": "Echo: total=32"}
 
 
 async def test_time_converts_across_zones(cm: CodeMode) -> None:
-    result = await run(cm, """
+    result = await run(
+        cm,
+        """
 import asyncio
 zones = ["Asia/Tokyo", "Europe/Paris", "America/New_York"]
 out = await asyncio.gather(*[time.convert_time(source_timezone="UTC", time="12:00", target_timezone=z) for z in zones])
 {o["target"]["timezone"]: o["target"]["datetime"][11:16] for o in out}
-""")
+""",
+    )
     tokyo, paris, new_york = (result.value[z] for z in ("Asia/Tokyo", "Europe/Paris", "America/New_York"))
     assert tokyo == "21:00"
     assert paris in ("13:00", "14:00")  # winter / summer time
@@ -117,7 +133,9 @@ out = await asyncio.gather(*[time.convert_time(source_timezone="UTC", time="12:0
 
 
 async def test_a_program_chains_three_servers(cm: CodeMode) -> None:
-    result = await run(cm, """
+    result = await run(
+        cm,
+        """
 now = await time.get_current_time(timezone="UTC")
 stamp = now["datetime"][:10]
 await filesystem.write_file(path=f"{ROOT}/report.txt", content=f"report for {stamp}\\n")
@@ -125,7 +143,8 @@ content = (await filesystem.read_text_file(path=f"{ROOT}/report.txt"))["content"
 await memory.create_entities(entities=[{"name": "report", "entityType": "file", "observations": [content.strip()]}])
 node = (await memory.open_nodes(names=["report"]))["entities"][0]
 {"stamp": stamp, "observation": node["observations"][0]}
-""")
+""",
+    )
     stamp = result.value["stamp"]
     assert result.value["observation"] == f"report for {stamp}"
     assert (_root(cm) / "report.txt").read_text() == f"report for {stamp}\n"

@@ -55,13 +55,16 @@ async def run(code: str, **limits: Any):
     return result
 
 
-@pytest.mark.parametrize("code", [
-    "while True:\n    pass",
-    "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass",
-    "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')",
-    "x = 10 ** 10 ** 8\nlen(str(x))",
-    "import time\ntime.sleep(3600)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "while True:\n    pass",
+        "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass",
+        "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')",
+        "x = 10 ** 10 ** 8\nlen(str(x))",
+        "import time\ntime.sleep(3600)",
+    ],
+)
 async def test_runaway_code_is_stopped_by_the_timeout(code: str) -> None:
     t0 = time.monotonic()
     result = await run(code, timeout=1.0)
@@ -77,10 +80,13 @@ async def test_a_hanging_tool_call_is_cut_by_the_deadline() -> None:
     assert time.monotonic() - t0 < 3
 
 
-@pytest.mark.parametrize("code", [
-    "x = bytearray(512 * 1024 ** 2)",
-    "chunks = []\nwhile True:\n    chunks.append(bytearray(10 * 1024 * 1024))",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "x = bytearray(512 * 1024 ** 2)",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(10 * 1024 * 1024))",
+    ],
+)
 async def test_a_memory_bomb_hits_the_memory_limit(code: str) -> None:
     result = await run(code, memory=64 * 1024 * 1024, timeout=10)
     assert isinstance(result.error, MemoryLimitExceeded), result.error
@@ -88,11 +94,7 @@ async def test_a_memory_bomb_hits_the_memory_limit(code: str) -> None:
 
 
 async def test_deep_recursion_with_a_raised_limit_is_contained() -> None:
-    code = ("import sys\n"
-            "sys.setrecursionlimit(10 ** 8)\n"
-            "def f(n):\n"
-            "    return f(n + 1) + 1\n"
-            "f(0)")
+    code = "import sys\nsys.setrecursionlimit(10 ** 8)\ndef f(n):\n    return f(n + 1) + 1\nf(0)"
     result = await run(code, timeout=10)
     assert isinstance(result.error, (SandboxCrashed, UncaughtException)), result.error
     if isinstance(result.error, UncaughtException):
@@ -152,8 +154,15 @@ async def test_host_files_env_network_and_processes_are_out_of_reach() -> None:
     assert value["listdir"] in ("OSError", "FileNotFoundError", "PermissionError", [])
     for mod in ("ctypes", "_ctypes", "multiprocessing"):
         assert value[mod] == "ImportError", (mod, value[mod])
-    assert value["subprocess"] in ("OSError", "ImportError", "RuntimeError", "AttributeError", "NotImplementedError",
-                                   "PermissionError", "FileNotFoundError"), value["subprocess"]
+    assert value["subprocess"] in (
+        "OSError",
+        "ImportError",
+        "RuntimeError",
+        "AttributeError",
+        "NotImplementedError",
+        "PermissionError",
+        "FileNotFoundError",
+    ), value["subprocess"]
     for name in ("system", "fork", "execv", "popen"):
         assert value[name] in ("AttributeError", "OSError", "TypeError", "-1"), (name, value[name])
 
@@ -167,6 +176,7 @@ async def test_the_guest_cannot_open_a_connection_to_the_host() -> None:
         async def handle(stream: anyio.abc.SocketStream) -> None:
             accepted.append(stream)
             await stream.aclose()
+
         await listener.serve(handle)
 
     code = (
@@ -264,28 +274,36 @@ async def test_state_from_one_run_is_invisible_to_the_next() -> None:
         "        print('ghost')\n"
         "keep = Ghost()\n"
         "sys.modules['runtime'].ToolError = None\n"
-        "'set'", tools=TOOLS)
+        "'set'",
+        tools=TOOLS,
+    )
     assert first.value == "set"
     second = await sandbox.run(
         "import builtins, json, math\n"
         "[getattr(builtins, 'leak', None), json.dumps([1]), math.pi > 3.14, 'keep' in globals()]",
-        tools=TOOLS)
+        tools=TOOLS,
+    )
     assert second.value == [None, "[1]", True, False]
     assert "ghost" not in second.stdout
 
 
-@pytest.mark.parametrize("ending, expected", [
-    ("41 + 1", 42),
-    ("1 / 0", ZeroDivisionError),
-])
+@pytest.mark.parametrize(
+    "ending, expected",
+    [
+        ("41 + 1", 42),
+        ("1 / 0", ZeroDivisionError),
+    ],
+)
 async def test_builtins_broken_by_the_code_do_not_break_its_answer(ending: str, expected: object) -> None:
     # The runtime puts the answer together after the model's code, with the
     # builtins that code may have replaced or deleted.
-    code = ("import builtins\n"
-            "print('still here')\n"
-            "for name in ('len', 'isinstance', 'str', 'repr', 'type', 'dict', 'list', 'getattr', 'hasattr'):\n"
-            "    setattr(builtins, name, None)\n"
-            "del builtins.min\n" + ending)
+    code = (
+        "import builtins\n"
+        "print('still here')\n"
+        "for name in ('len', 'isinstance', 'str', 'repr', 'type', 'dict', 'list', 'getattr', 'hasattr'):\n"
+        "    setattr(builtins, name, None)\n"
+        "del builtins.min\n" + ending
+    )
     result = await run(code)
     assert result.stdout == "still here\n", result
     if expected is ZeroDivisionError:
@@ -310,23 +328,21 @@ async def test_a_batch_over_the_limit_ends_the_run() -> None:
 
 
 async def test_a_limit_cannot_be_caught_by_the_model() -> None:
-    code = ("n = 0\n"
-            "for i in range(100):\n"
-            "    try:\n"
-            "        await tools.echo(x=i)\n"
-            "    except BaseException:\n"
-            "        n += 1\n"
-            "n")
+    code = (
+        "n = 0\n"
+        "for i in range(100):\n"
+        "    try:\n"
+        "        await tools.echo(x=i)\n"
+        "    except BaseException:\n"
+        "        n += 1\n"
+        "n"
+    )
     result = await run(code, max_tool_calls=5)
     assert isinstance(result.error, ToolCallLimitExceeded)
 
 
 async def test_an_oversized_tool_result_is_a_catchable_tool_error() -> None:
-    code = ("try:\n"
-            "    await tools.huge(n=5_000_000)\n"
-            "except ToolError as e:\n"
-            "    r = e.code\n"
-            "r")
+    code = "try:\n    await tools.huge(n=5_000_000)\nexcept ToolError as e:\n    r = e.code\nr"
     result = await run(code, max_tool_result_bytes=100_000)
     assert result.value == "tool_result_too_large"
     uncaught = await run("await tools.huge(n=5_000_000)", max_tool_result_bytes=100_000)

@@ -43,21 +43,39 @@ def make_tools(calls: list[dict[str, Any]] | None = None) -> list[Tool]:
         raise KeyError("internal")
 
     return [
-        Tool(name="sleepy", fn=sleepy, description="Sleep for `ms` milliseconds.",
-             input_schema={"type": "object", "properties": {"ms": {"type": "integer", "minimum": 0},
-                                                            "tag": {"type": "string"}}, "required": ["ms"]}),
-        Tool(name="add", fn=add, input_schema={"type": "object", "properties": {
-            "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}),
-        Tool(name="fail", fn=fail, input_schema={"type": "object", "properties": {"reason": {"type": "string"}},
-                                                 "required": ["reason"]}),
+        Tool(
+            name="sleepy",
+            fn=sleepy,
+            description="Sleep for `ms` milliseconds.",
+            input_schema={
+                "type": "object",
+                "properties": {"ms": {"type": "integer", "minimum": 0}, "tag": {"type": "string"}},
+                "required": ["ms"],
+            },
+        ),
+        Tool(
+            name="add",
+            fn=add,
+            input_schema={
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                "required": ["a", "b"],
+            },
+        ),
+        Tool(
+            name="fail",
+            fn=fail,
+            input_schema={"type": "object", "properties": {"reason": {"type": "string"}}, "required": ["reason"]},
+        ),
         Tool(name="broken", fn=broken),
     ]
 
 
 async def run(backend: str, code: str | bytes, *, tools: list[Tool] | None = None, **limits: Any):
     sandbox = Sandbox(backend=backend)  # type: ignore[arg-type]
-    return await sandbox.run(code, tools=make_tools() if tools is None else tools,
-                             limits=Limits(**limits) if limits else None)
+    return await sandbox.run(
+        code, tools=make_tools() if tools is None else tools, limits=Limits(**limits) if limits else None
+    )
 
 
 async def test_result_is_the_last_expression(backend: str) -> None:
@@ -82,15 +100,19 @@ async def test_top_level_await_calls_tools(backend: str) -> None:
     result = await run(backend, "s = await tools.add(a=2, b=3)\nawait tools.add(a=s, b=10)")
     assert result.value == 15
     assert [(c.tool, c.arguments, c.ok) for c in result.tool_calls] == [
-        ("add", {"a": 2, "b": 3}, True), ("add", {"a": 5, "b": 10}, True)]
+        ("add", {"a": 2, "b": 3}, True),
+        ("add", {"a": 5, "b": 10}, True),
+    ]
 
 
 async def test_asyncio_run_main_works(backend: str) -> None:
-    code = ("import asyncio\n"
-            "async def main():\n"
-            "    a, b = await asyncio.gather(tools.add(a=1, b=2), tools.add(a=3, b=4))\n"
-            "    return a * b\n"
-            "asyncio.run(main())\n")
+    code = (
+        "import asyncio\n"
+        "async def main():\n"
+        "    a, b = await asyncio.gather(tools.add(a=1, b=2), tools.add(a=3, b=4))\n"
+        "    return a * b\n"
+        "asyncio.run(main())\n"
+    )
     result = await run(backend, code)
     assert result.ok, result.error
     assert result.value == 21
@@ -98,9 +120,11 @@ async def test_asyncio_run_main_works(backend: str) -> None:
 
 async def test_gather_runs_tool_calls_concurrently(backend: str) -> None:
     calls: list[dict[str, Any]] = []
-    code = ("import asyncio\n"
-            "r = await asyncio.gather(*[tools.sleepy(ms=200, tag=str(i)) for i in range(10)])\n"
-            "[x['tag'] for x in r]")
+    code = (
+        "import asyncio\n"
+        "r = await asyncio.gather(*[tools.sleepy(ms=200, tag=str(i)) for i in range(10)])\n"
+        "[x['tag'] for x in r]"
+    )
     t0 = time.monotonic()
     result = await run(backend, code, tools=make_tools(calls))
     elapsed = time.monotonic() - t0
@@ -112,22 +136,22 @@ async def test_gather_runs_tool_calls_concurrently(backend: str) -> None:
 
 
 async def test_nested_gathers_cross_once_per_level(backend: str) -> None:
-    code = ("import asyncio\n"
-            "async def pair(i):\n"
-            "    a = await tools.add(a=i, b=1)\n"
-            "    return await tools.add(a=a, b=1)\n"
-            "await asyncio.gather(*[pair(i) for i in range(5)])")
+    code = (
+        "import asyncio\n"
+        "async def pair(i):\n"
+        "    a = await tools.add(a=i, b=1)\n"
+        "    return await tools.add(a=a, b=1)\n"
+        "await asyncio.gather(*[pair(i) for i in range(5)])"
+    )
     result = await run(backend, code)
     assert result.value == [2, 3, 4, 5, 6]
     assert sorted({c.batch for c in result.tool_calls}) == [1, 2]
 
 
 async def test_tool_error_is_catchable(backend: str) -> None:
-    code = ("try:\n"
-            "    await tools.fail(reason='no')\n"
-            "except ToolError as e:\n"
-            "    caught = (str(e), e.code, e.tool)\n"
-            "caught")
+    code = (
+        "try:\n    await tools.fail(reason='no')\nexcept ToolError as e:\n    caught = (str(e), e.code, e.tool)\ncaught"
+    )
     result = await run(backend, code)
     assert result.value == ["refused: no", "tool_error", "tools.fail"]
     assert result.tool_calls[0].ok is False and result.tool_calls[0].error_code == "tool_error"
@@ -148,18 +172,15 @@ async def test_a_tool_bug_becomes_a_tool_error(backend: str) -> None:
 
 
 async def test_traceback_has_the_models_line_numbers(backend: str) -> None:
-    code = ("def outer():\n"
-            "    return inner(0)\n"
-            "\n"
-            "def inner(d):\n"
-            "    return 10 / d\n"
-            "\n"
-            "outer()\n")
+    code = "def outer():\n    return inner(0)\n\ndef inner(d):\n    return 10 / d\n\nouter()\n"
     result = await run(backend, code)
     assert isinstance(result.error, UncaughtException)
     assert result.error.exc_type == "ZeroDivisionError"
     assert [(f.line, f.name, f.text) for f in result.error.traceback] == [
-        (7, "<module>", "outer()"), (2, "outer", "return inner(0)"), (5, "inner", "return 10 / d")]
+        (7, "<module>", "outer()"),
+        (2, "outer", "return inner(0)"),
+        (5, "inner", "return 10 / d"),
+    ]
 
 
 async def test_syntax_error_has_line_and_caret(backend: str) -> None:
@@ -169,12 +190,15 @@ async def test_syntax_error_has_line_and_caret(backend: str) -> None:
     assert result.error.line in (2, 3)
 
 
-@pytest.mark.parametrize(("code", "error"), [
-    ("", EmptyCode),
-    ("   \n\t\n", EmptyCode),
-    (b"x = '\xff\xfe'", InvalidEncoding),
-    ("x = 1\n" * 50_000, CodeTooLarge),
-])
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("", EmptyCode),
+        ("   \n\t\n", EmptyCode),
+        (b"x = '\xff\xfe'", InvalidEncoding),
+        ("x = 1\n" * 50_000, CodeTooLarge),
+    ],
+)
 async def test_bad_code_is_refused_before_it_runs(backend: str, code: str | bytes, error: type) -> None:
     result = await run(backend, code)
     assert isinstance(result.error, error)
@@ -183,11 +207,7 @@ async def test_bad_code_is_refused_before_it_runs(backend: str, code: str | byte
 
 async def test_wrong_argument_types_are_refused_before_the_tool_runs(backend: str) -> None:
     calls: list[dict[str, Any]] = []
-    code = ("try:\n"
-            "    await tools.sleepy(ms='soon')\n"
-            "except ToolError as e:\n"
-            "    r = e.code\n"
-            "r")
+    code = "try:\n    await tools.sleepy(ms='soon')\nexcept ToolError as e:\n    r = e.code\nr"
     result = await run(backend, code, tools=make_tools(calls))
     assert result.value == "invalid_arguments"
     assert calls == []
@@ -208,11 +228,13 @@ async def test_calling_a_tool_that_was_not_given_is_refused(backend: str) -> Non
 
 
 async def test_non_json_results_come_back_as_data_or_safe_repr(backend: str) -> None:
-    code = ("import datetime, decimal\n"
-            "class Thing:\n"
-            "    pass\n"
-            "{'set': {3, 1, 2}, 'tuple': (1, 2), 'when': datetime.date(2026, 1, 2),"
-            " 'money': decimal.Decimal('1.10'), 'thing': Thing(), 'nan': float('nan')}")
+    code = (
+        "import datetime, decimal\n"
+        "class Thing:\n"
+        "    pass\n"
+        "{'set': {3, 1, 2}, 'tuple': (1, 2), 'when': datetime.date(2026, 1, 2),"
+        " 'money': decimal.Decimal('1.10'), 'thing': Thing(), 'nan': float('nan')}"
+    )
     result = await run(backend, code)
     assert result.ok, result.error
     thing = result.value.pop("thing")
@@ -234,20 +256,23 @@ async def test_forgotten_await_is_explained(backend: str) -> None:
 
 
 async def test_large_stdout_and_result_are_truncated_with_a_marker(backend: str) -> None:
-    result = await run(backend, "for i in range(10000):\n    print('x' * 100)\n'y' * 100000",
-                       max_stdout=1000, max_result=500)
+    result = await run(
+        backend, "for i in range(10000):\n    print('x' * 100)\n'y' * 100000", max_stdout=1000, max_result=500
+    )
     assert result.ok
     assert result.stdout_truncated and "truncated" in result.stdout and len(result.stdout) < 1200
     assert result.value_truncated and isinstance(result.value, str) and "truncated" in result.value
 
 
 async def test_the_curated_stdlib_works_including_time_zones(backend: str) -> None:
-    code = ("import zoneinfo, datetime, statistics, re, collections, decimal\n"
-            "paris = zoneinfo.ZoneInfo('Europe/Paris')\n"
-            "summer = datetime.datetime(2026, 7, 1, 12, tzinfo=paris).utcoffset().total_seconds() / 3600\n"
-            "winter = datetime.datetime(2026, 1, 1, 12, tzinfo=paris).utcoffset().total_seconds() / 3600\n"
-            "[summer, winter, statistics.median([3, 1, 2]), re.sub(r'\\d', '#', 'a1b2'),\n"
-            " collections.Counter('aab').most_common(1)[0][0], str(decimal.Decimal('0.1') * 3)]")
+    code = (
+        "import zoneinfo, datetime, statistics, re, collections, decimal\n"
+        "paris = zoneinfo.ZoneInfo('Europe/Paris')\n"
+        "summer = datetime.datetime(2026, 7, 1, 12, tzinfo=paris).utcoffset().total_seconds() / 3600\n"
+        "winter = datetime.datetime(2026, 1, 1, 12, tzinfo=paris).utcoffset().total_seconds() / 3600\n"
+        "[summer, winter, statistics.median([3, 1, 2]), re.sub(r'\\d', '#', 'a1b2'),\n"
+        " collections.Counter('aab').most_common(1)[0][0], str(decimal.Decimal('0.1') * 3)]"
+    )
     result = await run(backend, code)
     assert result.ok, result.error
     assert result.value == [2.0, 1.0, 2, "a#b#", "a", "0.3"]

@@ -37,8 +37,13 @@ def ensure() -> Path:
         raise Unavailable("npm is not installed")
     ROOT.mkdir(parents=True, exist_ok=True)
     (ROOT / "package.json").write_text(json.dumps({"private": True, "dependencies": {"pyodide": PIN}}, indent=2))
-    proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode != 0:
         raise Unavailable(f"npm install pyodide@{PIN} failed: {proc.stderr.strip()[-500:]}")
     return package
@@ -50,8 +55,9 @@ def measure(spec: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
     Raises `Unavailable` if Pyodide cannot be installed or does not run."""
     package = ensure()
     try:
-        proc = subprocess.run(["node", str(SCRIPT), str(package)], input=json.dumps(spec), capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            ["node", str(SCRIPT), str(package)], input=json.dumps(spec), capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         raise Unavailable(f"the node benchmark took over {timeout:g} s") from None
     if proc.returncode != 0:

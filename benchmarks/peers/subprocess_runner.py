@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["RUNNER", "run"]
 
-RUNNER = r'''
+RUNNER = r"""
 import ast, json, sys
 def _call(name, **kwargs):
     sys.stdout.write(json.dumps({"call": name, "args": kwargs}) + "\n")
@@ -34,7 +34,7 @@ try:
 except (OSError, StopIteration, ValueError):
     peak = None
 sys.stdout.write(json.dumps({"result": value, "peak_rss_kb": peak}, default=repr) + "\n")
-'''
+"""
 
 
 def run(program: str, tools: dict[str, Callable[..., Any]] | None = None) -> tuple[Any, float, int | None]:
@@ -45,8 +45,14 @@ def run(program: str, tools: dict[str, Callable[..., Any]] | None = None) -> tup
     Raises `RuntimeError` with the child's last stderr line if it fails."""
     tools = tools or {}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, program], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, program],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     value, peak, done = None, None, False
     for line in proc.stdout:

@@ -14,9 +14,9 @@ import functools
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-import weakref
 from typing import Any
 
 import anyio
@@ -170,20 +170,35 @@ class Dispatcher:
     _batches: int = 0
     # (namespace, tool, arguments, started, finished, batch, error code, message):
     # tuples on the hot path, records only when someone asks.
-    _log: list[tuple[str, str, dict[str, Any], float, float, int, str | None, str | None]] = field(
-        default_factory=list)
+    _log: list[tuple[str, str, dict[str, Any], float, float, int, str | None, str | None]] = field(default_factory=list)
 
     @property
     def calls(self) -> list[ToolCallRecord]:
         """Every call so far, in the order they finished."""
         return [self._as_record(*entry) for entry in self._log]
 
-    def _as_record(self, namespace: str, name: str, args: dict[str, Any], started: float, finished: float,
-                   batch: int, code: str | None, message: str | None) -> ToolCallRecord:
+    def _as_record(
+        self,
+        namespace: str,
+        name: str,
+        args: dict[str, Any],
+        started: float,
+        finished: float,
+        batch: int,
+        code: str | None,
+        message: str | None,
+    ) -> ToolCallRecord:
         return ToolCallRecord(
-            namespace=namespace, tool=name, arguments=args, ok=code is None, error_code=code,
-            error_message=message, batch=batch, started_s=round(started - self.started, 6),
-            duration_s=round(finished - started, 6))
+            namespace=namespace,
+            tool=name,
+            arguments=args,
+            ok=code is None,
+            error_code=code,
+            error_message=message,
+            batch=batch,
+            started_s=round(started - self.started, 6),
+            duration_s=round(finished - started, 6),
+        )
 
     def _abort(self, error: ExecutionError) -> str:
         if self.fatal is None:
@@ -195,11 +210,11 @@ class Dispatcher:
         if self.fatal is not None:
             return self._abort(self.fatal)
         if len(batch) > self.limits.max_batch:
-            return self._abort(BatchLimitExceeded(
-                f"{len(batch)} tool calls in one batch; the limit is {self.limits.max_batch}"))
+            return self._abort(
+                BatchLimitExceeded(f"{len(batch)} tool calls in one batch; the limit is {self.limits.max_batch}")
+            )
         if len(self._log) + len(batch) > self.limits.max_tool_calls:
-            return self._abort(ToolCallLimitExceeded(
-                f"more than {self.limits.max_tool_calls} tool calls in one run"))
+            return self._abort(ToolCallLimitExceeded(f"more than {self.limits.max_tool_calls} tool calls in one run"))
         if self.deadline - time.monotonic() <= 0:
             return self._abort(RunTimeout(f"the run exceeded its {self.limits.timeout:g} s timeout"))
         self._batches += 1
@@ -240,8 +255,9 @@ class Dispatcher:
                         tg.start_soon(self._store, outcomes, i, item, self._batches)
         self.tools_s += time.monotonic() - t0
         if scope.cancelled_caught:
-            return self._abort(RunTimeout(
-                f"the run exceeded its {self.limits.timeout:g} s timeout while waiting on tool calls"))
+            return self._abort(
+                RunTimeout(f"the run exceeded its {self.limits.timeout:g} s timeout while waiting on tool calls")
+            )
         return "[" + ",".join(outcomes) + "]"
 
     async def _store(self, outcomes: list[str], i: int, item: dict[str, Any], batch: int) -> None:
@@ -260,15 +276,24 @@ class Dispatcher:
         py_args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
         unexpected = [k for k in py_args if k not in binding.params]
         if unexpected:
-            raise _Failure("invalid_arguments",
-                           f"{binding.qualified_name}() got unexpected arguments: {', '.join(map(str, unexpected))}")
+            raise _Failure(
+                "invalid_arguments",
+                f"{binding.qualified_name}() got unexpected arguments: {', '.join(map(str, unexpected))}",
+            )
         wire_args = {binding.params[k]: v for k, v in py_args.items()}
         problem = _validation_error(binding, wire_args)
         if problem:
             raise _Failure("invalid_arguments", f"invalid arguments for {binding.qualified_name}: {problem}")
         if self.on_event is not None:
-            self.on_event({"type": "tool_call_started", "namespace": binding.namespace, "tool": binding.name,
-                           "arguments": wire_args, "batch": self._batches})
+            self.on_event(
+                {
+                    "type": "tool_call_started",
+                    "namespace": binding.namespace,
+                    "tool": binding.name,
+                    "arguments": wire_args,
+                    "batch": self._batches,
+                }
+            )
         return binding, wire_args
 
     def _call_sync(self, item: dict[str, Any], batch: int, known: ToolBinding | None) -> str:
@@ -300,23 +325,39 @@ class Dispatcher:
         except Exception as exc:
             return self._failure(item, binding, wire_args, exc, started, batch)
 
-    def _success(self, item: dict[str, Any], binding: ToolBinding, wire_args: dict[str, Any], value: Any,
-                 started: float, batch: int) -> str:
+    def _success(
+        self,
+        item: dict[str, Any],
+        binding: ToolBinding,
+        wire_args: dict[str, Any],
+        value: Any,
+        started: float,
+        batch: int,
+    ) -> str:
         try:
             encoded = _encode(value)
         except (TypeError, ValueError) as exc:
             raise _Failure("tool_error", f"{binding.qualified_name} returned data that is not JSON: {exc}") from exc
         if len(encoded) > self.limits.max_tool_result_bytes:
-            raise _Failure("tool_result_too_large",
-                           f"{binding.qualified_name} returned {len(encoded)} bytes; "
-                           f"the limit is {self.limits.max_tool_result_bytes}")
+            raise _Failure(
+                "tool_result_too_large",
+                f"{binding.qualified_name} returned {len(encoded)} bytes; "
+                f"the limit is {self.limits.max_tool_result_bytes}",
+            )
         self._record(binding.namespace, binding.name, wire_args, started, batch)
         if self.observe is not None:
             self.observe(binding.tool, value)
-        return '{"id":%d,"ok":true,"value":%s}' % (item["id"], encoded)
+        return '{"id":%d,"ok":true,"value":%s}' % (item["id"], encoded)  # noqa: UP031 (hot path)
 
-    def _failure(self, item: dict[str, Any], binding: ToolBinding | None, wire_args: dict[str, Any],
-                 exc: Exception, started: float, batch: int) -> str:
+    def _failure(
+        self,
+        item: dict[str, Any],
+        binding: ToolBinding | None,
+        wire_args: dict[str, Any],
+        exc: Exception,
+        started: float,
+        batch: int,
+    ) -> str:
         if isinstance(exc, (_Failure, ToolError)):
             code, message = exc.code, exc.message
         else:  # a tool's own bug becomes a ToolError for the model
@@ -329,8 +370,17 @@ class Dispatcher:
         error = {"code": code, "message": message, "tool": f"{namespace}.{name}"}
         return json.dumps({"id": item["id"], "ok": False, "error": error})
 
-    def _record(self, namespace: str, name: str, args: dict[str, Any], started: float, batch: int,
-                *, code: str | None = None, message: str | None = None) -> None:
+    def _record(
+        self,
+        namespace: str,
+        name: str,
+        args: dict[str, Any],
+        started: float,
+        batch: int,
+        *,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
         entry = (namespace, name, args, started, time.monotonic(), batch, code, message)
         self._log.append(entry)
         if self.on_event is not None:

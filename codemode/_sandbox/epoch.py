@@ -50,8 +50,13 @@ try:
     def _trap(message: str) -> int:
         return ctypes.cast(ffi.wasmtime_error_new(message.encode()), ctypes.c_void_p).value or 0
 
-    @ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_context_t), ctypes.c_void_p,
-                      ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t))
+    @ctypes.CFUNCTYPE(
+        ctypes.c_size_t,
+        ctypes.POINTER(ffi.wasmtime_context_t),
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint64),
+        ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+    )
     def _on_epoch(_context, _data, delta, kind):  # type: ignore[no-untyped-def]
         guard = getattr(_local, "guard", None)
         if guard is not None:

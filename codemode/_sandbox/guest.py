@@ -80,8 +80,13 @@ def build_key(src: Path | None = None) -> str:
     for path in _source_files(src):
         digest.update(path.relative_to(src).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    for part in (_version("componentize-py"), _version("wasmtime"), _version("tzdata"), platform.machine(),
-                 sys.implementation.cache_tag):
+    for part in (
+        _version("componentize-py"),
+        _version("wasmtime"),
+        _version("tzdata"),
+        platform.machine(),
+        sys.implementation.cache_tag,
+    ):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:24]
 
@@ -161,8 +166,7 @@ def _tzdata_module() -> str:
         index[key] = (offset, len(data))
         offset += len(data)
     blob = zlib.compress(b"".join(data for _, data in zones), 9)
-    return (f'"""Generated at build time from the tzdata package; not in git."""\n'
-            f"INDEX = {index!r}\nBLOB = {blob!r}\n")
+    return f'"""Generated at build time from the tzdata package; not in git."""\nINDEX = {index!r}\nBLOB = {blob!r}\n'
 
 
 def _componentize(src: Path, out: Path) -> None:
@@ -174,12 +178,25 @@ def _componentize(src: Path, out: Path) -> None:
 
 
 def _run_componentize(src: Path, guest: Path, out: Path) -> None:
-    args = ["componentize-py", "-q", "-d", str(src / "wit"), "-w", WORLD,
-            "componentize", "app", "-p", str(guest), "-o", str(out)]
+    args = [
+        "componentize-py",
+        "-q",
+        "-d",
+        str(src / "wit"),
+        "-w",
+        WORLD,
+        "componentize",
+        "app",
+        "-p",
+        str(guest),
+        "-o",
+        str(out),
+    ]
     script = "import sys, componentize_py; sys.argv = sys.argv[1:]; componentize_py.script()"
     try:
-        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                              timeout=_BUILD_TIMEOUT_S, cwd=src)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, cwd=src
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SandboxUnavailable(f"building the sandbox guest failed: {exc}") from exc
     if proc.returncode != 0 or not out.is_file():
@@ -188,8 +205,9 @@ def _run_componentize(src: Path, guest: Path, out: Path) -> None:
         raise SandboxUnavailable(f"building the sandbox guest failed{hint}:\n{detail}")
 
 
-def ensure_built(*, compile_wasm: Callable[[bytes], bytes], progress: Progress | None = None,
-                 force: bool = False) -> GuestArtifacts:
+def ensure_built(
+    *, compile_wasm: Callable[[bytes], bytes], progress: Progress | None = None, force: bool = False
+) -> GuestArtifacts:
     """Make sure the component and its compiled form are in the cache, building
     what is missing, stale or corrupt. `compile_wasm` turns the component's
     bytes into wasmtime's serialized form.

@@ -78,7 +78,8 @@ try:
         with linker.root() as root:
             raw = name.encode()
             err = ffi.wasmtime_component_linker_instance_add_func(
-                root.ptr(), ctypes.create_string_buffer(raw), len(raw), _callback, None, _finalize)
+                root.ptr(), ctypes.create_string_buffer(raw), len(raw), _callback, None, _finalize
+            )
             if err:
                 raise WasmtimeError._from_ptr(err)
 
@@ -88,8 +89,9 @@ try:
         args[0].of.string = ffi.str_to_capi(text)
         result = ffi.wasmtime_component_val_t()
         try:
-            err = ffi.wasmtime_component_func_call(ctypes.byref(func._func), store._context(), args, 1,
-                                                   ctypes.byref(result), 1)
+            err = ffi.wasmtime_component_func_call(
+                ctypes.byref(func._func), store._context(), args, 1, ctypes.byref(result), 1
+            )
         finally:
             ffi.wasmtime_component_val_delete(ctypes.byref(args[0]))
         if err:

@@ -20,30 +20,30 @@ import builtins
 import ctypes
 import importlib.util
 import operator
+import re
 import threading
 import time
-import re
 import types
 from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from RestrictedPython.Guards import safe_builtins
-from RestrictedPython.Limits import limited_builtins
-from RestrictedPython.Utilities import utility_builtins
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
 from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
     guarded_unpack_sequence,
+    safe_builtins,
     safer_getattr,
 )
+from RestrictedPython.Limits import limited_builtins
 from RestrictedPython.transformer import RestrictingNodeTransformer
+from RestrictedPython.Utilities import utility_builtins
 
-from . import guest
-from .epoch import RunGuard
 from .._errors import RunCancelled, RunTimeout
 from .._limits import Limits
+from . import guest
+from .epoch import RunGuard
 
 __all__ = ["RestrictedBackend"]
 
@@ -51,18 +51,82 @@ NOT_A_BOUNDARY = "restricted backend: in-process RestrictedPython, NOT a securit
 
 # The curated stdlib, as in the wasm guest (sandbox/guest/app.py).
 _ALLOWED_MODULES = frozenset(
-    "asyncio base64 bisect calendar collections copy csv dataclasses datetime decimal difflib enum "
-    "fractions functools hashlib heapq html io itertools json math operator pprint random re "
-    "statistics string textwrap time typing urllib urllib.parse uuid zoneinfo".split()
+    [
+        "asyncio",
+        "base64",
+        "bisect",
+        "calendar",
+        "collections",
+        "copy",
+        "csv",
+        "dataclasses",
+        "datetime",
+        "decimal",
+        "difflib",
+        "enum",
+        "fractions",
+        "functools",
+        "hashlib",
+        "heapq",
+        "html",
+        "io",
+        "itertools",
+        "json",
+        "math",
+        "operator",
+        "pprint",
+        "random",
+        "re",
+        "statistics",
+        "string",
+        "textwrap",
+        "time",
+        "typing",
+        "urllib",
+        "urllib.parse",
+        "uuid",
+        "zoneinfo",
+    ]
 )
-_EXTRA_BUILTINS = (
-    "all any dict enumerate filter iter list map max min next reversed set frozenset sorted sum "
-    "staticmethod classmethod property super type object Exception BaseException".split()
-)
+_EXTRA_BUILTINS = [
+    "all",
+    "any",
+    "dict",
+    "enumerate",
+    "filter",
+    "iter",
+    "list",
+    "map",
+    "max",
+    "min",
+    "next",
+    "reversed",
+    "set",
+    "frozenset",
+    "sorted",
+    "sum",
+    "staticmethod",
+    "classmethod",
+    "property",
+    "super",
+    "type",
+    "object",
+    "Exception",
+    "BaseException",
+]
 _INPLACE: dict[str, Callable[[Any, Any], Any]] = {
-    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
-    ">>=": operator.irshift, "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
+    "+=": operator.iadd,
+    "-=": operator.isub,
+    "*=": operator.imul,
+    "/=": operator.itruediv,
+    "//=": operator.ifloordiv,
+    "%=": operator.imod,
+    "**=": operator.ipow,
+    "<<=": operator.ilshift,
+    ">>=": operator.irshift,
+    "&=": operator.iand,
+    "|=": operator.ior,
+    "^=": operator.ixor,
     "@=": operator.imatmul,
 }
 
@@ -195,8 +259,9 @@ class RestrictedBackend:
                 exc = SyntaxError("; ".join(errors))
                 exc.lineno = int(match.group(1)) if match else None
                 raise exc
-            code: types.CodeType = compile(tree, rt.CODE_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
-                                           dont_inherit=True)
+            code: types.CodeType = compile(
+                tree, rt.CODE_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+            )
             return code
 
         done = threading.Event()

@@ -20,8 +20,6 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from .dispatch import Dispatcher
-from .epoch import RunGuard
 from .._errors import (
     TOOL_ERRORS_BY_CODE,
     CodeSyntaxError,
@@ -40,6 +38,8 @@ from .._limits import Limits
 from .._result import RunResult, RunTimings
 from .._stubgen import StubSet, render_stubs
 from .._tools import Tool
+from .dispatch import Dispatcher
+from .epoch import RunGuard
 
 __all__ = ["Backend", "Sandbox"]
 
@@ -89,8 +89,13 @@ class Sandbox:
     boundary). `max_concurrency` bounds the runs executing at once; others wait.
     """
 
-    def __init__(self, *, backend: Literal["wasm", "restricted"] | Backend = "wasm",
-                 limits: Limits | None = None, max_concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        backend: Literal["wasm", "restricted"] | Backend = "wasm",
+        limits: Limits | None = None,
+        max_concurrency: int = 8,
+    ) -> None:
         self.backend = _backend(backend)
         self.limits = limits or Limits()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
@@ -126,9 +131,15 @@ class Sandbox:
             self._stub_cache.popitem(last=False)
         return stubs
 
-    async def run(self, code: str | bytes, *, tools: Sequence[Tool] = (), limits: Limits | None = None,
-                  on_event: Callable[[dict[str, Any]], None] | None = None,
-                  observe: Callable[[Tool, Any], None] | None = None) -> RunResult:
+    async def run(
+        self,
+        code: str | bytes,
+        *,
+        tools: Sequence[Tool] = (),
+        limits: Limits | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        observe: Callable[[Tool, Any], None] | None = None,
+    ) -> RunResult:
         """Run `code` with access to `tools`; never raises for anything the code
         does: failures are in `RunResult.error`. `on_event` is told, on this event
         loop, of each tool call as it starts and as it ends; `observe` is given each
@@ -142,14 +153,22 @@ class Sandbox:
             return self._result(t0, error=rejected)
         stubs = self.stubs(tools)
         deadline = t0 + limits.timeout
-        dispatcher = Dispatcher(bindings=stubs.bindings, limits=limits, deadline=deadline, started=t0,
-                                on_event=_on_loop(on_event) if on_event else None, observe=observe)
-        request = json.dumps({
-            "code": rejected,
-            "stubs": stubs.source,
-            "limits": {"max_stdout": limits.max_stdout, "max_result": limits.max_result},
-            "deadline_s": limits.timeout,
-        })
+        dispatcher = Dispatcher(
+            bindings=stubs.bindings,
+            limits=limits,
+            deadline=deadline,
+            started=t0,
+            on_event=_on_loop(on_event) if on_event else None,
+            observe=observe,
+        )
+        request = json.dumps(
+            {
+                "code": rejected,
+                "stubs": stubs.source,
+                "limits": {"max_stdout": limits.max_stdout, "max_result": limits.max_result},
+                "deadline_s": limits.timeout,
+            }
+        )
 
         def host_call(batch_json: str) -> str:
             # Sync tools are answered right here on the worker thread; async
@@ -169,8 +188,14 @@ class Sandbox:
                 # The limiter bounds the runs executing at once (the wait for a
                 # slot counts against the run's timeout).
                 response, startup = await anyio.to_thread.run_sync(
-                    self.backend.execute, request, host_call, limits, guard,
-                    abandon_on_cancel=True, limiter=self._limiter)
+                    self.backend.execute,
+                    request,
+                    host_call,
+                    limits,
+                    guard,
+                    abandon_on_cancel=True,
+                    limiter=self._limiter,
+                )
             except anyio.get_cancelled_exc_class():
                 # Our caller gave up: stop the guest within a tick, not at its deadline.
                 guard.cancelled.set()
@@ -194,8 +219,9 @@ class Sandbox:
         assert response is not None
         return self._from_response(response, limits, t0, dispatcher, startup, execute_s)
 
-    def _from_response(self, response: str, limits: Limits, t0: float, dispatcher: Dispatcher,
-                       startup: float, execute_s: float) -> RunResult:
+    def _from_response(
+        self, response: str, limits: Limits, t0: float, dispatcher: Dispatcher, startup: float, execute_s: float
+    ) -> RunResult:
         common: dict[str, Any] = {"dispatcher": dispatcher, "startup": startup, "execute_s": execute_s}
         # Anything beyond what the limits allow for means the guest's runtime was tampered with.
         if len(response) > 4 * (limits.max_result + limits.max_stdout) + 65_536:
@@ -207,16 +233,29 @@ class Sandbox:
             stdout, stdout_truncated = _cap(str(data.get("stdout", "")), limits.max_stdout)
             common.update(stdout=stdout, stdout_truncated=stdout_truncated or bool(data.get("stdout_truncated")))
             if data.get("ok"):
-                return self._result(t0, value=data.get("value"), value_truncated=bool(data.get("value_truncated")), **common)
+                return self._result(
+                    t0, value=data.get("value"), value_truncated=bool(data.get("value_truncated")), **common
+                )
             return self._result(t0, error=_error_from_guest(data.get("error"), limits), **common)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             logger.warning("unreadable answer from the sandbox guest: %r", response[:500])
             return self._result(t0, error=SandboxCrashed(f"the guest's answer could not be read: {exc}"), **common)
 
-    def _result(self, t0: float, *, dispatcher: Dispatcher | None = None, startup: float = 0.0,
-                execute_s: float = 0.0, **fields: Any) -> RunResult:
-        timings = RunTimings(total_s=time.monotonic() - t0, startup_s=startup, execute_s=execute_s,
-                             tools_s=dispatcher.tools_s if dispatcher else 0.0)
+    def _result(
+        self,
+        t0: float,
+        *,
+        dispatcher: Dispatcher | None = None,
+        startup: float = 0.0,
+        execute_s: float = 0.0,
+        **fields: Any,
+    ) -> RunResult:
+        timings = RunTimings(
+            total_s=time.monotonic() - t0,
+            startup_s=startup,
+            execute_s=execute_s,
+            tools_s=dispatcher.tools_s if dispatcher else 0.0,
+        )
         calls = list(dispatcher.calls) if dispatcher else []
         return RunResult(timings=timings, tool_calls=calls, backend=self.backend.name, **fields)
 
@@ -270,8 +309,11 @@ def _frames(raw: object) -> list[TracebackLine]:
     frames = []
     for frame in raw if isinstance(raw, list) else []:
         if isinstance(frame, dict):
-            frames.append(TracebackLine(line=int(frame.get("line") or 0), name=str(frame.get("name", "")),
-                                        text=str(frame.get("text", ""))))
+            frames.append(
+                TracebackLine(
+                    line=int(frame.get("line") or 0), name=str(frame.get("name", "")), text=str(frame.get("text", ""))
+                )
+            )
     return frames
 
 
@@ -282,8 +324,12 @@ def _error_from_guest(error: object, limits: Limits) -> ExecutionError:
     message = str(error.get("message", ""))
     if kind == "syntax":
         line, column = error.get("line"), error.get("column")
-        return CodeSyntaxError(message, line=line if isinstance(line, int) else None,
-                               column=column if isinstance(column, int) else None, text=str(error.get("text", "")))
+        return CodeSyntaxError(
+            message,
+            line=line if isinstance(line, int) else None,
+            column=column if isinstance(column, int) else None,
+            text=str(error.get("text", "")),
+        )
     frames = _frames(error.get("traceback"))
     if kind == "tool":
         cls = TOOL_ERRORS_BY_CODE.get(str(error.get("code")), TOOL_ERRORS_BY_CODE["tool_error"])

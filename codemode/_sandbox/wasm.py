@@ -38,9 +38,9 @@ import wasmtime
 from wasmtime import Config, Engine, Store, WasiConfig
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
-from . import epoch, guest, hostcall, pooling
 from .._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
 from .._limits import Limits
+from . import epoch, guest, hostcall, pooling
 
 __all__ = ["WasmBackend", "WasmTrap"]
 
@@ -210,8 +210,9 @@ class WasmBackend:
             spare[0].set_limits(memory_size=limits.memory)
         return spare
 
-    def execute(self, request_json: str, host_call: hostcall.Handler, limits: Limits,
-                guard: epoch.RunGuard) -> tuple[str, float]:
+    def execute(
+        self, request_json: str, host_call: hostcall.Handler, limits: Limits, guard: epoch.RunGuard
+    ) -> tuple[str, float]:
         """Run one request in a fresh instance on this thread; (response JSON,
         seconds spent instantiating). The guest traps when `guard`'s deadline
         passes or it is cancelled.
@@ -223,8 +224,9 @@ class WasmBackend:
         assert loaded is not None
         return self._execute(loaded, request_json, host_call, limits, guard)
 
-    def _execute(self, loaded: _Loaded, request_json: str, host_call: hostcall.Handler, limits: Limits,
-                 guard: epoch.RunGuard) -> tuple[str, float]:
+    def _execute(
+        self, loaded: _Loaded, request_json: str, host_call: hostcall.Handler, limits: Limits, guard: epoch.RunGuard
+    ) -> tuple[str, float]:
         t0 = time.perf_counter()
         store, run = self._instance(loaded, limits, guard)
         startup = time.perf_counter() - t0
@@ -247,7 +249,6 @@ class WasmBackend:
             raise WasmTrap(SandboxCrashed(f"the guest answered {type(response).__name__}, not a string"))
         return response, startup
 
-
     def _instance(self, loaded: _Loaded, limits: Limits, guard: epoch.RunGuard) -> tuple[Store, Func]:
         """The spare if there is one, else a new instance in a free slot; while
         none is free, wait (polling for a spare too) until the run's deadline."""
@@ -259,8 +260,12 @@ class WasmBackend:
             if self._slots.acquire(timeout=max(0.0, min(_SLOT_POLL_S, remaining))):
                 break
             if remaining <= _SLOT_POLL_S:
-                raise WasmTrap(RunTimeout(f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
-                                          f"the {pooling.INSTANCES} sandbox slots"))
+                raise WasmTrap(
+                    RunTimeout(
+                        f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
+                        f"the {pooling.INSTANCES} sandbox slots"
+                    )
+                )
         try:
             return _instantiate(loaded, limits)
         except wasmtime.WasmtimeError as exc:

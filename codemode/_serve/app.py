@@ -48,6 +48,10 @@ from starlette.middleware.cors import CORSMiddleware
 from .._core import CodeMode
 from .._discovery import ToolNotFound
 from .._errors import CodemodeError, ConfigError, SandboxUnavailable
+from .._limits import Limits
+from .._result import RunResult
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .models import (
     ExecuteRequest,
     ExecuteResponse,
@@ -60,10 +64,6 @@ from .models import (
     ServersResponse,
 )
 from .runs import Admission, Busy, Executor, Run, RunStore, Ticket
-from .._limits import Limits
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
-from .._result import RunResult
 
 __all__ = ["HttpSettings", "cli_main", "create_app"]
 
@@ -80,12 +80,33 @@ _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 # Nothing in these is secret, and a browser opening /docs cannot send a token.
 _PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 _PROBLEM_TYPE = "application/problem+json"
-_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-           413: "Content too large", 415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
-           499: "Client closed request", 500: "Internal server error", 503: "Service unavailable"}
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          413: "body_too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "busy",
-          500: "internal_error", 503: "unavailable"}
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    499: "Client closed request",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "busy",
+    500: "internal_error",
+    503: "unavailable",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,8 +143,10 @@ class HttpSettings:
         """What is wrong with these settings, for a person; empty if nothing."""
         out = []
         if not self.loopback and not self.token:
-            out.append(f"refusing to bind {self.host!r} without a token: anyone who can reach it could run code "
-                       "with your tools; pass --token (or set CODEMODE_TOKEN), or bind 127.0.0.1")
+            out.append(
+                f"refusing to bind {self.host!r} without a token: anyone who can reach it could run code "
+                "with your tools; pass --token (or set CODEMODE_TOKEN), or bind 127.0.0.1"
+            )
         if self.max_concurrency < 1:
             out.append("--max-concurrency must be at least 1")
         if self.queue < 0:
@@ -147,11 +170,20 @@ def _is_loopback(host: str) -> bool:
 
 # -- problems ---------------------------------------------------------------------------------------------------------
 
+
 class ApiError(Exception):
     """An error answer with a stable `code`; raised by endpoints, rendered as a problem."""
 
-    def __init__(self, status: int, code: str, detail: str, *, title: str | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
         self.title = title or _TITLES.get(status, "Error")
@@ -159,8 +191,15 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def problem(status: int, code: str, detail: str, *, title: str | None = None,
-            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     """The one error shape: {code, title, detail, status, ...extra}."""
     body = {"code": code, "title": title or _TITLES.get(status, "Error"), "detail": detail, "status": status, **extra}
     return JSONResponse(body, status_code=status, headers=headers, media_type=_PROBLEM_TYPE)
@@ -187,8 +226,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = f"there is no {request.url.path}; see /docs"
         elif status == 405 and not detail:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return problem(status, _CODES.get(status, f"http_{status}"), detail or _TITLES.get(status, "Error"),
-                       headers=dict(exc.headers) if exc.headers else None)
+        return problem(
+            status,
+            _CODES.get(status, f"http_{status}"),
+            detail or _TITLES.get(status, "Error"),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -199,19 +242,32 @@ def _install_error_handlers(app: FastAPI) -> None:
         content_type = request.headers.get("content-type", "")
         body_error = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
         if body_error and content_type and "json" not in content_type.split(";")[0].lower():
-            return problem(415, "unsupported_media_type",
-                           f"send the body as JSON with 'Content-Type: application/json', not {content_type!r}")
+            return problem(
+                415,
+                "unsupported_media_type",
+                f"send the body as JSON with 'Content-Type: application/json', not {content_type!r}",
+            )
         # loc, msg and type only: echoing `input` back could return a huge body.
-        details = [{"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
-                    "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
+        details = [
+            {
+                "loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in errors
+        ]
         summary = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details[:5])
         return problem(422, "validation_error", summary or "the request is invalid", errors=details)
 
     async def on_busy(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Busy)
         app.state.metrics.rejected.inc(reason="busy")
-        return problem(429, "busy", "every run slot and queue place is taken; retry after a moment",
-                       headers={"Retry-After": str(exc.retry_after_s)})
+        return problem(
+            429,
+            "busy",
+            "every run slot and queue place is taken; retry after a moment",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
 
     async def on_codemode(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CodemodeError)
@@ -233,6 +289,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 # -- middleware (pure ASGI: they must not buffer responses, SSE streams through them) --------------------------------
+
 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
@@ -265,14 +322,20 @@ class _HostOriginGuard:
         host = _header(scope, b"host")
         if self.check_host and host is not None and not _is_loopback(_hostname(host)):
             self.metrics.rejected.inc(reason="forbidden_host")
-            response = problem(403, "forbidden_host", "this server is bound to loopback and only answers to a "
-                                                      "loopback Host (localhost, 127.0.0.1, [::1])")
+            response = problem(
+                403,
+                "forbidden_host",
+                "this server is bound to loopback and only answers to a loopback Host (localhost, 127.0.0.1, [::1])",
+            )
             return await response(scope, receive, send)
         origin = _header(scope, b"origin")
         if origin is not None and not self.origin_allowed(origin):
             self.metrics.rejected.inc(reason="forbidden_origin")
-            response = problem(403, "forbidden_origin", f"requests from origin {origin!r} are not allowed; "
-                                                        "start the server with --allow-origin to allow it")
+            response = problem(
+                403,
+                "forbidden_origin",
+                f"requests from origin {origin!r} are not allowed; start the server with --allow-origin to allow it",
+            )
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -363,7 +426,8 @@ and carry a problem body `{code, title, detail, status}`.
 If the client disconnects, the run is cancelled."""
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": _TITLES[status]} for status in (400, 401, 403, 413, 422, 429, 500)}
+    status: {"model": Problem, "description": _TITLES[status]} for status in (400, 401, 403, 413, 422, 429, 500)
+}
 
 
 def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
@@ -375,12 +439,18 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         raise ValueError("; ".join(settings.problems()))
     max_limits = settings.max_limits or settings.default_limits or cm.sandbox.limits
     default_limits = LimitsIn().resolve(settings.default_limits or cm.sandbox.limits, max_limits)
-    admission = Admission(max_running=settings.max_concurrency, max_waiting=settings.queue,
-                          retry_after_s=settings.retry_after_s)
+    admission = Admission(
+        max_running=settings.max_concurrency, max_waiting=settings.queue, retry_after_s=settings.retry_after_s
+    )
     metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
     executor = Executor(cm, metrics)
-    runs = RunStore(executor, admission, ttl_s=settings.run_ttl_s, max_finished=settings.max_finished_runs,
-                    max_events=settings.max_events_per_run)
+    runs = RunStore(
+        executor,
+        admission,
+        ttl_s=settings.run_ttl_s,
+        max_finished=settings.max_finished_runs,
+        max_events=settings.max_events_per_run,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -395,7 +465,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         title="codemode",
         summary="Run model-written Python that composes tools, in a WebAssembly sandbox.",
         description="Every error answer is `application/problem+json`: `{code, title, detail, status}` with a "
-                    "stable `code`. A run whose code fails is not an HTTP error: it answers 200 with `ok: false`.",
+        "stable `code`. A run whose code fails is not an HTTP error: it answers 200 with `ok: false`.",
         version="1",
         lifespan=lifespan,
         dependencies=dependencies,
@@ -407,8 +477,13 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     def limits_for(body: ExecuteRequest) -> Limits:
         return body.limits.resolve(default_limits, max_limits) if body.limits else default_limits
 
-    @app.post("/v1/execute", response_model=ExecuteResponse, tags=["runs"], summary="Run code and wait",
-              description=_EXECUTE_DESCRIPTION)
+    @app.post(
+        "/v1/execute",
+        response_model=ExecuteResponse,
+        tags=["runs"],
+        summary="Run code and wait",
+        description=_EXECUTE_DESCRIPTION,
+    )
     async def execute(body: ExecuteRequest, request: Request) -> Response:
         limits = limits_for(body)
         result = await _run_unless_disconnected(request, admission.reserve(), executor, body.code, limits)
@@ -416,43 +491,69 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
             return problem(499, "client_closed_request", "the client disconnected; the run was cancelled")
         return JSONResponse(result.to_dict(trace=body.trace))
 
-    @app.post("/v1/runs", status_code=202, response_model=RunCreated, tags=["runs"], summary="Start a run",
-              description="Start a run in the background. Poll `GET /v1/runs/{id}` or stream "
-                          "`GET /v1/runs/{id}/events`. Finished runs are kept for a while "
-                          f"({settings.run_ttl_s:g} s, at most {settings.max_finished_runs}), then forgotten.")
+    @app.post(
+        "/v1/runs",
+        status_code=202,
+        response_model=RunCreated,
+        tags=["runs"],
+        summary="Start a run",
+        description="Start a run in the background. Poll `GET /v1/runs/{id}` or stream "
+        "`GET /v1/runs/{id}/events`. Finished runs are kept for a while "
+        f"({settings.run_ttl_s:g} s, at most {settings.max_finished_runs}), then forgotten.",
+    )
     async def start_run(body: ExecuteRequest) -> Response:
         run = runs.start(body.code, limits_for(body), trace=body.trace)
-        return JSONResponse({"id": run.id, "status": run.status}, status_code=202,
-                            headers={"Location": f"/v1/runs/{run.id}"})
+        return JSONResponse(
+            {"id": run.id, "status": run.status}, status_code=202, headers={"Location": f"/v1/runs/{run.id}"}
+        )
 
     def find_run(run_id: str) -> Run:
         run = runs.get(run_id)
         if run is None:
-            raise ApiError(404, "run_not_found", f"there is no run {run_id!r} (finished runs are kept "
-                                                 f"{settings.run_ttl_s:g} s)", title="Run not found")
+            raise ApiError(
+                404,
+                "run_not_found",
+                f"there is no run {run_id!r} (finished runs are kept {settings.run_ttl_s:g} s)",
+                title="Run not found",
+            )
         return run
 
     @app.get("/v1/runs/{run_id}", response_model=RunInfo, tags=["runs"], summary="A run's status and result")
     async def get_run(run_id: str) -> Response:
         return JSONResponse(find_run(run_id).info())
 
-    @app.get("/v1/runs/{run_id}/events", tags=["runs"], summary="Stream a run's events (SSE)",
-             response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {}}, "description":
-                              "`tool_call_started` and `tool_call_finished` per call (with `id:` sequence numbers), "
-                              "then `result` (the run's status and result), then the stream ends. A late subscriber "
-                              "first gets the events kept so far; `Last-Event-ID` resumes after an id."}})
-    async def run_events(run_id: str,
-                         last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    @app.get(
+        "/v1/runs/{run_id}/events",
+        tags=["runs"],
+        summary="Stream a run's events (SSE)",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "`tool_call_started` and `tool_call_finished` per call (with `id:` sequence numbers), "
+                "then `result` (the run's status and result), then the stream ends. A late subscriber "
+                "first gets the events kept so far; `Last-Event-ID` resumes after an id.",
+            }
+        },
+    )
+    async def run_events(
+        run_id: str, last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None
+    ) -> Response:
         run = find_run(run_id)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         stream = (_sse(name, seq, data) async for name, seq, data in run.subscribe(after, settings.sse_ping_s))
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
-    @app.delete("/v1/runs/{run_id}", response_model=RunInfo, tags=["runs"], summary="Cancel a run",
-                description="Cancel a queued or running run and its in-flight tool calls; answers the run's "
-                            "state (`cancelled`, or its final status if it had already finished).")
+    @app.delete(
+        "/v1/runs/{run_id}",
+        response_model=RunInfo,
+        tags=["runs"],
+        summary="Cancel a run",
+        description="Cancel a queued or running run and its in-flight tool calls; answers the run's "
+        "state (`cancelled`, or its final status if it had already finished).",
+    )
     async def cancel_run(run_id: str) -> Response:
         run = find_run(run_id)
         if not run.finished:
@@ -469,20 +570,25 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     if settings.token:
         app.add_middleware(_BearerAuth, token=settings.token, metrics=metrics)
-    app.add_middleware(CORSMiddleware, allow_origins=list(settings.allow_origins),
-                       allow_origin_regex=r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
-                       allow_methods=["GET", "POST", "DELETE"],
-                       allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-                       expose_headers=["Retry-After", "Location"])
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.allow_origins),
+        allow_origin_regex=r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        expose_headers=["Retry-After", "Location"],
+    )
     app.add_middleware(_HostOriginGuard, settings=settings, metrics=metrics)
     return app
 
 
-async def _run_unless_disconnected(request: Request, ticket: Ticket, executor: Executor, code: str,
-                                   limits: Limits) -> RunResult | None:
+async def _run_unless_disconnected(
+    request: Request, ticket: Ticket, executor: Executor, code: str, limits: Limits
+) -> RunResult | None:
     """The run's result, or None if the client went away first (then the run is cancelled)."""
     result: RunResult | None = None
     async with anyio.create_task_group() as tg:
+
         async def watch() -> None:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
@@ -515,23 +621,45 @@ def _failures(cm: CodeMode) -> list[dict[str, str]]:
 def _add_catalog_routes(app: FastAPI, cm: CodeMode) -> None:
     @app.get("/v1/servers", response_model=ServersResponse, tags=["discovery"], summary="Namespaces and their tools")
     async def servers() -> dict[str, Any]:
-        summaries = [{"namespace": s.namespace, "server": s.server, "tool_count": s.tool_count, "tools": list(s.tools)}
-                     for s in cm.list_servers()]
+        summaries = [
+            {"namespace": s.namespace, "server": s.server, "tool_count": s.tool_count, "tools": list(s.tools)}
+            for s in cm.list_servers()
+        ]
         return {"servers": summaries, "failures": _failures(cm)}
 
     @app.get("/v1/tools/search", response_model=SearchResponse, tags=["discovery"], summary="Search tools")
-    async def search(q: Annotated[str, Query(min_length=1, max_length=1_000, description="What the tool does.")],
-                     limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
-        hits = [{"name": h.qualified_name, "namespace": h.namespace, "tool": h.name, "score": round(h.score, 4),
-                 "signature": h.signature, "summary": h.summary} for h in cm.search_tools(q, limit=limit)]
+    async def search(
+        q: Annotated[str, Query(min_length=1, max_length=1_000, description="What the tool does.")],
+        limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> dict[str, Any]:
+        hits = [
+            {
+                "name": h.qualified_name,
+                "namespace": h.namespace,
+                "tool": h.name,
+                "score": round(h.score, 4),
+                "signature": h.signature,
+                "summary": h.summary,
+            }
+            for h in cm.search_tools(q, limit=limit)
+        ]
         return {"hits": hits}
 
-    @app.get("/v1/stubs", tags=["discovery"], summary="Typed Python stubs", response_class=Response,
-             responses={200: {"content": {"text/x-python": {}}}, 404: {"model": Problem,
-                                                                        "description": "An unknown tool name; the "
-                                                                        "problem lists `suggestions`."}})
-    async def stubs(tools: Annotated[str | None, Query(description="Comma-separated `namespace.tool` names; "
-                                                                   "omit for every tool.")] = None) -> Response:
+    @app.get(
+        "/v1/stubs",
+        tags=["discovery"],
+        summary="Typed Python stubs",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/x-python": {}}},
+            404: {"model": Problem, "description": "An unknown tool name; the problem lists `suggestions`."},
+        },
+    )
+    async def stubs(
+        tools: Annotated[
+            str | None, Query(description="Comma-separated `namespace.tool` names; omit for every tool.")
+        ] = None,
+    ) -> Response:
         names = [n.strip() for n in tools.split(",") if n.strip()] if tools else None
         return PlainTextResponse(cm.stubs(names), media_type="text/x-python")
 
@@ -540,8 +668,12 @@ def _add_ops_routes(app: FastAPI, cm: CodeMode, metrics: Metrics) -> None:
     @app.get("/healthz", response_model=Health, tags=["ops"], summary="Liveness and upstream state")
     async def healthz() -> dict[str, Any]:
         failures = _failures(cm)
-        return {"status": "degraded" if failures else "ok", "backend": cm.sandbox.backend.name,
-                "tools": len(cm.tools()), "failures": failures}
+        return {
+            "status": "degraded" if failures else "ok",
+            "backend": cm.sandbox.backend.name,
+            "tools": len(cm.tools()),
+            "failures": failures,
+        }
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
@@ -550,13 +682,20 @@ def _add_ops_routes(app: FastAPI, cm: CodeMode, metrics: Metrics) -> None:
 
 # -- the command ------------------------------------------------------------------------------------------------------
 
+
 def cli_main(args: argparse.Namespace) -> int:
     """`codemode serve`: load the tools, serve until Ctrl-C. Returns the exit code:
     0 after a clean stop, 2 for unusable settings (a non-loopback host without a
     token), 3 if the configuration or sandbox is unavailable or the port cannot be bound."""
-    settings = HttpSettings(host=args.host, port=args.port, token=args.token or os.environ.get("CODEMODE_TOKEN") or None,
-                            allow_origins=tuple(args.allow_origin or ()), max_concurrency=args.max_concurrency,
-                            queue=args.queue, max_body_bytes=args.max_body_bytes)
+    settings = HttpSettings(
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("CODEMODE_TOKEN") or None,
+        allow_origins=tuple(args.allow_origin or ()),
+        max_concurrency=args.max_concurrency,
+        queue=args.queue,
+        max_body_bytes=args.max_body_bytes,
+    )
     for message in settings.problems():
         print(f"codemode: {message}", file=sys.stderr)
     if settings.problems():
@@ -577,21 +716,26 @@ async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
     from .._sandbox.runner import Sandbox
 
     # The sandbox's own gate matches ours, so admitted runs do not queue twice.
-    sandbox = Sandbox(backend=args.backend, max_concurrency=settings.max_concurrency,
-                      limits=getattr(args, "limits", None))
+    sandbox = Sandbox(
+        backend=args.backend, max_concurrency=settings.max_concurrency, limits=getattr(args, "limits", None)
+    )
     observe = bool(getattr(args, "observe_shapes", False))
     if args.config:
         cm = CodeMode.from_config(args.config, sandbox=sandbox, observe_shapes=observe)
     else:
-        print("codemode: no --config given: serving with no tools (code runs, but there is nothing to call); "
-              "pass --config mcp.json to serve MCP servers' tools", file=sys.stderr)
+        print(
+            "codemode: no --config given: serving with no tools (code runs, but there is nothing to call); "
+            "pass --config mcp.json to serve MCP servers' tools",
+            file=sys.stderr,
+        )
         cm = CodeMode(sandbox=sandbox)
     async with cm:
         for namespace, failure in cm.failures.items():
             print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
         app = create_app(cm, settings)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level="info",
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, lifespan="on", log_level="info", timeout_graceful_shutdown=5
+        )
         server = uvicorn.Server(config)
         try:
             await server.serve()

@@ -87,8 +87,9 @@ def server_instructions(cm: CodeMode) -> str:
     return "\n".join(lines)
 
 
-def build_server(cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS,
-                 limits: Limits | None = None) -> MCPServer:
+def build_server(
+    cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS, limits: Limits | None = None
+) -> MCPServer:
     """An `MCPServer` whose three tools work on `cm`, which must be open.
 
     Raises `CodemodeError` (e.g. `ToolDefinitionChanged`) if the tool catalog
@@ -100,8 +101,11 @@ def build_server(cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS
     # structured_output=False: plain text only, else the SDK would echo it as {"result": ...}.
     # `async def` although nothing awaits: the SDK runs sync tools in worker
     # threads, and CodeMode's catalog caches belong to the event loop.
-    @server.tool(description=SEARCH_DESCRIPTION, structured_output=False,
-                 annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @server.tool(
+        description=SEARCH_DESCRIPTION,
+        structured_output=False,
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
     async def search_tools(
         query: Annotated[str, Field(description="What the tool should do, in a few words, e.g. 'read a file'.")],
         limit: Annotated[int, Field(ge=1, le=SEARCH_LIMIT_MAX, description="At most this many tools.")] = 10,
@@ -114,8 +118,11 @@ def build_server(cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS
             return _text("No tool matches. Try other words; the server instructions list every namespace.")
         return _text("\n".join(hit.line for hit in hits))
 
-    @server.tool(description=GET_STUBS_DESCRIPTION, structured_output=False,
-                 annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @server.tool(
+        description=GET_STUBS_DESCRIPTION,
+        structured_output=False,
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
     async def get_tool_stubs(
         names: Annotated[list[str], Field(min_length=1, description="Tool names as `namespace.tool`.")],
     ) -> CallToolResult:
@@ -124,12 +131,15 @@ def build_server(cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS
         except CodemodeError as exc:  # ToolNotFound: its message names close matches
             return _error_result(exc)
 
-    @server.tool(description=EXECUTE_DESCRIPTION, annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    @server.tool(
+        description=EXECUTE_DESCRIPTION, annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True)
+    )
     async def execute_code(
         code: Annotated[str, Field(description="Python source; the value of its last expression is the result.")],
         ctx: Context,
-        trace: Annotated[bool, Field(description="Also return the log of tool calls (debugging only; costs tokens).")]
-        = False,
+        trace: Annotated[
+            bool, Field(description="Also return the log of tool calls (debugging only; costs tokens).")
+        ] = False,
     ) -> CallToolResult:
         async with runs:
             try:
@@ -186,8 +196,11 @@ def format_run(result: RunResult, *, trace: bool = False) -> CallToolResult:
         structured["tool_calls"] = [call.to_dict() for call in result.tool_calls]
         structured["timings"] = result.timings.to_dict()
         parts.append(_trace_text(result.tool_calls))
-    return CallToolResult(content=[TextContent(type="text", text="\n\n".join(parts))],
-                          structured_content=structured, is_error=not result.ok)
+    return CallToolResult(
+        content=[TextContent(type="text", text="\n\n".join(parts))],
+        structured_content=structured,
+        is_error=not result.ok,
+    )
 
 
 def _value_text(result: RunResult) -> str:
@@ -216,8 +229,10 @@ def _trace_text(calls: list[ToolCallRecord]) -> str:
         if len(args) > _TRACE_ARGS_CHARS:
             args = args[:_TRACE_ARGS_CHARS] + "…"
         status = "ok" if call.ok else f"{call.error_code}: {call.error_message}"
-        lines.append(f"[batch {call.batch}] {call.namespace}.{call.tool}({args}) {status} "
-                     f"at {call.started_s:.3f}s took {call.duration_s:.3f}s")
+        lines.append(
+            f"[batch {call.batch}] {call.namespace}.{call.tool}({args}) {status} "
+            f"at {call.started_s:.3f}s took {call.duration_s:.3f}s"
+        )
     return "\n".join(lines)
 
 
@@ -227,8 +242,11 @@ def _text(text: str) -> CallToolResult:
 
 def _error_result(exc: CodemodeError) -> CallToolResult:
     """A failure that is not the code's (unknown tool names, changed pins, no sandbox)."""
-    return CallToolResult(content=[TextContent(type="text", text=f"Error [{exc.code}]: {exc.message}")],
-                          structured_content={"ok": False, "value": None, "error": exc.to_dict()}, is_error=True)
+    return CallToolResult(
+        content=[TextContent(type="text", text=f"Error [{exc.code}]: {exc.message}")],
+        structured_content={"ok": False, "value": None, "error": exc.to_dict()},
+        is_error=True,
+    )
 
 
 # --- serving -------------------------------------------------------------------------------------
@@ -265,8 +283,11 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
         shutdown = _Shutdown(tg.cancel_scope)
         await tg.start(_watch_signals, shutdown)  # before startup: a signal then aborts it cleanly too
         limits = getattr(args, "limits", None)
-        cm = (CodeMode.from_config(args.config, backend=args.backend, limits=limits) if args.config
-              else CodeMode(backend=args.backend, limits=limits))
+        cm = (
+            CodeMode.from_config(args.config, backend=args.backend, limits=limits)
+            if args.config
+            else CodeMode(backend=args.backend, limits=limits)
+        )
         async with cm:
             for namespace, failure in cm.failures.items():
                 logger.warning("server %r is unavailable: %s", namespace, failure.message)
@@ -278,8 +299,14 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
                 def on_listening(stop: Callable[[], None]) -> None:
                     shutdown.graceful = stop
 
-                await serve_http(server, host=args.host, port=args.port, token=token,
-                                 allow_origins=list(args.allow_origin), on_listening=on_listening)
+                await serve_http(
+                    server,
+                    host=args.host,
+                    port=args.port,
+                    token=token,
+                    allow_origins=list(args.allow_origin),
+                    on_listening=on_listening,
+                )
             else:
                 await serve_stdio(server)
         tg.cancel_scope.cancel()
@@ -291,7 +318,7 @@ async def serve_stdio(server: MCPServer) -> None:
         # stdin is ours (see `_stdin_lines`); the SDK still claims fd 1, so a
         # stray print from a handler or a child cannot corrupt the protocol.
         async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
-            lowlevel = server._lowlevel_server  # noqa: SLF001 - MCPServer has no public run(streams)
+            lowlevel = server._lowlevel_server
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
 
@@ -348,8 +375,11 @@ def cli_main(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("CODEMODE_TOKEN") or None
     if args.http and not is_loopback(args.host) and not token:
-        print(f"codemode: refusing to serve on {args.host} without a token: anyone who can reach it could run "
-              "code with your tools. Pass --token or set CODEMODE_TOKEN.", file=sys.stderr)
+        print(
+            f"codemode: refusing to serve on {args.host} without a token: anyone who can reach it could run "
+            "code with your tools. Pass --token or set CODEMODE_TOKEN.",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if not args.http and (args.token or args.allow_origin or args.host != "127.0.0.1"):
         print("codemode: --host, --port, --token and --allow-origin apply to --http only", file=sys.stderr)

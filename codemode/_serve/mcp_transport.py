@@ -40,8 +40,9 @@ SHUTDOWN_GRACE_S = 5
 """Seconds open SSE streams get to finish on shutdown before they are cut."""
 
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-LOOPBACK_ORIGINS = tuple(f"{scheme}://{name}{port}" for scheme in ("http", "https")
-                         for name in _LOOPBACK_NAMES for port in ("", ":*"))
+LOOPBACK_ORIGINS = tuple(
+    f"{scheme}://{name}{port}" for scheme in ("http", "https") for name in _LOOPBACK_NAMES for port in ("", ":*")
+)
 """Origins allowed without configuration: pages served from this machine."""
 
 
@@ -62,7 +63,7 @@ def _origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
         pattern = pattern.rstrip("/").lower()
         if origin == pattern:
             return True
-        if pattern.endswith(":*") and origin.startswith(pattern[:-1]) and origin[len(pattern) - 1:].isdigit():
+        if pattern.endswith(":*") and origin.startswith(pattern[:-1]) and origin[len(pattern) - 1 :].isdigit():
             return True
     return False
 
@@ -90,18 +91,26 @@ class OriginAndTokenGuard:
             scheme, _, credential = headers.get("authorization", "").partition(" ")
             # compare_digest: the time taken must not reveal how much of a guess was right.
             if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self._token):
-                await _refuse(send, 401, "unauthorized", "a valid `Authorization: Bearer <token>` is required",
-                              extra=[(b"www-authenticate", b'Bearer realm="codemode"')])
+                await _refuse(
+                    send,
+                    401,
+                    "unauthorized",
+                    "a valid `Authorization: Bearer <token>` is required",
+                    extra=[(b"www-authenticate", b'Bearer realm="codemode"')],
+                )
                 return
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Send, status: int, code: str, message: str,
-                  extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def _refuse(send: Send, status: int, code: str, message: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -146,15 +155,28 @@ class _Server(uvicorn.Server):
                 logger.info("MCP server listening on http://%s:%d%s", shown, port, MCP_PATH)
 
 
-async def serve_http(server: MCPServer, *, host: str, port: int, token: str | None, allow_origins: Sequence[str],
-                     on_listening: Callable[[Callable[[], None]], None] | None = None) -> None:
+async def serve_http(
+    server: MCPServer,
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    allow_origins: Sequence[str],
+    on_listening: Callable[[Callable[[], None]], None] | None = None,
+) -> None:
     """Serve until stopped: `on_listening` is handed a function that starts a
     graceful stop (open streams get `SHUTDOWN_GRACE_S`); cancelling stops at once.
 
     Raises `OSError` if the address cannot be bound."""
-    config = uvicorn.Config(http_app(server, host=host, token=token, allow_origins=allow_origins),
-                            host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    config = uvicorn.Config(
+        http_app(server, host=host, token=token, allow_origins=allow_origins),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
     uv = _Server(config, on_listening=on_listening)
     try:
         await uv.serve()

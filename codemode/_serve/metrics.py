@@ -109,9 +109,11 @@ class Metrics:
     def __init__(self, *, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         self.runs = Counter("codemode_runs_total", "Runs finished, by outcome (succeeded, failed, cancelled).")
         self.run_errors = Counter("codemode_run_errors_total", "Failed runs, by error code.")
-        self.rejected = Counter("codemode_rejected_total",
-                                "Requests turned away before running, by reason (busy, unauthorized, "
-                                "forbidden_origin, forbidden_host, body_too_large).")
+        self.rejected = Counter(
+            "codemode_rejected_total",
+            "Requests turned away before running, by reason (busy, unauthorized, "
+            "forbidden_origin, forbidden_host, body_too_large).",
+        )
         self.tool_calls = Counter("codemode_tool_calls_total", "Tool calls finished, by ok (true or false).")
         self.tool_latency = Histogram("codemode_tool_call_duration_seconds", "Tool call latency.", _LATENCY_BUCKETS)
         self.run_latency = Histogram("codemode_run_duration_seconds", "Run wall time, queueing excluded.", _RUN_BUCKETS)
@@ -140,8 +142,14 @@ class Metrics:
     def render(self) -> str:
         """The whole exposition, ending with a newline as the format requires."""
         parts: Iterable[Counter | Histogram | Gauge] = (
-            self.runs, self.run_errors, self.rejected, self.tool_calls, self.tool_latency, self.run_latency,
-            *self._gauges)
+            self.runs,
+            self.run_errors,
+            self.rejected,
+            self.tool_calls,
+            self.tool_latency,
+            self.run_latency,
+            *self._gauges,
+        )
         lines: list[str] = []
         for metric in parts:
             lines += metric.render()

@@ -40,7 +40,9 @@ class LimitsIn(_Strict):
     """Limits for one run. Each omitted field takes the server's default; each
     given one is capped at the server's maximum (silently: the run still happens)."""
 
-    timeout: float | None = Field(default=None, gt=0, description="Wall-clock seconds for the whole run, tool calls included.")
+    timeout: float | None = Field(
+        default=None, gt=0, description="Wall-clock seconds for the whole run, tool calls included."
+    )
     memory: int | None = Field(default=None, gt=0, description="Bytes the guest's memory may grow to.")
     max_tool_calls: int | None = Field(default=None, gt=0, description="Tool calls the run may make.")
     max_batch: int | None = Field(default=None, gt=0, description="Tool calls one `asyncio.gather` level may carry.")
@@ -62,8 +64,9 @@ class LimitsIn(_Strict):
 
 
 class ExecuteRequest(_Strict):
-    code: str = Field(description="Python source. The value of its last expression is the result; "
-                                  "top-level `await` calls the tools.")
+    code: str = Field(
+        description="Python source. The value of its last expression is the result; top-level `await` calls the tools."
+    )
     limits: LimitsIn | None = None
     trace: bool = Field(default=False, description="Include the tool-call log (`tool_calls`) in the result.")
 

@@ -28,8 +28,8 @@ from anyio.abc import TaskGroup
 from .._core import CodeMode
 from .._errors import CodemodeError
 from .._limits import Limits
-from .metrics import Metrics
 from .._result import RunResult
+from .metrics import Metrics
 
 __all__ = ["Admission", "Busy", "Executor", "Run", "RunStore", "Ticket"]
 
@@ -84,8 +84,9 @@ class Ticket:
         self._running = True
         self._admission.running += 1
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
     def release(self) -> None:
@@ -110,6 +111,7 @@ class Executor:
         """Run `code`; cancelling the caller cancels the run and its in-flight tool calls.
 
         Raises whatever `CodeMode.execute` raises (`SandboxUnavailable`)."""
+
         def observe(event: dict[str, Any]) -> None:
             if event.get("type") == "tool_call_finished":
                 self.metrics.tool_call_finished(event)
@@ -224,8 +226,15 @@ class RunStore:
     """Background runs; an async context manager owning the task group they run in.
     Leaving it cancels every run still going."""
 
-    def __init__(self, executor: Executor, admission: Admission, *, ttl_s: float = 600.0, max_finished: int = 200,
-                 max_events: int = 1_000) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        admission: Admission,
+        *,
+        ttl_s: float = 600.0,
+        max_finished: int = 200,
+        max_events: int = 1_000,
+    ) -> None:
         self.executor = executor
         self.admission = admission
         self.ttl_s = ttl_s
@@ -239,8 +248,9 @@ class RunStore:
         await self._tg.__aenter__()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         tg, self._tg = self._tg, None
         if tg is None:
             return None
@@ -255,8 +265,9 @@ class RunStore:
             raise RuntimeError("the run store is not open")
         self.prune()
         ticket = self.admission.reserve()
-        run = Run(id="run_" + secrets.token_urlsafe(12), code=code, limits=limits, trace=trace,
-                  max_events=self.max_events)
+        run = Run(
+            id="run_" + secrets.token_urlsafe(12), code=code, limits=limits, trace=trace, max_events=self.max_events
+        )
         self._runs[run.id] = run
         self._tg.start_soon(self._drive, run, ticket)
         return run
@@ -272,7 +283,7 @@ class RunStore:
         expired = [r for r in finished if now - (r.finished_mono or now) > self.ttl_s]
         excess = len(finished) - len(expired) - self.max_finished
         survivors = sorted((r for r in finished if r not in expired), key=lambda r: r.finished_mono or now)
-        for run in expired + survivors[:max(0, excess)]:
+        for run in expired + survivors[: max(0, excess)]:
             del self._runs[run.id]
 
     async def _drive(self, run: Run, ticket: Ticket) -> None:
@@ -291,8 +302,10 @@ class RunStore:
                 code, detail, status = exc.code, exc.message, 503
             else:
                 code, detail, status = "internal_error", "an unexpected error; see the server log", 500
-            run.finish("failed", failure={"code": code, "title": "The run could not be carried out",
-                                          "detail": detail, "status": status})
+            run.finish(
+                "failed",
+                failure={"code": code, "title": "The run could not be carried out", "detail": detail, "status": status},
+            )
         finally:
             ticket.release()
             # Cancelled by DELETE (scope caught it) or by shutdown (re-raised).

@@ -225,8 +225,10 @@ def parse_config(data: Any, *, source: str = "<config>", environ: Mapping[str, s
         if server is None:
             continue
         if server.namespace in owners:
-            problems.append(f"{where}: namespace {server.namespace!r} is already used by server "
-                            f"{owners[server.namespace]!r}; set `codemode.alias` on one of them")
+            problems.append(
+                f"{where}: namespace {server.namespace!r} is already used by server "
+                f"{owners[server.namespace]!r}; set `codemode.alias` on one of them"
+            )
             continue
         owners[server.namespace] = str(name)
         servers[str(name)] = server
@@ -249,8 +251,12 @@ def _parse_server(name: str, entry: Any, environ: Mapping[str, str]) -> ServerCo
         return None
     has_command, has_url = "command" in entry, "url" in entry
     if has_command == has_url:
-        raise _EntryError("", "needs either `command` (stdio) or `url` (Streamable HTTP)"
-                          if not has_command else "has both `command` and `url`; keep one")
+        raise _EntryError(
+            "",
+            "needs either `command` (stdio) or `url` (Streamable HTTP)"
+            if not has_command
+            else "has both `command` and `url`; keep one",
+        )
     fields = ("command", "args", "env", "cwd") if has_command else ("url", "headers")
     expanded: dict[str, Any] = {**entry, "name": name}
     for field in fields:

@@ -38,10 +38,10 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from .config import Config, HttpServer, ServerConfig, StdioServer
 from .._errors import ToolError
-from .results import to_value
 from .._tools import Tool
+from .config import Config, HttpServer, ServerConfig, StdioServer
+from .results import to_value
 
 __all__ = ["Hub", "ServerFailure"]
 
@@ -288,16 +288,20 @@ class _Upstream:
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[Client]:
         options = self.server.codemode
-        async with Client(self._transport(), mode=options.protocol, cache=None,
-                          message_handler=self._on_message) as client:
+        async with Client(
+            self._transport(), mode=options.protocol, cache=None, message_handler=self._on_message
+        ) as client:
             yield client
 
     def _transport(self) -> Any:
         server = self.server
         if isinstance(server, StdioServer):
             params = StdioServerParameters(
-                command=server.command, args=list(server.args), cwd=server.cwd,
-                env={k: v.get_secret_value() for k, v in server.env.items()})
+                command=server.command,
+                args=list(server.args),
+                cwd=server.cwd,
+                env={k: v.get_secret_value() for k, v in server.env.items()},
+            )
             return stdio_client(params, errlog=sys.stderr)
         assert isinstance(server, HttpServer)
         return _http_transport(server.url, {k: v.get_secret_value() for k, v in server.headers.items()})
@@ -359,8 +363,14 @@ class _Upstream:
         async def call(**arguments: Any) -> Any:
             return await hub.call_tool(namespace, name, arguments)
 
-        return Tool(name=name, namespace=namespace, fn=call, description=tool.description or "",
-                    input_schema=tool.input_schema, output_schema=inner if inner is not None else tool.output_schema)
+        return Tool(
+            name=name,
+            namespace=namespace,
+            fn=call,
+            description=tool.description or "",
+            input_schema=tool.input_schema,
+            output_schema=inner if inner is not None else tool.output_schema,
+        )
 
     # -- calls -------------------------------------------------------------
 
@@ -376,13 +386,16 @@ class _Upstream:
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
                 self._lost()
-                raise ToolError(f"{where} failed: the MCP server closed the connection; "
-                                "it is restarted on the next call") from None
+                raise ToolError(
+                    f"{where} failed: the MCP server closed the connection; it is restarted on the next call"
+                ) from None
             raise ToolError(f"{where} failed: {self.hub.redact(exc.message)}") from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             self._lost()
-            raise ToolError(f"{where} failed: the connection to the MCP server was lost "
-                            f"({type(exc).__name__}); it is restarted on the next call") from None
+            raise ToolError(
+                f"{where} failed: the connection to the MCP server was lost "
+                f"({type(exc).__name__}); it is restarted on the next call"
+            ) from None
         except RuntimeError as exc:  # the SDK's own output-schema check
             raise ToolError(f"{where} failed: {self.hub.redact(str(exc))}") from None
         try:
@@ -441,8 +454,9 @@ class _Upstream:
             if isinstance(self.server, HttpServer):
                 # HTTP errors quote the URL, and some services put a key in its path.
                 message = message.replace(self.server.url, "<url>")
-        return ServerFailure(server=self.server.name, namespace=self.namespace, code=code,
-                             message=self.hub.redact(message))
+        return ServerFailure(
+            server=self.server.name, namespace=self.namespace, code=code, message=self.hub.redact(message)
+        )
 
 
 @asynccontextmanager

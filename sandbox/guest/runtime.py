@@ -92,9 +92,7 @@ class _HostSelector:
             loop._flush()
             return []
         if timeout is None:
-            raise _Deadlock(
-                "every task is waiting and no tool call is pending: the program can never finish"
-            )
+            raise _Deadlock("every task is waiting and no tool call is pending: the program can never finish")
         _guarded_sleep(timeout)
         return []
 
@@ -324,8 +322,12 @@ def _prepare(code):
     tree = compile(code, CODE_FILENAME, "exec", _ONLY_AST, dont_inherit=True)
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = tree.body[-1]
-        where = {"lineno": last.lineno, "col_offset": last.col_offset,
-                 "end_lineno": last.end_lineno, "end_col_offset": last.end_col_offset}
+        where = {
+            "lineno": last.lineno,
+            "col_offset": last.col_offset,
+            "end_lineno": last.end_lineno,
+            "end_col_offset": last.end_col_offset,
+        }
         target = ast.Name(RESULT_NAME, ast.Store(), **where)
         tree.body[-1] = ast.Assign(targets=[target], value=last.value, **where)
     return tree
@@ -418,8 +420,7 @@ def _nothing():
     pass
 
 
-def execute(request, host_call, *, compile_code=_compile_default, make_globals=_default_globals,
-            after_code=_nothing):
+def execute(request, host_call, *, compile_code=_compile_default, make_globals=_default_globals, after_code=_nothing):
     """Run one request; return the response as a dict (never raises, but for HostAbort).
 
     `make_globals(out)` returns the globals for the model's code and routes its
@@ -443,8 +444,14 @@ def execute(request, host_call, *, compile_code=_compile_default, make_globals=_
             response["error"] = _syntax_error(exc)
             return response
         except ValueError as exc:  # e.g. null bytes, before Python 3.12
-            response["error"] = {"kind": "syntax", "type": "SyntaxError", "message": str(exc),
-                                 "line": None, "column": None, "text": ""}
+            response["error"] = {
+                "kind": "syntax",
+                "type": "SyntaxError",
+                "message": str(exc),
+                "line": None,
+                "column": None,
+                "text": "",
+            }
             return response
 
         g = make_globals(out)
@@ -463,10 +470,7 @@ def execute(request, host_call, *, compile_code=_compile_default, make_globals=_
             value = g.get(RESULT_NAME)
             if isinstance(value, _Coroutine):
                 value.close()
-                raise TypeError(
-                    "the last expression is a coroutine that was never awaited: "
-                    "did you forget `await`?"
-                )
+                raise TypeError("the last expression is a coroutine that was never awaited: did you forget `await`?")
         except HostAbort:
             raise
         except BaseException as exc:  # the model's code may raise anything, SystemExit included
