@@ -159,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue", type=int, default=16, help="runs waiting beyond those; more get 429 (default 16)")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
     serve.add_argument(
+        "--tokens-file",
+        default=None,
+        metavar="PATH",
+        help="accept each token in PATH (one a line: TOKEN [NAME]); a run is seen only by the token that started it",
+    )
+    serve.add_argument(
         "--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)"
     )
     _add_run_limits(serve)

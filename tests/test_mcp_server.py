@@ -275,10 +275,16 @@ async def test_http_refuses_missing_token_foreign_origin_and_foreign_host(http_s
         async def post(**headers: str) -> httpx.Response:
             return await http.post(http_server.url, json=init, headers=headers)
 
-        assert (await post()).status_code == 401
-        assert (await post(Authorization="Bearer wrong")).status_code == 401
-        assert (await post(**auth, Origin="http://evil.example")).status_code == 403
-        assert (await post(**auth, Host="evil.example")).status_code == 421  # the SDK's DNS-rebinding check
+        # The same guard and the same problem shape as `codemode serve` (tests/test_guards.py).
+        for response, status, code in [
+            (await post(), 401, "unauthorized"),
+            (await post(Authorization="Bearer wrong"), 401, "unauthorized"),
+            (await post(**auth, Origin="http://evil.example"), 403, "forbidden_origin"),
+            (await post(**auth, Host="evil.example"), 403, "forbidden_host"),
+        ]:
+            assert response.status_code == status, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == code and response.json()["status"] == status
         assert (await post(**auth, Origin="https://app.example")).status_code == 200
         assert (await post(**auth, Origin="http://localhost:5173")).status_code == 200
     with pytest.raises(ExceptionGroup) as refused:

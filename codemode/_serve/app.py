@@ -13,29 +13,25 @@ Endpoints (all through one `CodeMode`; nothing here re-implements it):
     GET    /healthz, /metrics       health, Prometheus metrics
     GET    /docs                    OpenAPI docs
 
-Safe by default, outermost first: the Host header must be a loopback name when
-bound to loopback and a browser's Origin must be allowed (both defeat DNS
-rebinding); CORS for allowed origins; a bearer token when configured (always,
-off loopback); the body is cut off at a size while it is read; and a bounded
-queue answers 429 rather than letting requests pile up. Every error, from any
-layer, is one problem shape with a stable `code`.
+Safe by default: the shared `guards.Guard` checks Host, Origin, the bearer
+token and the body (size and time) before anything else, as `codemode mcp
+--http` does; then CORS for allowed origins; and a bounded queue answers 429
+rather than letting requests pile up. Every error, from any layer, is one
+problem shape with a stable `code` (`guards.problem_body`).
 """
 
 from __future__ import annotations
 
 import argparse
-import hmac
-import ipaddress
 import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import anyio
 from fastapi import FastAPI, Header, Query, Request, Response, Security
@@ -50,6 +46,7 @@ from .._discovery import ToolNotFound
 from .._errors import CodemodeError, ConfigError, SandboxUnavailable
 from .._limits import Limits
 from .._result import RunResult
+from .guards import PROBLEM_TYPE, TITLES, Guard, GuardSettings, is_loopback, problem_body, read_tokens_file
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .models import (
@@ -69,31 +66,8 @@ __all__ = ["HttpSettings", "cli_main", "create_app"]
 
 logger = logging.getLogger("codemode.http")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 2, 3
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
-# Nothing in these is secret, and a browser opening /docs cannot send a token.
-_PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
-_PROBLEM_TYPE = "application/problem+json"
-_TITLES = {
-    400: "Bad request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    413: "Content too large",
-    415: "Unsupported media type",
-    422: "Invalid request",
-    429: "Too many requests",
-    499: "Client closed request",
-    500: "Internal server error",
-    503: "Service unavailable",
-}
 _CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -121,10 +95,14 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    """More tokens, each with its client's name (`--tokens-file`); `token` is client `default`."""
     allow_origins: tuple[str, ...] = ()
     max_concurrency: int = 4
     queue: int = 16
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 30.0
+    """A request body must arrive within this (then 408): a stalled upload cannot hold a connection."""
     default_limits: Limits | None = None
     max_limits: Limits | None = None
     run_ttl_s: float = 600.0
@@ -137,12 +115,25 @@ class HttpSettings:
 
     @property
     def loopback(self) -> bool:
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
+
+    def guard(self) -> GuardSettings:
+        """What the shared `Guard` checks for these settings."""
+        tokens = dict(self.tokens)
+        if self.token:
+            tokens[self.token] = "default"
+        return GuardSettings(
+            host=self.host,
+            tokens=tokens,
+            allow_origins=self.allow_origins,
+            max_body_bytes=self.max_body_bytes,
+            body_timeout_s=self.body_timeout_s,
+        )
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, for a person; empty if nothing."""
         out = []
-        if not self.loopback and not self.token:
+        if not self.loopback and not (self.token or self.tokens):
             out.append(
                 f"refusing to bind {self.host!r} without a token: anyone who can reach it could run code "
                 "with your tools; pass --token (or set CODEMODE_TOKEN), or bind 127.0.0.1"
@@ -156,16 +147,6 @@ class HttpSettings:
         if not 0 <= self.port <= 65535:
             out.append("--port must be between 0 and 65535")
         return out
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- problems ---------------------------------------------------------------------------------------------------------
@@ -186,7 +167,7 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
-        self.title = title or _TITLES.get(status, "Error")
+        self.title = title or TITLES.get(status, "Error")
         self.headers = headers
         self.extra = extra
 
@@ -201,8 +182,8 @@ def problem(
     **extra: Any,
 ) -> JSONResponse:
     """The one error shape: {code, title, detail, status, ...extra}."""
-    body = {"code": code, "title": title or _TITLES.get(status, "Error"), "detail": detail, "status": status, **extra}
-    return JSONResponse(body, status_code=status, headers=headers, media_type=_PROBLEM_TYPE)
+    body = problem_body(status, code, detail, title=title, **extra)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_TYPE)
 
 
 def _phrase(status: int) -> str:
@@ -229,7 +210,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem(
             status,
             _CODES.get(status, f"http_{status}"),
-            detail or _TITLES.get(status, "Error"),
+            detail or TITLES.get(status, "Error"),
             headers=dict(exc.headers) if exc.headers else None,
         )
 
@@ -288,132 +269,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-# -- middleware (pure ASGI: they must not buffer responses, SSE streams through them) --------------------------------
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-class _HostOriginGuard:
-    """Defeats DNS rebinding: a page on evil.example whose name resolves to
-    127.0.0.1 sends `Host: evil.example` and `Origin: http://evil.example`."""
-
-    def __init__(self, app: ASGIApp, *, settings: HttpSettings, metrics: Metrics) -> None:
-        self.app = app
-        self.check_host = settings.loopback
-        self.any_origin = "*" in settings.allow_origins
-        self.origins = frozenset(o.rstrip("/").lower() for o in settings.allow_origins)
-        self.metrics = metrics
-
-    def origin_allowed(self, origin: str) -> bool:
-        origin = origin.rstrip("/").lower()
-        if self.any_origin or origin in self.origins:
-            return True
-        parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and _is_loopback(parts.hostname or "")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        host = _header(scope, b"host")
-        if self.check_host and host is not None and not _is_loopback(_hostname(host)):
-            self.metrics.rejected.inc(reason="forbidden_host")
-            response = problem(
-                403,
-                "forbidden_host",
-                "this server is bound to loopback and only answers to a loopback Host (localhost, 127.0.0.1, [::1])",
-            )
-            return await response(scope, receive, send)
-        origin = _header(scope, b"origin")
-        if origin is not None and not self.origin_allowed(origin):
-            self.metrics.rejected.inc(reason="forbidden_origin")
-            response = problem(
-                403,
-                "forbidden_origin",
-                f"requests from origin {origin!r} are not allowed; start the server with --allow-origin to allow it",
-            )
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-def _hostname(host: str) -> str:
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-class _BearerAuth:
-    def __init__(self, app: ASGIApp, *, token: str, metrics: Metrics) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _PUBLIC_PATHS or _is_preflight(scope):
-            return await self.app(scope, receive, send)
-        given = (_header(scope, b"authorization") or "").encode("latin-1")
-        # Constant time, so the token cannot be guessed a byte at a time.
-        if not hmac.compare_digest(given, self.expected):
-            self.metrics.rejected.inc(reason="unauthorized")
-            detail = "a valid 'Authorization: Bearer <token>' header is required"
-            response = problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-def _is_preflight(scope: Scope) -> bool:
-    return scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") is not None
-
-
-class _BodyLimit:
-    """Reads the whole body before the app sees it, counting bytes as they come:
-    a chunked upload or a lying Content-Length is cut off at the limit."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.metrics = metrics
-
-    async def reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.metrics.rejected.inc(reason="body_too_large")
-        response = problem(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
-        await response(scope, receive, send)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self.reject(scope, receive, send)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body
-            chunk = bytes(message.get("body", b""))
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self.reject(scope, receive, send)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # after the body: wait for the disconnect
-
-        await self.app(scope, replay, send)
-
-
 # -- the app ----------------------------------------------------------------------------------------------------------
 
 _EXECUTE_DESCRIPTION = """Run `code` and wait for its result.
@@ -426,7 +281,7 @@ and carry a problem body `{code, title, detail, status}`.
 If the client disconnects, the run is cancelled."""
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": _TITLES[status]} for status in (400, 401, 403, 413, 422, 429, 500)
+    status: {"model": Problem, "description": TITLES[status]} for status in (400, 401, 403, 413, 422, 429, 500)
 }
 
 
@@ -458,8 +313,8 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
             yield
 
     dependencies = []
-    if settings.token:
-        # Declares the scheme so /docs offers "Authorize"; the check itself is `_BearerAuth`.
+    if settings.token or settings.tokens:
+        # Declares the scheme so /docs offers "Authorize"; the check itself is the `Guard`.
         dependencies.append(Security(HTTPBearer(auto_error=False)))
     app = FastAPI(
         title="codemode",
@@ -565,11 +420,8 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     _add_catalog_routes(app, cm)
     _add_ops_routes(app, cm, metrics)
 
-    # Added innermost first: the guard runs before CORS (whose own refusal is not a
-    # problem body), auth after CORS (a preflight carries no token).
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
-    if settings.token:
-        app.add_middleware(_BearerAuth, token=settings.token, metrics=metrics)
+    # Added innermost first: the guard runs before CORS, whose own refusal is not a
+    # problem body; it lets preflights (which carry no token) through to CORS.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.allow_origins),
@@ -578,7 +430,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         expose_headers=["Retry-After", "Location"],
     )
-    app.add_middleware(_HostOriginGuard, settings=settings, metrics=metrics)
+    app.add_middleware(Guard, settings=settings.guard(), on_reject=lambda code: metrics.rejected.inc(reason=code))
     return app
 
 
@@ -687,10 +539,18 @@ def cli_main(args: argparse.Namespace) -> int:
     """`codemode serve`: load the tools, serve until Ctrl-C. Returns the exit code:
     0 after a clean stop, 2 for unusable settings (a non-loopback host without a
     token), 3 if the configuration or sandbox is unavailable or the port cannot be bound."""
+    tokens: dict[str, str] = {}
+    if getattr(args, "tokens_file", None):
+        try:
+            tokens = read_tokens_file(args.tokens_file)
+        except ValueError as exc:
+            print(f"codemode: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     settings = HttpSettings(
         host=args.host,
         port=args.port,
         token=args.token or os.environ.get("CODEMODE_TOKEN") or None,
+        tokens=tokens,
         allow_origins=tuple(args.allow_origin or ()),
         max_concurrency=args.max_concurrency,
         queue=args.queue,

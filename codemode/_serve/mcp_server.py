@@ -371,7 +371,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
     Returns 0 after a clean shutdown, 2 when asked to bind a non-loopback
     address without a token, 3 for a bad configuration or no sandbox."""
-    from .mcp_transport import is_loopback
+    from .guards import is_loopback
 
     token = args.token or os.environ.get("CODEMODE_TOKEN") or None
     if args.http and not is_loopback(args.host) and not token:
