@@ -24,7 +24,16 @@ def test_a_users_strict_mypy_sees_codemode_types(tmp_path: Path) -> None:
         "wrong: str = codemode.Limits().max_tool_calls\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy"), str(user)],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / ".mypy"),
+            str(user),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
