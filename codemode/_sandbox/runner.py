@@ -170,13 +170,28 @@ class Sandbox:
             }
         )
 
+        # Batches running on the loop, so a cancelled caller stops them too: an
+        # asyncio `task.cancel()` reaches only the awaiting task, not these.
+        in_flight: set[anyio.CancelScope] = set()
+
+        async def run_batch(batch: list[dict[str, Any]]) -> str:
+            with anyio.CancelScope() as scope:
+                in_flight.add(scope)
+                if guard.cancelled.is_set():
+                    scope.cancel()
+                try:
+                    return await dispatcher.run_batch(batch)
+                finally:
+                    in_flight.discard(scope)
+            return json.dumps({"abort": "the run was cancelled"})
+
         def host_call(batch_json: str) -> str:
             # Sync tools are answered right here on the worker thread; async
             # tools (and gathers) cross to the event loop.
             answer, batch = dispatcher.try_inline(batch_json)
             if answer is not None:
                 return answer
-            return anyio.from_thread.run(dispatcher.run_batch, batch)
+            return anyio.from_thread.run(run_batch, batch)
 
         startup = 0.0
         response: str | None = None
@@ -197,8 +212,11 @@ class Sandbox:
                     limiter=self._limiter,
                 )
             except anyio.get_cancelled_exc_class():
-                # Our caller gave up: stop the guest within a tick, not at its deadline.
+                # Our caller gave up: stop the guest within a tick, not at its
+                # deadline, and the tool calls it waits on.
                 guard.cancelled.set()
+                for batch_scope in list(in_flight):
+                    batch_scope.cancel()
                 raise
             except ExecutionError as exc:  # RunTimeout from the restricted backend
                 error = exc

@@ -1,0 +1,58 @@
+"""Cancelling a run the asyncio way (`asyncio.wait_for`, `task.cancel()`) stops
+it at once, as anyio cancellation does: the tool call it waits on, over real
+stdio to a real MCP server, and the worker thread it runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import anyio
+import pytest
+
+from codemode import CodeMode, Limits, Tool, parse_config
+from tests.fixtures.helpers import stdio_entry
+
+pytestmark = pytest.mark.anyio
+
+
+async def _until(predicate: object, seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():  # type: ignore[operator]
+            await anyio.sleep(0.01)  # a thread ending and a server's process table have no event to wait on
+
+
+@pytest.mark.parametrize("how", ["wait_for", "task_cancel"])
+async def test_asyncio_cancellation_stops_the_run_its_tool_calls_and_threads(how: str) -> None:
+    stopped = anyio.Event()
+    started = anyio.Event()
+
+    async def wait() -> str:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        finally:
+            stopped.set()
+        return "never"
+
+    waiter = Tool(name="wait", namespace="host", fn=wait)
+    config = parse_config({"mcpServers": {"local": stdio_entry(timeout=60)}})
+    code = "import asyncio\nawait asyncio.gather(host.wait(), local.slow(seconds=60))"
+    async with CodeMode(config=config, tools=[waiter]) as cm:
+        await cm.execute("1")  # warm the pool and the threads
+        threads = threading.active_count()
+        run = asyncio.ensure_future(cm.execute(code, limits=Limits(timeout=60)))
+        with anyio.fail_after(30):
+            await started.wait()
+        if how == "wait_for":
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(run, 0.2)
+        else:
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+        with anyio.fail_after(5):  # not the run's 60 s timeout
+            await stopped.wait()
+        await _until(lambda: threading.active_count() <= threads, 5)
+        result = await cm.execute("1 + 1")
+        assert result.value == 2
