@@ -14,6 +14,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
+
 from ._discovery import ServerSummary, ToolHit, ToolIndex
 from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
@@ -25,7 +27,7 @@ from ._tools import Tool
 
 if TYPE_CHECKING:  # the MCP SDK takes most of a second to import: only when servers are configured
     from ._upstream.config import Config
-    from ._upstream.hub import Hub, ServerFailure
+    from ._upstream.hub import Hub, ServerFailure, ServerStatus
 
 __all__ = ["CodeMode"]
 
@@ -68,7 +70,8 @@ class CodeMode:
         if config is not None and config.servers:
             from ._upstream.hub import Hub
 
-            self._hub = Hub(config)
+            # An answer carries a value twice (structured and as text), escaped.
+            self._hub = Hub(config, max_message_bytes=4 * self.sandbox.limits.max_tool_result_bytes + 65_536)
         self._pins = PinStore.load(lock_file) if lock_file is not None else None
         self._shapes = _shape_recorder(observe_shapes, lock_file)
         self._policy = pin_policy or PinPolicy()
@@ -97,13 +100,17 @@ class CodeMode:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def open(self) -> None:
+    async def open(self, *, wait_for_servers: bool = True) -> None:
         """Connect to every server (failures go to `failures`) and load the sandbox.
+        Without `wait_for_servers`, servers connect in the background (see
+        `server_status`); a run that names one still connecting waits for it.
 
         Raises `SandboxUnavailable`."""
         self._stack = AsyncExitStack()
         if self._hub is not None:
-            await self._stack.enter_async_context(self._hub)
+            hub = self._hub
+            await hub.open(wait=wait_for_servers)
+            self._stack.push_async_callback(hub.aclose)
         await self.sandbox.load()
 
     async def aclose(self) -> None:
@@ -118,6 +125,10 @@ class CodeMode:
     def failures(self) -> dict[str, ServerFailure]:
         """Servers that could not be reached, by namespace."""
         return dict(self._hub.failures) if self._hub is not None else {}
+
+    def server_status(self) -> list[ServerStatus]:
+        """Each configured server's state: connecting, ready or unavailable (with its last error)."""
+        return self._hub.status() if self._hub is not None else []
 
     def tools(self) -> list[Tool]:
         """Every tool the model may call now: in-process tools, then each
@@ -182,7 +193,10 @@ class CodeMode:
         limits: Limits | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunResult:
-        """Run `code` against the tools; see `Sandbox.run`."""
+        """Run `code` against the tools; see `Sandbox.run`. Servers the code names
+        that are still connecting are waited for, each up to its `connectTimeout`."""
+        if self._hub is not None:
+            await self._wait_for_named_servers(code)
         tools = self.tools()
         return await self.sandbox.run(
             code,
@@ -191,6 +205,18 @@ class CodeMode:
             on_event=on_event,
             observe=self._observe if self._shapes is not None else None,
         )
+
+    async def _wait_for_named_servers(self, code: str | bytes) -> None:
+        assert self._hub is not None
+        hub = self._hub
+        if isinstance(code, (bytes, bytearray)):
+            code = bytes(code).decode("utf-8", "replace")
+        names = set(_IDENT.findall(code)) if isinstance(code, str) else set()
+        connecting = [ns for ns in names if hub.state(ns) == "connecting"]
+        if connecting:
+            async with anyio.create_task_group() as tg:
+                for ns in connecting:
+                    tg.start_soon(hub.wait_settled, ns)
 
     def system_prompt(self) -> str:
         """Instructions for a model plus a compact index of the servers and tools."""

@@ -4,6 +4,8 @@
     ├── SandboxUnavailable        sandbox_unavailable   the guest could not be built or loaded
     ├── ConfigError               config_error          a bad configuration (by path and field)
     ├── ToolError                 tool_error            raised by a tool to fail a call cleanly
+    │   ├── ServerUnavailable     server_unavailable    the tool's MCP server is down (retried in the background)
+    │   └── UpstreamResultTooLarge tool_result_too_large an MCP server's answer was over the host's cap
     └── ExecutionError                                  what a run can end with: `RunResult.error`
         ├── CodeRejected                                the code never ran
         │   ├── EmptyCode         empty_code
@@ -15,6 +17,7 @@
         ├── ToolCallFailed        tool_error            an uncaught ToolError from a tool call
         │   ├── UnknownTool       unknown_tool
         │   ├── InvalidArguments  invalid_arguments     arguments failed the tool's input schema
+        │   ├── ToolServerUnavailable server_unavailable
         │   └── ToolResultTooLarge tool_result_too_large
         ├── LimitExceeded
         │   ├── RunTimeout        timeout
@@ -51,13 +54,16 @@ __all__ = [
     "RunTimeout",
     "SandboxCrashed",
     "SandboxUnavailable",
+    "ServerUnavailable",
     "ToolCallFailed",
     "ToolCallLimitExceeded",
     "ToolError",
     "ToolResultTooLarge",
+    "ToolServerUnavailable",
     "TracebackLine",
     "UncaughtException",
     "UnknownTool",
+    "UpstreamResultTooLarge",
 ]
 
 
@@ -93,6 +99,18 @@ class ToolError(CodemodeError):
     The model's code sees it as a catchable `ToolError` inside the sandbox."""
 
     code = "tool_error"
+
+
+class ServerUnavailable(ToolError):
+    """The tool's MCP server is not connected; it is retried in the background."""
+
+    code = "server_unavailable"
+
+
+class UpstreamResultTooLarge(ToolError):
+    """An MCP server's answer was over the host's per-message cap; it was not read."""
+
+    code = "tool_result_too_large"
 
 
 class ExecutionError(CodemodeError):
@@ -203,6 +221,10 @@ class ToolResultTooLarge(ToolCallFailed):
     code = "tool_result_too_large"
 
 
+class ToolServerUnavailable(ToolCallFailed):
+    code = "server_unavailable"
+
+
 class LimitExceeded(ExecutionError):
     """A run hit one of its `Limits`."""
 
@@ -236,5 +258,5 @@ class SandboxCrashed(ExecutionError):
 
 
 TOOL_ERRORS_BY_CODE: dict[str, type[ToolCallFailed]] = {
-    cls.code: cls for cls in (ToolCallFailed, UnknownTool, InvalidArguments, ToolResultTooLarge)
+    cls.code: cls for cls in (ToolCallFailed, UnknownTool, InvalidArguments, ToolResultTooLarge, ToolServerUnavailable)
 }

@@ -1,17 +1,34 @@
 """The upstream hub: one MCP client session per configured server.
 
 `Hub` is where tool calls leave codemode. It owns one anyio task group; each
-server gets a supervisor task in it that enters the SDK `Client` (which spawns
-the stdio child or opens the HTTP session), lists the tools, watches for tool
-list changes, and on shutdown leaves the client in the same task that entered
-it, as anyio's cancel scopes require. Everything `mcp` stays in this module and
-`results`: callers see `codemode.Tool`s, `ToolError`s and `ServerFailure`s.
+server gets a supervisor task in it that connects (the SDK `Client` over our
+own stdio transport, `stdio`, or the SDK's Streamable HTTP), lists the tools,
+watches for tool list changes, and on shutdown leaves the client in the same
+task that entered it, as anyio's cancel scopes require. Everything `mcp` stays
+in this module, `stdio` and `results`: callers see `codemode.Tool`s,
+`ToolError`s, `ServerStatus`es and `ServerFailure`s.
+
+Each server is in one of three states, shown by `Hub.status()`:
+connecting -> ready, or -> unavailable (with the last error).
 
 Failure policy:
-- a server that cannot start is recorded in `Hub.failures` and its tools are
-  left out; the others work. A direct `Hub.call_tool` to it tries to start it again;
+- a server that cannot start, or whose session ends, is retried by its
+  supervisor in the background: at once after a session that ends, then with
+  backoff (1, 2, 4 ... 30 s) while it keeps failing. A call to an unavailable
+  server raises `ServerUnavailable` (code `server_unavailable`) naming it, and
+  wakes the retry if the last attempt is more than a second old;
+- its tools stay listed meanwhile (the last successful listing), so model code
+  that names them gets that error, not a `NameError`;
+- a call to a server that is still connecting waits for it, up to its
+  `connectTimeout`;
 - a call whose connection dies fails (it is not retried: tools may not be
-  idempotent), and the next call to that server starts it again;
+  idempotent); the supervisor reconnects;
+- a JSON-RPC error from the server is the server's error: a `ToolError` with
+  its message (code -32000 included, which the SDK also uses for a closed
+  connection: only a session that did close counts as lost);
+- an answer over `max_message_bytes` is refused as it arrives (stdio:
+  `UpstreamResultTooLarge`), and a malformed one (a null result, nesting too
+  deep, an unknown content block) fails its call at once with a `ToolError`;
 - a call that exceeds the server's `timeout` fails with a `ToolError`;
 - allow/deny lists are checked on the host for every call, not just listing.
 Messages never carry configured secrets: they are redacted from every text
@@ -23,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +49,7 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 import mcp_types as types
+import pydantic
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -38,21 +57,32 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from .._errors import ToolError
+from .._errors import ServerUnavailable, ToolError, UpstreamResultTooLarge
 from .._tools import Tool
+from . import stdio
 from .config import Config, HttpServer, ServerConfig, StdioServer
 from .results import to_value
 
-__all__ = ["Hub", "ServerFailure"]
+__all__ = ["Hub", "ServerFailure", "ServerStatus"]
 
 logger = logging.getLogger("codemode")
 
 # A listing that never ends must not hang a connect.
 _MAX_PAGES = 1_000
-# The SDK's stdio shutdown takes at most ~6 s (stdin close, SIGTERM, SIGKILL).
+# Our stdio shutdown takes at most ~6 s (stdin close, SIGTERM, SIGKILL).
 _STOP_TIMEOUT = 8.0
+# Retry delays for a server that keeps failing; a call may retry sooner, not more often than this.
+_BACKOFF_FIRST = 1.0
+_BACKOFF_MAX = 30.0
+# A session that ended sooner than this after connecting is retried with backoff, not at once.
+_SHORT_SESSION = 5.0
+# How often a ready session is checked for a transport that ended under it.
+_WATCH_INTERVAL = 0.25
+# Default cap on one message from a server (see `Hub`).
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1_000_000 + 65_536
 
 FailureCode = Literal["spawn_failed", "connect_timeout", "connect_failed"]
+State = Literal["connecting", "ready", "unavailable"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +99,28 @@ class ServerFailure:
         return {"server": self.server, "namespace": self.namespace, "code": self.code, "message": self.message}
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServerStatus:
+    """Where one server's connection stands."""
+
+    server: str
+    namespace: str
+    state: State
+    tools: int
+    """Tools listed (for an unavailable server: at its last successful listing)."""
+    last_error: ServerFailure | None
+    """Why the last attempt to connect failed; kept while it reconnects."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "namespace": self.namespace,
+            "state": self.state,
+            "tools": self.tools,
+            "last_error": self.last_error.to_dict() if self.last_error else None,
+        }
+
+
 class _ConnectTimeout(Exception):
     pass
 
@@ -79,16 +131,21 @@ class Hub:
         async with Hub(load_config("mcp.json")) as hub:
             result = await Sandbox().run(code, tools=hub.tools())
 
-    Entering connects to all servers concurrently and never raises for a server
-    that fails: see `failures`. Leaving closes every session and stops every
-    child process, within a bounded time, even when cancelled.
+    Entering starts every server's supervisor and, unless `open(wait=False)`,
+    waits until each is ready or has failed once (bounded by its
+    `connectTimeout`); it never raises for a server that fails: see `failures`
+    and `status()`. Leaving closes every session and stops every child process
+    and its process group, within a bounded time, even when cancelled.
+
+    `max_message_bytes` caps one message from a stdio server: a larger answer
+    is refused as it arrives, without being held in memory.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.config = config
+        self.max_message_bytes = max_message_bytes
         self._secrets = sorted(set(config.secrets()), key=len, reverse=True)
         self._upstreams = {s.namespace: _Upstream(s, self) for s in config.servers.values()}
-        self._failures: dict[str, ServerFailure] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
@@ -102,17 +159,22 @@ class Hub:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def open(self) -> None:
-        """Connect to every server concurrently. Failures go to `failures`; this
-        raises only `RuntimeError` if the hub was already opened."""
+    async def open(self, *, wait: bool = True) -> None:
+        """Start connecting to every server, in the background. With `wait`,
+        return once each is ready or has failed once. Failures go to `failures`;
+        this raises only `RuntimeError` if the hub was already opened."""
         if self._stack is not None:
             raise RuntimeError("a Hub can be opened once")
         self._stack = AsyncExitStack()
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        for upstream in self._upstreams.values():
+            self._tg.start_soon(upstream.supervise)
+        if not wait:
+            return
         try:
-            async with anyio.create_task_group() as starters:
+            async with anyio.create_task_group() as waiters:
                 for upstream in self._upstreams.values():
-                    starters.start_soon(self._start, upstream)
+                    waiters.start_soon(upstream.wait_settled)
         except BaseException:
             # Cancelled while connecting: `__aexit__` will not run, so leave now.
             await self.aclose()
@@ -130,8 +192,8 @@ class Hub:
             with anyio.move_on_after(_STOP_TIMEOUT):
                 for upstream in self._upstreams.values():
                     await upstream.wait_stopped()
-        # Whatever did not stop in time is cancelled; the SDK's stdio transport
-        # still kills its child in a shielded, bounded finally. (The task group is
+        # Whatever did not stop in time is cancelled; the stdio transport still
+        # stops its child in a shielded, bounded finally. (The task group is
         # left outside the shield: cancel scopes must exit in the order entered,
         # and a task group always waits for its tasks anyway.)
         self._tg.cancel_scope.cancel()
@@ -139,29 +201,47 @@ class Hub:
 
     @property
     def failures(self) -> Mapping[str, ServerFailure]:
-        """Servers that are not available, by namespace."""
-        return dict(self._failures)
+        """Servers that are unavailable now, by namespace, with their last error."""
+        return {
+            ns: u.failure for ns, u in self._upstreams.items() if u.state == "unavailable" and u.failure is not None
+        }
+
+    def status(self) -> list[ServerStatus]:
+        """Every configured server's state, in configuration order."""
+        return [u.status() for u in self._upstreams.values()]
+
+    def state(self, namespace: str) -> State | None:
+        """The state of the server with `namespace`; None for an unknown one."""
+        upstream = self._upstreams.get(namespace)
+        return upstream.state if upstream is not None else None
 
     @property
     def namespaces(self) -> list[str]:
         """Namespaces of the servers that are connected."""
-        return [ns for ns, u in self._upstreams.items() if ns not in self._failures]
+        return [ns for ns, u in self._upstreams.items() if u.state == "ready"]
 
     def is_connected(self, namespace: str) -> bool:
         """Whether that server's session is open. False for a failed server, and
-        for one whose process died, until the next call restarts it."""
+        for one whose process died, until its supervisor has reconnected."""
         upstream = self._upstreams.get(namespace)
         client = upstream._client if upstream is not None else None
         return client is not None and not _known_closed(client)
 
+    async def wait_settled(self, namespace: str) -> None:
+        """Wait while the server with `namespace` is connecting, up to its
+        `connectTimeout`. Returns at once for an unknown, ready or unavailable one."""
+        upstream = self._upstreams.get(namespace)
+        if upstream is not None:
+            await upstream.wait_settled()
+
     def tools(self) -> list[Tool]:
-        """The tools of every connected server that its allow/deny lists permit,
-        one namespace per server. The same `Tool` objects are returned until a
-        server's tool list changes."""
+        """The tools of every server that its allow/deny lists permit, one
+        namespace per server; for a server that is not connected now, those of
+        its last successful listing (calls to them raise `ServerUnavailable`).
+        The same `Tool` objects are returned until a server's tool list changes."""
         tools: list[Tool] = []
-        for ns, upstream in self._upstreams.items():
-            if ns not in self._failures:
-                tools.extend(upstream.tools)
+        for upstream in self._upstreams.values():
+            tools.extend(upstream.tools)
         return tools
 
     @property
@@ -181,9 +261,10 @@ class Hub:
     async def call_tool(self, namespace: str, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call tool `name` of the server with `namespace`; its value per `results`.
 
-        Raises `ToolError` if the server is unknown or unavailable, the tool is not
-        permitted by the configuration, the call fails or times out, or the tool
-        reports an error."""
+        Raises `ServerUnavailable` if the server is not connected (after waiting
+        while it connects), `UpstreamResultTooLarge` for an answer over the cap,
+        and `ToolError` if the server is unknown, the tool is not permitted by the
+        configuration, the call fails or times out, or the tool reports an error."""
         upstream = self._upstreams.get(namespace)
         if upstream is None:
             raise ToolError(f"there is no MCP server {namespace!r}")
@@ -205,13 +286,6 @@ class Hub:
             self._changed.set()
             self._changed = None
 
-    async def _start(self, upstream: _Upstream) -> None:
-        failure = await upstream.start()
-        if failure is not None:
-            self._failures[upstream.namespace] = failure
-        else:
-            self._failures.pop(upstream.namespace, None)
-
 
 class _Upstream:
     """One server's connection and tool list; its supervisor task owns the `Client`."""
@@ -221,69 +295,141 @@ class _Upstream:
         self.hub = hub
         self.namespace = server.namespace
         self.tools: list[Tool] = []
+        self.state: State = "connecting"
+        self.failure: ServerFailure | None = None
         self._schemas: dict[str, Mapping[str, Any] | None] = {}
         self._unwrap: dict[str, bool] = {}
         self._signature: list[dict[str, Any]] | None = None
         self._client: Client | None = None
-        # Set by the supervisor task while one runs.
-        self._stop: anyio.Event | None = None
-        self._stopped: anyio.Event | None = None
-        self._reconnect_lock = anyio.Lock()
+        self._settled = anyio.Event()  # set while not connecting
+        self._stop = anyio.Event()  # ends the current session
+        self._wake = anyio.Event()  # ends the current backoff
+        self._stopped = anyio.Event()
+        self._supervising = False
+        self._last_attempt = -math.inf
         self._refresh_send, self._refresh_receive = anyio.create_memory_object_stream[None](1)
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            server=self.server.name,
+            namespace=self.namespace,
+            state=self.state,
+            tools=len(self.tools),
+            last_error=self.failure,
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self) -> ServerFailure | None:
-        """Start the supervisor task; the failure if the server could not connect."""
-        assert self.hub._tg is not None
+    async def supervise(self) -> None:
+        """Connect, serve, reconnect, until the hub closes."""
+        self._supervising = True
+        delay = _BACKOFF_FIRST
         try:
-            await self.hub._tg.start(self._supervise)
-        except Exception as exc:  # every way a connect can fail becomes a typed record
-            failure = self._failure(exc)
-            logger.warning("MCP server %r is unavailable: %s", self.server.name, failure.message)
-            return failure
-        return None
+            while not self.hub._closed:
+                self._last_attempt = time.monotonic()
+                lasted = await self._session()
+                if self.hub._closed:
+                    break
+                if lasted is not None and lasted >= _SHORT_SESSION:
+                    delay = _BACKOFF_FIRST
+                    self._set_connecting()
+                    continue  # a session that served a while: reconnect at once
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                delay = min(delay * 2, _BACKOFF_MAX)
+                if not self.hub._closed:
+                    self._set_connecting()
+        finally:
+            self._client = None
+            self._settled.set()
+            self._stopped.set()
 
     def stop(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
+        self._stop.set()
+        self._wake.set()
 
     async def wait_stopped(self) -> None:
-        if self._stopped is not None:
+        if self._supervising:
             await self._stopped.wait()
 
-    async def _supervise(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._stop, self._stopped = stop, stopped = anyio.Event(), anyio.Event()
-        started = False
-        # A supervisor that outlived its stop must not clear its successor's client.
-        client_box: list[Client | None] = [None]
+    async def wait_settled(self) -> None:
+        """Wait while connecting, up to `connectTimeout` (plus a margin for the stop)."""
+        with anyio.move_on_after(self.server.codemode.connect_timeout + 1.0):
+            await self._settled.wait()
+
+    def _set_connecting(self) -> None:
+        if self.state != "connecting":
+            self.state = "connecting"
+            self._settled = anyio.Event()
+
+    def _set_settled(self, state: State, failure: ServerFailure | None = None) -> None:
+        self.state = state
+        if failure is not None:
+            self.failure = failure
+        self._settled.set()
+
+    async def _session(self) -> float | None:
+        """One connection, until it ends or the hub stops it. Returns how long it
+        was ready, or None if it never was (the state is then `unavailable`)."""
+        self._stop = stop = anyio.Event()
+        if self.hub._closed:
+            return None
+        ready_at: float | None = None
+        deadline = anyio.current_time() + self.server.codemode.connect_timeout
         try:
-            with anyio.CancelScope() as scope:
-                scope.deadline = anyio.current_time() + self.server.codemode.connect_timeout
-                async with self._connect() as client:
-                    await self._refresh(client)
-                    scope.deadline = math.inf
-                    self._client = client_box[0] = client
-                    started = True
-                    task_status.started()
-                    async with anyio.create_task_group() as watchers:
-                        watchers.start_soon(self._refresher, client)
-                        if _is_modern(client) and _announces_tool_changes(client):
-                            watchers.start_soon(self._listen, client)
-                        await stop.wait()
-                        watchers.cancel_scope.cancel()
-            if not started:
+            marker = anyio.CancelScope()
+            async with anyio.create_task_group() as tg:
+                # Callers learn of a timeout at the deadline, not after the child is stopped.
+                tg.start_soon(self._mark_timeout, deadline, marker)
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    async with self._connect() as client:
+                        await self._refresh(client)
+                        scope.deadline = math.inf
+                        marker.cancel()
+                        self._client = client
+                        ready_at = time.monotonic()
+                        self.failure = None
+                        self._set_settled("ready")
+                        async with anyio.create_task_group() as watchers:
+                            watchers.start_soon(self._refresher, client)
+                            watchers.start_soon(self._watch, client, stop)
+                            if _is_modern(client) and _announces_tool_changes(client):
+                                watchers.start_soon(self._listen, client)
+                            await stop.wait()
+                            watchers.cancel_scope.cancel()
+                        self._client = None
+                marker.cancel()
+            if ready_at is None:
                 raise _ConnectTimeout()
-        except Exception:
-            if not started:
-                raise
-            # The session died under us (a crashed child, a dropped HTTP session):
-            # the next call reconnects.
-            logger.warning("MCP server %r: the session ended", self.server.name, exc_info=True)
+        except Exception as exc:  # every way a connect can fail becomes a typed record
+            self._client = None
+            if ready_at is None:
+                failure = self._failure(exc)
+                logger.warning("MCP server %r is unavailable: %s", self.server.name, failure.message)
+                self._set_settled("unavailable", failure)
+                return None
+            # The session died under us (a crashed child, a dropped HTTP session).
+            logger.warning("MCP server %r: the session ended (%s)", self.server.name, type(exc).__name__)
         finally:
-            if self._client is client_box[0]:
-                self._client = None
-            stopped.set()
+            self._client = None
+        if ready_at is None:
+            return None
+        if not self.hub._closed:
+            self._set_connecting()
+        return time.monotonic() - ready_at
+
+    async def _mark_timeout(self, deadline: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep_until(deadline)
+        if not scope.cancel_called and self.state == "connecting":
+            self._set_settled("unavailable", self._failure(_ConnectTimeout()))
+
+    async def _watch(self, client: Client, stop: anyio.Event) -> None:
+        # The SDK's client stays entered after its transport ends; notice it here.
+        while not _known_closed(client):
+            await anyio.sleep(_WATCH_INTERVAL)
+        stop.set()
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[Client]:
@@ -296,13 +442,15 @@ class _Upstream:
     def _transport(self) -> Any:
         server = self.server
         if isinstance(server, StdioServer):
-            params = StdioServerParameters(
-                command=server.command,
-                args=list(server.args),
-                cwd=server.cwd,
-                env={k: v.get_secret_value() for k, v in server.env.items()},
+            env = {k: v.get_secret_value() for k, v in server.env.items()}
+            if sys.platform == "win32":  # pragma: no cover - our transport is POSIX only
+                params = StdioServerParameters(command=server.command, args=list(server.args), cwd=server.cwd, env=env)
+                return stdio_client(params, errlog=sys.stderr)
+            return stdio.stdio_transport(
+                stdio.StdioParams(command=server.command, args=list(server.args), env=env, cwd=server.cwd),
+                max_message_bytes=self.hub.max_message_bytes,
+                errlog=sys.stderr,
             )
-            return stdio_client(params, errlog=sys.stderr)
         assert isinstance(server, HttpServer)
         return _http_transport(server.url, {k: v.get_secret_value() for k, v in server.headers.items()})
 
@@ -375,7 +523,7 @@ class _Upstream:
     # -- calls -------------------------------------------------------------
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
-        client = await self._connected()
+        client = await self._ready_client()
         options = self.server.codemode
         where = f"{self.namespace}.{name}"
         try:
@@ -384,18 +532,15 @@ class _Upstream:
         except TimeoutError:
             raise ToolError(f"{where} timed out after {options.timeout:g} s") from None
         except MCPError as exc:
-            if exc.code == types.CONNECTION_CLOSED:
-                self._lost()
-                raise ToolError(
-                    f"{where} failed: the MCP server closed the connection; it is restarted on the next call"
-                ) from None
-            raise ToolError(f"{where} failed: {self.hub.redact(exc.message)}") from None
+            raise self._call_error(where, client, exc) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             self._lost()
             raise ToolError(
                 f"{where} failed: the connection to the MCP server was lost "
-                f"({type(exc).__name__}); it is restarted on the next call"
+                f"({type(exc).__name__}); it is reconnected in the background"
             ) from None
+        except pydantic.ValidationError as exc:  # the SDK's model of the result refused it
+            raise ToolError(f"{where} failed: the server's answer is malformed: {_describe(exc)}") from None
         except RuntimeError as exc:  # the SDK's own output-schema check
             raise ToolError(f"{where} failed: {self.hub.redact(str(exc))}") from None
         try:
@@ -407,31 +552,46 @@ class _Upstream:
             # A server may echo what it was configured with; the model must not see it.
             raise ToolError(self.hub.redact(exc.message)) from None
 
-    async def _connected(self) -> Client:
+    def _call_error(self, where: str, client: Client, exc: MCPError) -> ToolError:
+        marker = exc.data.get("codemode") if isinstance(exc.data, dict) else None
+        if marker == stdio.TOO_LARGE:
+            return UpstreamResultTooLarge(f"{where} failed: {exc.message}")
+        if marker == stdio.MALFORMED:
+            return ToolError(f"{where} failed: {exc.message}")
+        # The SDK reports a closed connection with -32000, which servers use for
+        # their own errors too: only a session that did close is lost.
+        if exc.code == types.CONNECTION_CLOSED and _known_closed(client):
+            self._lost()
+            return ToolError(
+                f"{where} failed: the MCP server closed the connection; it is reconnected in the background"
+            )
+        return ToolError(f"{where} failed: {self.hub.redact(exc.message)}")
+
+    async def _ready_client(self) -> Client:
+        """The open session; waits while the server connects (up to its connectTimeout).
+
+        Raises `ServerUnavailable`."""
         client = self._client
-        if client is not None and not _known_closed(client):
+        if client is not None and _known_closed(client):
+            self._lost()  # the child died between calls: the supervisor reconnects
+        if self.state == "connecting":
+            await self.wait_settled()
+        client = self._client
+        if self.state == "ready" and client is not None:
             return client
-        async with self._reconnect_lock:
-            if self._client is not None and not _known_closed(self._client):
-                return self._client
-            if self.hub._closed:
-                raise ToolError("the MCP hub is closed")
-            # Bounded by the stop and connect timeouts; shielded so a caller's
-            # cancellation cannot leave a half-started connection behind.
-            with anyio.CancelScope(shield=True):
-                self.stop()
-                with anyio.move_on_after(_STOP_TIMEOUT):
-                    await self.wait_stopped()
-                await self.hub._start(self)
-            failure = self.hub._failures.get(self.namespace)
-            if failure is not None or self._client is None:
-                message = failure.message if failure else "the server did not start"
-                raise ToolError(f"MCP server {self.namespace!r} is unavailable: {message}")
-            return self._client
+        if self.state == "unavailable" and time.monotonic() - self._last_attempt > _BACKOFF_FIRST:
+            self._wake.set()  # retry now rather than at the end of the backoff
+        if self.hub._closed:
+            raise ToolError("the MCP hub is closed")
+        why = self.failure.message if self.failure is not None else "it is still connecting"
+        raise ServerUnavailable(
+            f"MCP server {self.namespace!r} is unavailable ({why}); it is retried in the background"
+        )
 
     def _lost(self) -> None:
         self._client = None
-        self.stop()
+        self._set_connecting()
+        self._stop.set()
 
     def _failure(self, exc: BaseException) -> ServerFailure:
         leaf = _first_leaf(exc)
@@ -504,6 +664,20 @@ def _is_modern(client: Client) -> bool:
 def _announces_tool_changes(client: Client) -> bool:
     tools = client.server_capabilities.tools
     return bool(tools and tools.list_changed)
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    """Where a result failed the SDK's model, without echoing its data."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return "it does not match MCP's result shape"
+    loc = [p for p in errors[0]["loc"]]
+    if len(loc) >= 2 and loc[0] == "content" and isinstance(loc[1], int):
+        return (
+            f"content block {loc[1]} is not a content block MCP defines (text, image, audio, resource, resource_link)"
+        )
+    path = ".".join(str(p) for p in loc[:4]) or "the result"
+    return f"{path}: {errors[0]['msg']}"
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
