@@ -167,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)"
     )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="seconds runs in flight may take to finish after SIGTERM before they are answered 503 (default 10)",
+    )
     _add_run_limits(serve)
 
     mcp = sub.add_parser(

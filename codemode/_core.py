@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from ._discovery import ServerSummary, ToolHit, ToolIndex
+from ._errors import ToolServerUnavailable, UncaughtException
 from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
 from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned
@@ -198,13 +199,32 @@ class CodeMode:
         if self._hub is not None:
             await self._wait_for_named_servers(code)
         tools = self.tools()
-        return await self.sandbox.run(
+        result = await self.sandbox.run(
             code,
             tools=_referenced(code, tools, self.sandbox),
             limits=limits,
             on_event=on_event,
             observe=self._observe if self._shapes is not None else None,
         )
+        return self._explain_unlisted(result, tools)
+
+    def _explain_unlisted(self, result: RunResult, tools: list[Tool]) -> RunResult:
+        """A NameError for the namespace of a server that is down and was never
+        listed (so it has no stubs) says so, with code `server_unavailable`."""
+        error = result.error
+        if self._hub is None or not isinstance(error, UncaughtException) or error.exc_type != "NameError":
+            return result
+        match = re.fullmatch(r"name '([A-Za-z_][A-Za-z0-9_]*)' is not defined", error.message)
+        failure = self.failures.get(match.group(1)) if match else None
+        if failure is None or any(t.namespace == failure.namespace for t in tools):
+            return result
+        explained = ToolServerUnavailable(
+            f"MCP server {failure.namespace!r} is unavailable ({failure.message}); its tools are not known yet "
+            "and it is retried in the background",
+            tool=None,
+            traceback=error.traceback,
+        )
+        return dataclasses.replace(result, error=explained)
 
     async def _wait_for_named_servers(self, code: str | bytes) -> None:
         assert self._hub is not None

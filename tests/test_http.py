@@ -418,7 +418,7 @@ async def test_health_metrics_and_docs() -> None:
         docs = await client.get("/docs")
         schema = (await client.get("/openapi.json")).json()
 
-    assert health.json() == {"status": "ok", "backend": "wasm", "tools": 4, "failures": []}
+    assert health.json() == {"status": "ok", "backend": "wasm", "tools": 4, "failures": [], "servers": []}
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
     assert 'codemode_runs_total{outcome="succeeded"} 1' in text

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from codemode import Hub, Sandbox, ServerUnavailable, ToolError, parse_config
+from codemode import CodeMode, Hub, Sandbox, ServerUnavailable, ToolError, parse_config
 from codemode._upstream.stdio import Framer, response_id
 
 pytestmark = pytest.mark.anyio
@@ -189,3 +189,13 @@ async def test_a_server_down_at_startup_is_retried_until_it_comes_up(tmp_path: P
             await hub.wait_for_change(generation)
         assert hub.state("raw") == "ready"
         assert await hub.call_tool("raw", "echo", {"text": "up"}) == "up"
+
+
+async def test_a_run_naming_a_server_that_never_came_up_fails_with_server_unavailable(tmp_path: Path) -> None:
+    flag = tmp_path / "down"
+    flag.touch()
+    config = parse_config({"mcpServers": {"raw": raw_entry("--fail-if-exists", str(flag))}})
+    async with CodeMode(config=config) as cm:
+        result = await cm.execute("await raw.echo(text='x')")
+    assert result.error is not None
+    assert result.error.code == "server_unavailable" and "'raw'" in result.error.message

@@ -23,9 +23,11 @@ problem shape with a stable `code` (`guards.problem_body`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -285,6 +287,26 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class Drain:
+    """A stopping service: `begin()` refuses new runs, `expire()` cancels those
+    still running; both answer 503 `shutting_down` in the usual problem shape."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.expired = anyio.Event()
+
+    def begin(self) -> None:
+        self.stopping = True
+
+    def expire(self) -> None:
+        self.stopping = True
+        self.expired.set()
+
+    def refuse_if_stopping(self) -> None:
+        if self.stopping:
+            raise ApiError(503, "shutting_down", "the service is shutting down; no new runs are taken")
+
+
 def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     """The FastAPI app over an open `CodeMode` (the caller opens and closes it).
 
@@ -327,6 +349,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         responses=_PROBLEMS,
     )
     app.state.metrics = metrics
+    drain = app.state.drain = Drain()
     _install_error_handlers(app)
 
     def limits_for(body: ExecuteRequest) -> Limits:
@@ -341,7 +364,10 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     async def execute(body: ExecuteRequest, request: Request) -> Response:
         limits = limits_for(body)
-        result = await _run_unless_disconnected(request, admission.reserve(), executor, body.code, limits)
+        drain.refuse_if_stopping()
+        result = await _run_unless_disconnected(request, admission.reserve(), executor, body.code, limits, drain)
+        if result is None and drain.expired.is_set():
+            return problem(503, "shutting_down", "the service shut down before the run finished; it was cancelled")
         if result is None:  # nobody is listening; the status is for the access log
             return problem(499, "client_closed_request", "the client disconnected; the run was cancelled")
         return JSONResponse(result.to_dict(trace=body.trace))
@@ -357,6 +383,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         f"({settings.run_ttl_s:g} s, at most {settings.max_finished_runs}), then forgotten.",
     )
     async def start_run(body: ExecuteRequest) -> Response:
+        drain.refuse_if_stopping()
         run = runs.start(body.code, limits_for(body), trace=body.trace)
         return JSONResponse(
             {"id": run.id, "status": run.status}, status_code=202, headers={"Location": f"/v1/runs/{run.id}"}
@@ -435,9 +462,10 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
 
 
 async def _run_unless_disconnected(
-    request: Request, ticket: Ticket, executor: Executor, code: str, limits: Limits
+    request: Request, ticket: Ticket, executor: Executor, code: str, limits: Limits, drain: Drain
 ) -> RunResult | None:
-    """The run's result, or None if the client went away first (then the run is cancelled)."""
+    """The run's result, or None if the client went away first or the service's
+    shutdown grace ran out (then the run is cancelled)."""
     result: RunResult | None = None
     async with anyio.create_task_group() as tg:
 
@@ -446,7 +474,12 @@ async def _run_unless_disconnected(
                 pass
             tg.cancel_scope.cancel()
 
+        async def watch_shutdown() -> None:
+            await drain.expired.wait()
+            tg.cancel_scope.cancel()
+
         tg.start_soon(watch)
+        tg.start_soon(watch_shutdown)
         try:
             async with ticket:
                 result = await executor.run(code, limits)
@@ -470,6 +503,10 @@ def _failures(cm: CodeMode) -> list[dict[str, str]]:
     return [failure.to_dict() for _, failure in sorted(cm.failures.items())]
 
 
+def _states(cm: CodeMode) -> list[dict[str, Any]]:
+    return [status.to_dict() for status in cm.server_status()]
+
+
 def _add_catalog_routes(app: FastAPI, cm: CodeMode) -> None:
     @app.get("/v1/servers", response_model=ServersResponse, tags=["discovery"], summary="Namespaces and their tools")
     async def servers() -> dict[str, Any]:
@@ -477,7 +514,7 @@ def _add_catalog_routes(app: FastAPI, cm: CodeMode) -> None:
             {"namespace": s.namespace, "server": s.server, "tool_count": s.tool_count, "tools": list(s.tools)}
             for s in cm.list_servers()
         ]
-        return {"servers": summaries, "failures": _failures(cm)}
+        return {"servers": summaries, "failures": _failures(cm), "states": _states(cm)}
 
     @app.get("/v1/tools/search", response_model=SearchResponse, tags=["discovery"], summary="Search tools")
     async def search(
@@ -519,12 +556,14 @@ def _add_catalog_routes(app: FastAPI, cm: CodeMode) -> None:
 def _add_ops_routes(app: FastAPI, cm: CodeMode, metrics: Metrics) -> None:
     @app.get("/healthz", response_model=Health, tags=["ops"], summary="Liveness and upstream state")
     async def healthz() -> dict[str, Any]:
-        failures = _failures(cm)
+        failures, states = _failures(cm), _states(cm)
+        starting = any(s["state"] == "connecting" for s in states)
         return {
-            "status": "degraded" if failures else "ok",
+            "status": "degraded" if failures else "starting" if starting else "ok",
             "backend": cm.sandbox.backend.name,
             "tools": len(cm.tools()),
             "failures": failures,
+            "servers": states,
         }
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
@@ -589,16 +628,51 @@ async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
             file=sys.stderr,
         )
         cm = CodeMode(sandbox=sandbox)
-    async with cm:
-        for namespace, failure in cm.failures.items():
-            print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
+    grace = float(getattr(args, "shutdown_grace", _SHUTDOWN_GRACE_S))
+    # The port opens at once; servers connect in the background (their state is in /healthz).
+    await cm.open(wait_for_servers=False)
+    try:
         app = create_app(cm, settings)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, lifespan="on", log_level="info", timeout_graceful_shutdown=5
+            app,
+            host=settings.host,
+            port=settings.port,
+            lifespan="on",
+            log_level="info",
+            # Past our grace, runs are answered 503 by us; this is only the backstop.
+            timeout_graceful_shutdown=int(grace) + 5,
         )
         server = uvicorn.Server(config)
-        try:
-            await server.serve()
-        except SystemExit:  # uvicorn's way of saying it could not bind (it has logged why)
-            return EXIT_UNAVAILABLE
+        # uvicorn re-raises a caught SIGTERM after serving, which killed the
+        # process before the upstreams were closed: the signals are ours.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, server, app.state.drain, grace)
+            try:
+                await server.serve()
+            except SystemExit:  # uvicorn's way of saying it could not bind (it has logged why)
+                return EXIT_UNAVAILABLE
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        # Every upstream and its process group, also after a signal (the hub
+        # shields its own stop; a scope here would break the order of its task group).
+        await cm.aclose()
     return EXIT_OK
+
+
+# How long in-flight runs may take to finish after SIGTERM before they are answered 503.
+_SHUTDOWN_GRACE_S = 10.0
+
+
+async def _stop_on_signal(server: Any, drain: Drain, grace: float) -> None:
+    """SIGTERM or SIGINT: stop taking connections and runs, give runs in flight
+    `grace` seconds, then cancel them (answered 503 `shutting_down`)."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("codemode: %s received; stopping (grace %g s)", signal.Signals(signum).name, grace)
+            drain.begin()
+            server.should_exit = True
+            break
+    await anyio.sleep(grace)
+    drain.expire()

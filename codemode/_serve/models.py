@@ -155,9 +155,20 @@ class FailureOut(BaseModel):
     message: str
 
 
+class ServerStateOut(BaseModel):
+    server: str
+    namespace: str
+    state: Literal["connecting", "ready", "unavailable"] = Field(
+        description="Unavailable servers are retried in the background; their calls fail with `server_unavailable`."
+    )
+    tools: int = Field(description="Tools listed (for an unavailable server: at its last successful listing).")
+    last_error: FailureOut | None = Field(description="Why the last attempt to connect failed.")
+
+
 class ServersResponse(BaseModel):
     servers: list[ServerOut]
-    failures: list[FailureOut] = Field(description="Configured servers that could not be reached.")
+    failures: list[FailureOut] = Field(description="Configured servers that are unavailable now.")
+    states: list[ServerStateOut] = Field(description="Every configured server's connection state.")
 
 
 class ToolHitOut(BaseModel):
@@ -174,7 +185,10 @@ class SearchResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"] = Field(description="`degraded` when some configured server is unavailable.")
+    status: Literal["ok", "starting", "degraded"] = Field(
+        description="`degraded` when some configured server is unavailable, `starting` while some still connect."
+    )
     backend: str
     tools: int
     failures: list[FailureOut]
+    servers: list[ServerStateOut] = Field(description="Every configured server's connection state.")
