@@ -379,10 +379,10 @@ class _Upstream:
         deadline = anyio.current_time() + self.server.codemode.connect_timeout
         try:
             marker = anyio.CancelScope()
+            scope = anyio.CancelScope(deadline=deadline)
             async with anyio.create_task_group() as tg:
-                # Callers learn of a timeout at the deadline, not after the child is stopped.
-                tg.start_soon(self._mark_timeout, deadline, marker)
-                with anyio.CancelScope(deadline=deadline) as scope:
+                tg.start_soon(self._guard_connect, deadline, marker, scope, stop)
+                with scope:
                     async with self._connect() as client:
                         await self._refresh(client)
                         scope.deadline = math.inf
@@ -419,10 +419,17 @@ class _Upstream:
             self._set_connecting()
         return time.monotonic() - ready_at
 
-    async def _mark_timeout(self, deadline: float, scope: anyio.CancelScope) -> None:
-        with scope:
-            await anyio.sleep_until(deadline)
-        if not scope.cancel_called and self.state == "connecting":
+    async def _guard_connect(
+        self, deadline: float, marker: anyio.CancelScope, connect: anyio.CancelScope, stop: anyio.Event
+    ) -> None:
+        """While connecting: a stop ends the attempt at once, and callers learn
+        of a timeout at the deadline, not after the child has been stopped."""
+        with marker:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await stop.wait()
+                connect.cancel()
+                return
+        if not marker.cancel_called and self.state == "connecting":
             self._set_settled("unavailable", self._failure(_ConnectTimeout()))
 
     async def _watch(self, client: Client, stop: anyio.Event) -> None:
