@@ -199,4 +199,3 @@ async def test_a_run_naming_a_server_that_never_came_up_fails_with_server_unavai
         result = await cm.execute("await raw.echo(text='x')")
     assert result.error is not None
     assert result.error.code == "server_unavailable" and "'raw'" in result.error.message
-
