@@ -338,6 +338,7 @@ def _cmd_pin(args: argparse.Namespace) -> int:
             for namespace, failure in hub.failures.items():
                 print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
             store, tools = PinStore.load(lock), hub.tools()
+            store.python_names(tools)  # names for pins from an older lock file, before any new tool's
             if args.update:
                 report = store.update(tools)
             else:  # pin what is new; what changed stays refused until --update

@@ -20,7 +20,7 @@ from ._discovery import ServerSummary, ToolHit, ToolIndex
 from ._errors import ToolServerUnavailable, UncaughtException
 from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
-from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned
+from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned, with_python_names
 from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION, EXECUTE_SUMMARY
 from ._result import RunResult
 from ._sandbox.runner import Backend, Sandbox
@@ -139,7 +139,7 @@ class CodeMode:
         if key != self._cache_key:
             tools = self._static + (self._hub.tools() if self._hub is not None else [])
             if self._pins is not None:
-                tools = filter_pinned(tools, self._pins, self._policy)
+                tools = with_python_names(filter_pinned(tools, self._pins, self._policy), self._pins)
             # After pinning: what was observed never changes a pinned definition.
             tools = [self._with_observed_output(t) for t in tools]
             self._tools, self._index, self._cache_key = tools, None, key

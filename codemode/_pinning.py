@@ -10,10 +10,17 @@ A definition that differs from its pin is refused until someone re-approves it
 New tools are trusted on first use by default (`PinPolicy(on_new="pin")`); a
 strict setup uses `on_new="exclude"` so only tools already in the lock file run.
 
+Code calls a tool by its Python name (`evil.get_data`), not its wire name, so a
+pin also records the Python name the tool was given when it was pinned. That
+name stays the tool's whatever the listing order, and no other tool of the
+server, new or changed, is ever given a name a pinned tool holds (a new
+`get-data` listed before a pinned `get_data` becomes `get_data_2`). Lock files
+written before names were recorded get names on first use, in listing order.
+
 Lock file, version 1 (keys sorted, so diffs stay small and reviewable):
 
     {"version": 1,
-     "tools": {"<server>": {"<tool>": {"sha256": "...", "description": "...",
+     "tools": {"<server>": {"<tool>": {"sha256": "...", "python_name": "...", "description": "...",
                                         "input_schema": {...}, "output_schema": null}}}}
 
 The hash is authoritative; the stored definition is there so that a report can
@@ -22,6 +29,7 @@ say *what* changed and a reviewer can read the diff.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ._errors import CodemodeError, ConfigError
+from ._names import MEMBER_RESERVED, to_identifier, unique_identifier
 from ._tools import Tool
 
 __all__ = [
@@ -49,6 +58,7 @@ __all__ = [
     "filter_pinned",
     "tool_definition",
     "tool_digest",
+    "with_python_names",
 ]
 
 logger = logging.getLogger("codemode")
@@ -209,11 +219,18 @@ def atomic_write_json(path: Path, data: Any, *, sort_keys: bool = True) -> None:
 class _Pin:
     sha256: str
     definition: Mapping[str, Any] | None  # None when the lock file holds only the hash
+    python_name: str | None = None  # None in lock files written before names were recorded
 
 
-def _pin_for(tool: Tool) -> _Pin:
+def _pin_for(tool: Tool, python_name: str | None = None) -> _Pin:
     definition = tool_definition(tool)
-    return _Pin(sha256=tool_digest(tool), definition={k: definition[k] for k in _DEFINITION_FIELDS})
+    return _Pin(
+        sha256=tool_digest(tool), definition={k: definition[k] for k in _DEFINITION_FIELDS}, python_name=python_name
+    )
+
+
+def _is_member_name(name: str) -> bool:
+    return to_identifier(name, reserved=MEMBER_RESERVED) == name
 
 
 def _changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -262,6 +279,38 @@ class PinStore:
         """Every pinned tool, sorted."""
         return sorted(self._pins)
 
+    def python_names(self, tools: Iterable[Tool]) -> dict[ToolRef, str]:
+        """The Python name each of `tools` gets in its namespace: a pinned tool's
+        recorded name; for any other, one derived from its wire name (listing
+        order) that no pinned tool of the server holds, present or not.
+        `approve` records the names of what it pins; pinned tools from a lock
+        file written before names were recorded get theirs recorded here (saved
+        on the next `save()`), so that no new tool can take them later."""
+        names: dict[ToolRef, str] = {}
+        taken: dict[str, set[str]] = {}
+        for pinned_ref, pinned in self._pins.items():
+            if pinned.python_name is not None:
+                taken.setdefault(pinned_ref.server, set()).add(pinned.python_name)
+        unnamed: list[ToolRef] = []
+        for tool in tools:
+            ref = ToolRef(server=tool.namespace, tool=tool.name)
+            known = self._pins.get(ref)
+            if known is not None and known.python_name is not None:
+                names[ref] = known.python_name
+            elif ref not in names:
+                unnamed.append(ref)
+        # Pinned tools from an older lock file first, so they keep the names they had.
+        unnamed.sort(key=lambda ref: ref not in self._pins)
+        for ref in unnamed:
+            if ref not in names:
+                server_taken = taken.setdefault(ref.server, set())
+                names[ref] = unique_identifier(ref.tool, server_taken, fallback="tool", reserved=MEMBER_RESERVED)
+                legacy = self._pins.get(ref)
+                if legacy is not None:
+                    self._pins[ref] = dataclasses.replace(legacy, python_name=names[ref])
+                    self._dirty = True
+        return names
+
     def check(self, tools: Iterable[Tool]) -> PinReport:
         """Compare `tools` with the pins; changes nothing.
 
@@ -306,9 +355,10 @@ class PinStore:
         Raises `ValueError` if a tool's schemas are not JSON data."""
         tools = list(tools)
         report = self.check(tools)
+        names = self.python_names(tools)
         for tool in tools:
             ref = ToolRef(server=tool.namespace, tool=tool.name)
-            pin = _pin_for(tool)
+            pin = _pin_for(tool, names[ref])
             if self._pins.get(ref) != pin:
                 self._pins[ref] = pin
                 self._dirty = True
@@ -340,6 +390,8 @@ class PinStore:
         for ref in sorted(self._pins):
             pin = self._pins[ref]
             entry: dict[str, Any] = {"sha256": pin.sha256}
+            if pin.python_name is not None:
+                entry["python_name"] = pin.python_name
             if pin.definition is not None:
                 entry.update(pin.definition)
             tools.setdefault(ref.server, {})[ref.tool] = entry
@@ -362,6 +414,7 @@ def _parse_lock(path: Path, data: object) -> dict[ToolRef, _Pin]:
     if not isinstance(servers, dict):
         raise LockFileError(path, '"tools" is not an object')
     pins: dict[ToolRef, _Pin] = {}
+    names: dict[str, set[str]] = {}
     for server, tools in servers.items():
         if not isinstance(tools, dict):
             raise LockFileError(path, f"tools of server {server!r} are not an object")
@@ -374,7 +427,16 @@ def _parse_lock(path: Path, data: object) -> dict[ToolRef, _Pin]:
                 raise LockFileError(path, f"{where} has no valid sha256")
             has_definition = all(f in entry for f in _DEFINITION_FIELDS)
             definition = {f: entry[f] for f in _DEFINITION_FIELDS} if has_definition else None
-            pins[ToolRef(server=server, tool=name)] = _Pin(sha256=digest, definition=definition)
+            python_name = entry.get("python_name")
+            if python_name is not None and not (isinstance(python_name, str) and _is_member_name(python_name)):
+                raise LockFileError(path, f"{where} has a python_name that is not an identifier")
+            if python_name is not None and python_name in names.setdefault(server, set()):
+                raise LockFileError(path, f"{where} has the python_name {python_name!r} of another tool")
+            if python_name is not None:
+                names[server].add(python_name)
+            pins[ToolRef(server=server, tool=name)] = _Pin(
+                sha256=digest, definition=definition, python_name=python_name
+            )
     return pins
 
 
@@ -412,11 +474,21 @@ def filter_pinned(tools: Iterable[Tool], store: PinStore, policy: PinPolicy | No
         )
         refused |= new
     allowed = [t for t in tools if ToolRef(server=t.namespace, tool=t.name) not in refused]
+    # Pins from an older lock file get their names before any new tool is named.
+    store.python_names(tools)
     if new and policy.on_new == "pin":
         logger.info(
             "pinning %d new tool(s) on first use: %s", len(new), ", ".join(f"{r.server}.{r.tool}" for r in sorted(new))
         )
         store.approve(t for t in tools if ToolRef(server=t.namespace, tool=t.name) in new)
-        if store.path is not None:
-            store.save()
+    if store.dirty and store.path is not None:
+        store.save()
     return allowed
+
+
+def with_python_names(tools: Iterable[Tool], store: PinStore) -> list[Tool]:
+    """`tools`, each with `python_name` set to the name `store` gives it
+    (`PinStore.python_names`), so stubs call pinned tools by their pinned names."""
+    tools = list(tools)
+    names = store.python_names(tools)
+    return [dataclasses.replace(t, python_name=names[ToolRef(server=t.namespace, tool=t.name)]) for t in tools]

@@ -14,6 +14,7 @@ class ToolCallRecord:
 
     namespace: str
     tool: str
+    """The Python names the code called: `namespace.tool`."""
     arguments: dict[str, Any]
     ok: bool
     error_code: str | None = None
@@ -23,11 +24,18 @@ class ToolCallRecord:
     started_s: float = 0.0
     """Seconds from the start of the run."""
     duration_s: float = 0.0
+    server: str = ""
+    """The tool's namespace as the lock file and configuration name it."""
+    wire_name: str = ""
+    """The tool's name on its server (what was called there, and what is pinned);
+    empty when the call named no known tool."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "namespace": self.namespace,
             "tool": self.tool,
+            "server": self.server,
+            "wire_name": self.wire_name,
             "arguments": self.arguments,
             "ok": self.ok,
             "error_code": self.error_code,

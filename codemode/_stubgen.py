@@ -24,7 +24,15 @@ from typing import Any
 
 import jinja2
 
-from ._names import GLOBAL_RESERVED, MEMBER_RESERVED, clean_text, is_field_name, type_name_part, unique_identifier
+from ._names import (
+    GLOBAL_RESERVED,
+    MEMBER_RESERVED,
+    clean_text,
+    is_field_name,
+    to_identifier,
+    type_name_part,
+    unique_identifier,
+)
 from ._schema_types import (
     MAX_TEXT,
     Annotation,
@@ -305,18 +313,42 @@ def _hash(value: object) -> bytes:
 def _input_hash(tools: list[Tool], namespace_docs: Mapping[str, str]) -> str:
     digest = hashlib.sha256(_hash(dict(namespace_docs)))
     for t in tools:
-        digest.update(_hash([t.namespace, t.name, t.description, t.input_schema, t.output_schema]))
+        fields = [t.namespace, t.name, t.description, t.input_schema, t.output_schema]
+        digest.update(_hash([*fields, t.python_name] if t.python_name is not None else fields))
     return digest.hexdigest()[:16]
+
+
+def _member_names(members: list[Tool]) -> list[tuple[Tool, str]]:
+    """Each tool's identifier in its namespace class. Names given in
+    `Tool.python_name` (from the lock file) are claimed first, so no other
+    tool can take one, whatever the listing order; the rest are derived from
+    the wire names in listing order, avoiding every claimed name."""
+    member_names: set[str] = set()
+    fixed: dict[int, str] = {}
+    for i, tool in enumerate(members):
+        wanted = tool.python_name
+        if wanted is None:
+            continue
+        if to_identifier(wanted, reserved=MEMBER_RESERVED) != wanted or wanted in member_names:
+            raise ValueError(f"Tool.python_name {wanted!r} of {tool.namespace}.{tool.name} is not a free identifier")
+        member_names.add(wanted)
+        fixed[i] = wanted
+    return [
+        (tool, fixed.get(i) or unique_identifier(tool.name, member_names, fallback="tool", reserved=MEMBER_RESERVED))
+        for i, tool in enumerate(members)
+    ]
 
 
 def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | None = None) -> StubSet:
     """Stubs for `tools`, one class per namespace, and the bindings back to them.
 
     Names are mangled predictably (`codemode._names`); names that collide after
-    mangling get `_2`, `_3`, ... in input order.
+    mangling get `_2`, `_3`, ... in input order, except that a tool's own
+    `python_name` is always kept.
 
-    Raises `ValueError` if the rendered source does not parse (a bug in codemode,
-    never a result of what a server sent)."""
+    Raises `ValueError` if two tools of a namespace claim the same `python_name`
+    or one is not an identifier, or if the rendered source does not parse (a bug
+    in codemode, never a result of what a server sent)."""
     tools = list(tools)
     namespace_docs = namespace_docs or {}
     by_namespace: dict[str, list[Tool]] = {}
@@ -328,17 +360,7 @@ def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | N
     named: list[tuple[str, str, list[tuple[Tool, str]]]] = []
     for namespace, members in by_namespace.items():
         ns_py = unique_identifier(namespace, module_names, fallback="server", reserved=GLOBAL_RESERVED)
-        member_names: set[str] = set()
-        named.append(
-            (
-                namespace,
-                ns_py,
-                [
-                    (tool, unique_identifier(tool.name, member_names, fallback="tool", reserved=MEMBER_RESERVED))
-                    for tool in members
-                ],
-            )
-        )
+        named.append((namespace, ns_py, _member_names(members)))
     types = SchemaTypes(module_names | {py for _, _, named_tools in named for _, py in named_tools})
 
     namespaces: list[_Namespace] = []

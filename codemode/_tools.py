@@ -43,6 +43,10 @@ class Tool:
     description: str = ""
     namespace: str = "tools"
     output_schema: Mapping[str, Any] | None = None
+    python_name: str | None = None
+    """The identifier the stubs use for this tool inside its namespace; None
+    derives one from `name` (in listing order, so a new tool could take it).
+    `CodeMode` sets it from the lock file, so a pinned tool keeps its name."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

@@ -154,6 +154,7 @@ def test_lock_file_is_readable_sorted_json(tmp_path: Path) -> None:
                         "description": "Search the web.",
                         "input_schema": {"properties": {"path": {"type": "string"}}, "type": "object"},
                         "output_schema": None,
+                        "python_name": "search",
                         "sha256": sha256,
                     }
                 }

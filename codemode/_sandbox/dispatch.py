@@ -168,9 +168,11 @@ class Dispatcher:
     observe: Callable[[Tool, Any], None] | None = None
     """Given each successful call's tool and value (for observed output shapes)."""
     _batches: int = 0
-    # (namespace, tool, arguments, started, finished, batch, error code, message):
-    # tuples on the hot path, records only when someone asks.
-    _log: list[tuple[str, str, dict[str, Any], float, float, int, str | None, str | None]] = field(default_factory=list)
+    # (namespace, tool, arguments, started, finished, batch, error code, message,
+    # the Tool or None): tuples on the hot path, records only when someone asks.
+    _log: list[tuple[str, str, dict[str, Any], float, float, int, str | None, str | None, Tool | None]] = field(
+        default_factory=list
+    )
 
     @property
     def calls(self) -> list[ToolCallRecord]:
@@ -187,10 +189,13 @@ class Dispatcher:
         batch: int,
         code: str | None,
         message: str | None,
+        tool: Tool | None = None,
     ) -> ToolCallRecord:
         return ToolCallRecord(
             namespace=namespace,
             tool=name,
+            server=tool.namespace if tool is not None else "",
+            wire_name=tool.name if tool is not None else "",
             arguments=args,
             ok=code is None,
             error_code=code,
@@ -290,6 +295,8 @@ class Dispatcher:
                     "type": "tool_call_started",
                     "namespace": binding.namespace,
                     "tool": binding.name,
+                    "server": binding.tool.namespace,
+                    "wire_name": binding.tool.name,
                     "arguments": wire_args,
                     "batch": self._batches,
                 }
@@ -344,7 +351,7 @@ class Dispatcher:
                 f"{binding.qualified_name} returned {len(encoded)} bytes; "
                 f"the limit is {self.limits.max_tool_result_bytes}",
             )
-        self._record(binding.namespace, binding.name, wire_args, started, batch)
+        self._record(binding.namespace, binding.name, wire_args, started, batch, tool=binding.tool)
         if self.observe is not None:
             self.observe(binding.tool, value)
         return '{"id":%d,"ok":true,"value":%s}' % (item["id"], encoded)  # noqa: UP031 (hot path)
@@ -366,7 +373,8 @@ class Dispatcher:
         call = item.get("call") or {}
         namespace = binding.namespace if binding else str(call.get("ns"))
         name = binding.name if binding else str(call.get("tool"))
-        self._record(namespace, name, wire_args, started, batch, code=code, message=message)
+        tool = binding.tool if binding else None
+        self._record(namespace, name, wire_args, started, batch, code=code, message=message, tool=tool)
         error = {"code": code, "message": message, "tool": f"{namespace}.{name}"}
         return json.dumps({"id": item["id"], "ok": False, "error": error})
 
@@ -380,8 +388,9 @@ class Dispatcher:
         *,
         code: str | None = None,
         message: str | None = None,
+        tool: Tool | None = None,
     ) -> None:
-        entry = (namespace, name, args, started, time.monotonic(), batch, code, message)
+        entry = (namespace, name, args, started, time.monotonic(), batch, code, message, tool)
         self._log.append(entry)
         if self.on_event is not None:
             self.on_event({"type": "tool_call_finished", **self._as_record(*entry).to_dict()})
