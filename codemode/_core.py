@@ -22,6 +22,7 @@ from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
 from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned, with_python_names
 from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION, EXECUTE_SUMMARY
+from ._redact import Redactor, install_log_redaction
 from ._result import RunResult
 from ._sandbox.runner import Backend, Sandbox
 from ._tools import Tool
@@ -73,6 +74,8 @@ class CodeMode:
 
             # An answer carries a value twice (structured and as text), escaped.
             self._hub = Hub(config, max_message_bytes=4 * self.sandbox.limits.max_tool_result_bytes + 65_536)
+        # Configured secrets never leave a run: see `codemode._redact`.
+        self._redactor = Redactor(config.secrets() if config is not None else ())
         self._pins = PinStore.load(lock_file) if lock_file is not None else None
         self._shapes = _shape_recorder(observe_shapes, lock_file)
         self._policy = pin_policy or PinPolicy()
@@ -108,6 +111,7 @@ class CodeMode:
 
         Raises `SandboxUnavailable`."""
         self._stack = AsyncExitStack()
+        self._stack.callback(install_log_redaction(self._redactor))
         if self._hub is not None:
             hub = self._hub
             await hub.open(wait=wait_for_servers)
@@ -195,10 +199,19 @@ class CodeMode:
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunResult:
         """Run `code` against the tools; see `Sandbox.run`. Servers the code names
-        that are still connecting are waited for, each up to its `connectTimeout`."""
+        that are still connecting are waited for, each up to its `connectTimeout`.
+        Configured secrets are redacted from the result and from every event
+        (`codemode._redact`)."""
         if self._hub is not None:
             await self._wait_for_named_servers(code)
         tools = self.tools()
+        redact = self._redactor
+        if on_event is not None and redact:
+            consumer = on_event
+
+            def on_event(event: dict[str, Any]) -> None:
+                consumer(redact.value(event))
+
         result = await self.sandbox.run(
             code,
             tools=_referenced(code, tools, self.sandbox),
@@ -206,7 +219,7 @@ class CodeMode:
             on_event=on_event,
             observe=self._observe if self._shapes is not None else None,
         )
-        return self._explain_unlisted(result, tools)
+        return redact.result(self._explain_unlisted(result, tools))
 
     def _explain_unlisted(self, result: RunResult, tools: list[Tool]) -> RunResult:
         """A NameError for the namespace of a server that is down and was never

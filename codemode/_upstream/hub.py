@@ -44,7 +44,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import anyio
 import anyio.abc
@@ -58,9 +58,11 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .._errors import ServerUnavailable, ToolError, UpstreamResultTooLarge
+from .._redact import Redactor
 from .._tools import Tool
 from . import stdio
 from .config import Config, HttpServer, ServerConfig, StdioServer
+from .logs import open_server_log, server_log_path
 from .results import to_value
 
 __all__ = ["Hub", "ServerFailure", "ServerStatus"]
@@ -144,7 +146,7 @@ class Hub:
     def __init__(self, config: Config, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.config = config
         self.max_message_bytes = max_message_bytes
-        self._secrets = sorted(set(config.secrets()), key=len, reverse=True)
+        self._redactor = Redactor(config.secrets())
         self._upstreams = {s.namespace: _Upstream(s, self) for s in config.servers.values()}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -275,10 +277,8 @@ class Hub:
         return await upstream.call(name, dict(arguments or {}))
 
     def redact(self, text: str) -> str:
-        """`text` with every configured secret replaced by `***`."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """`text` with every configured secret, in every form `Redactor` knows, replaced by `***`."""
+        return self._redactor.text(text)
 
     def _tools_changed(self) -> None:
         self._generation += 1
@@ -441,22 +441,27 @@ class _Upstream:
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[Client]:
         options = self.server.codemode
-        async with Client(
-            self._transport(), mode=options.protocol, cache=None, message_handler=self._on_message
-        ) as client:
-            yield client
+        async with AsyncExitStack() as stack:
+            errlog = (
+                stack.enter_context(open_server_log(self.server.name)) if isinstance(self.server, StdioServer) else None
+            )
+            async with Client(
+                self._transport(errlog), mode=options.protocol, cache=None, message_handler=self._on_message
+            ) as client:
+                yield client
 
-    def _transport(self) -> Any:
+    def _transport(self, errlog: TextIO | None) -> Any:
         server = self.server
         if isinstance(server, StdioServer):
             env = {k: v.get_secret_value() for k, v in server.env.items()}
             if sys.platform == "win32":  # pragma: no cover - our transport is POSIX only
                 params = StdioServerParameters(command=server.command, args=list(server.args), cwd=server.cwd, env=env)
-                return stdio_client(params, errlog=sys.stderr)
+                return stdio_client(params, errlog=errlog or sys.stderr)
+            # The child's stderr (tracebacks that may quote its env) goes to its own log file.
             return stdio.stdio_transport(
                 stdio.StdioParams(command=server.command, args=list(server.args), env=env, cwd=server.cwd),
                 max_message_bytes=self.hub.max_message_bytes,
-                errlog=sys.stderr,
+                errlog=errlog or sys.stderr,
             )
         assert isinstance(server, HttpServer)
         return _http_transport(server.url, {k: v.get_secret_value() for k, v in server.headers.items()})
@@ -554,7 +559,8 @@ class _Upstream:
             value = to_value(result, output_schema=self._schemas.get(name))
             if self._unwrap.get(name) and isinstance(value, dict) and "result" in value:
                 value = value["result"]
-            return value
+            # A server may echo what it was configured with: code never gets it.
+            return self.hub._redactor.value(value)
         except ToolError as exc:
             # A server may echo what it was configured with; the model must not see it.
             raise ToolError(self.hub.redact(exc.message)) from None
@@ -612,7 +618,12 @@ class _Upstream:
         elif isinstance(leaf, MCPError):
             code = "connect_failed"
             if leaf.code == types.CONNECTION_CLOSED:
-                message = "the server exited or closed the connection during startup (see its stderr)"
+                message = (
+                    "the server exited or closed the connection during startup "
+                    f"(see its stderr in {server_log_path(self.server.name)})"
+                    if isinstance(self.server, StdioServer)
+                    else "the server closed the connection during startup"
+                )
             else:
                 message = f"the server refused the connection: {leaf.message}"
         else:
