@@ -165,6 +165,13 @@ def _parser() -> argparse.ArgumentParser:
         help="accept each token in PATH (one a line: TOKEN [NAME]); a run is seen only by the token that started it",
     )
     serve.add_argument(
+        "--max-store-mb",
+        type=float,
+        default=None,
+        help="memory for background runs' results and events; the oldest finished runs are forgotten "
+        "beyond it (default $CODEMODE_MAX_STORE_MB, else 256)",
+    )
+    serve.add_argument(
         "--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)"
     )
     serve.add_argument(

@@ -92,7 +92,9 @@ class HttpSettings:
     `default_limits` (default: the sandbox's) apply to runs that do not say;
     `max_limits` (default: `default_limits`) cap what a request may ask for.
     Finished runs are kept `run_ttl_s` seconds, at most `max_finished_runs` of
-    them; each keeps its last `max_events_per_run` events."""
+    them, and all runs together within `max_store_bytes` (oldest finished runs
+    forgotten first); each keeps its last `max_events_per_run` events, with
+    tool-call arguments as previews."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -110,6 +112,7 @@ class HttpSettings:
     run_ttl_s: float = 600.0
     max_finished_runs: int = 200
     max_events_per_run: int = 1_000
+    max_store_bytes: int = 256 * 2**20
     retry_after_s: int = 1
     sse_ping_s: float = 15.0
     cancel_wait_s: float = 5.0
@@ -146,6 +149,8 @@ class HttpSettings:
             out.append("--queue must not be negative")
         if self.max_body_bytes < 1:
             out.append("--max-body-bytes must be at least 1")
+        if self.max_store_bytes < 1:
+            out.append("--max-store-mb (or $CODEMODE_MAX_STORE_MB) must be a positive number of MB")
         if not 0 <= self.port <= 65535:
             out.append("--port must be between 0 and 65535")
         return out
@@ -327,6 +332,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         ttl_s=settings.run_ttl_s,
         max_finished=settings.max_finished_runs,
         max_events=settings.max_events_per_run,
+        max_bytes=settings.max_store_bytes,
     )
 
     @asynccontextmanager
@@ -350,6 +356,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     app.state.metrics = metrics
     drain = app.state.drain = Drain()
+    app.state.runs = runs
     _install_error_handlers(app)
 
     def limits_for(body: ExecuteRequest) -> Limits:
@@ -379,30 +386,37 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         tags=["runs"],
         summary="Start a run",
         description="Start a run in the background. Poll `GET /v1/runs/{id}` or stream "
-        "`GET /v1/runs/{id}/events`. Finished runs are kept for a while "
-        f"({settings.run_ttl_s:g} s, at most {settings.max_finished_runs}), then forgotten.",
+        "`GET /v1/runs/{id}/events`. Finished runs are kept for a while (at most "
+        f"{settings.run_ttl_s:g} s, the {settings.max_finished_runs} most recent, within "
+        f"{settings.max_store_bytes / 2**20:g} MB in all; tool-call arguments as previews), then forgotten. "
+        "Only the client that started a run can read or cancel it.",
     )
-    async def start_run(body: ExecuteRequest) -> Response:
+    async def start_run(body: ExecuteRequest, request: Request) -> Response:
         drain.refuse_if_stopping()
-        run = runs.start(body.code, limits_for(body), trace=body.trace)
+        run = runs.start(body.code, limits_for(body), trace=body.trace, owner=_client(request))
         return JSONResponse(
             {"id": run.id, "status": run.status}, status_code=202, headers={"Location": f"/v1/runs/{run.id}"}
         )
 
-    def find_run(run_id: str) -> Run:
-        run = runs.get(run_id)
-        if run is None:
-            raise ApiError(
-                404,
-                "run_not_found",
-                f"there is no run {run_id!r} (finished runs are kept {settings.run_ttl_s:g} s)",
-                title="Run not found",
-            )
-        return run
+    def find_run(run_id: str, request: Request) -> Run:
+        # Another client's run answers exactly as a run that never existed.
+        client = _client(request)
+        run = runs.get(run_id, client)
+        if run is not None:
+            return run
+        why = runs.forgotten(run_id, client)
+        if why is not None:
+            detail = f"run {run_id!r} has finished and is no longer kept: {why}"
+            raise ApiError(404, "run_expired", detail, title="Run no longer kept")
+        detail = (
+            f"there is no run {run_id!r} of yours: it never existed, or finished long ago and was forgotten "
+            f"(finished runs are kept at most {settings.run_ttl_s:g} s, fewer when the store is full)"
+        )
+        raise ApiError(404, "run_not_found", detail, title="Run not found")
 
     @app.get("/v1/runs/{run_id}", response_model=RunInfo, tags=["runs"], summary="A run's status and result")
-    async def get_run(run_id: str) -> Response:
-        return JSONResponse(find_run(run_id).info())
+    async def get_run(run_id: str, request: Request) -> Response:
+        return JSONResponse(find_run(run_id, request).info())
 
     @app.get(
         "/v1/runs/{run_id}/events",
@@ -419,9 +433,9 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         },
     )
     async def run_events(
-        run_id: str, last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None
+        run_id: str, request: Request, last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None
     ) -> Response:
-        run = find_run(run_id)
+        run = find_run(run_id, request)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         stream = (_sse(name, seq, data) async for name, seq, data in run.subscribe(after, settings.sse_ping_s))
         return StreamingResponse(
@@ -436,8 +450,8 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         description="Cancel a queued or running run and its in-flight tool calls; answers the run's "
         "state (`cancelled`, or its final status if it had already finished).",
     )
-    async def cancel_run(run_id: str) -> Response:
-        run = find_run(run_id)
+    async def cancel_run(run_id: str, request: Request) -> Response:
+        run = find_run(run_id, request)
         if not run.finished:
             run.cancel()
             with anyio.move_on_after(settings.cancel_wait_s):
@@ -459,6 +473,12 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     app.add_middleware(Guard, settings=settings.guard(), on_reject=lambda code: metrics.rejected.inc(reason=code))
     return app
+
+
+def _client(request: Request) -> str:
+    """Who is asking: the identity the authentication guard set, else "anonymous"."""
+    client = getattr(request.state, "client", None)
+    return client if isinstance(client, str) and client else "anonymous"
 
 
 async def _run_unless_disconnected(
@@ -594,6 +614,7 @@ def cli_main(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         queue=args.queue,
         max_body_bytes=args.max_body_bytes,
+        max_store_bytes=_max_store_bytes(args),
     )
     for message in settings.problems():
         print(f"codemode: {message}", file=sys.stderr)
@@ -607,6 +628,18 @@ def cli_main(args: argparse.Namespace) -> int:
     except (ConfigError, SandboxUnavailable) as exc:
         print(f"codemode: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+
+
+def _max_store_bytes(args: argparse.Namespace) -> int:
+    """`--max-store-mb`, else `$CODEMODE_MAX_STORE_MB`, else 256, in bytes (0 if unreadable: refused)."""
+    given = getattr(args, "max_store_mb", None)
+    if given is None:
+        env = os.environ.get("CODEMODE_MAX_STORE_MB", "")
+        try:
+            given = float(env) if env else 256.0
+        except ValueError:
+            return 0
+    return int(given * 2**20)
 
 
 async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:

@@ -6,13 +6,24 @@ wait for a slot; beyond that a request is refused at once (HTTP 429) rather
 than piling up in memory.
 
 Retention: a finished run (with its result and event log) is kept for
-`ttl_s` seconds, and at most `max_finished` finished runs are kept (the oldest
-go first). Each run keeps at most `max_events` events; a late subscriber that
-missed evicted ones is told how many.
+`ttl_s` seconds, at most `max_finished` finished runs are kept, and all runs
+together are kept within `max_bytes` (the oldest finished runs go first). The
+store keeps previews, not payloads: a tool call's arguments, in its events and
+in the stored call log, are cut to `PREVIEW_CHARS` (each value to
+`VALUE_PREVIEW_CHARS`), with `arguments_truncated` and the full size in
+`arguments_bytes`. Each run keeps at most `max_events` events; a late
+subscriber that missed evicted ones is told how many. A forgotten run's id is
+remembered (a bounded number of them) so that asking for it says why it is gone.
+
+Ownership: a run belongs to the client that started it (the `owner` string the
+app takes from the authenticated caller); any other client is told it does not
+exist, so run ids cannot be probed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import secrets
 import time
@@ -31,11 +42,63 @@ from .._limits import Limits
 from .._result import RunResult
 from .metrics import Metrics
 
-__all__ = ["Admission", "Busy", "Executor", "Run", "RunStore", "Ticket"]
+__all__ = ["PREVIEW_CHARS", "Admission", "Busy", "Executor", "Run", "RunStore", "Ticket", "preview_arguments"]
 
 logger = logging.getLogger("codemode.http")
 
 EventCallback = Callable[[dict[str, Any]], None]
+
+PREVIEW_CHARS = 500
+"""How much of one call's arguments (as compact JSON) a stored run keeps."""
+VALUE_PREVIEW_CHARS = 200
+_KEY_CHARS = 100
+_FORGOTTEN_IDS = 10_000
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def preview_arguments(arguments: Any) -> tuple[dict[str, Any], int, bool]:
+    """(the arguments as kept, their full size in bytes of JSON, whether cut).
+
+    Arguments whose JSON fits in `PREVIEW_CHARS` are kept whole. Otherwise each
+    value whose JSON is longer than `VALUE_PREVIEW_CHARS` becomes that much of
+    its JSON text (ending in "…"), keys are cut to 100 characters, and keys stop
+    once the preview is full."""
+    encoded = _json(arguments)
+    size = len(encoded.encode("utf-8", "surrogatepass"))
+    if len(encoded) <= PREVIEW_CHARS and isinstance(arguments, dict):
+        return arguments, size, False
+    kept: dict[str, Any] = {}
+    used = 0
+    for key, value in arguments.items() if isinstance(arguments, dict) else ():
+        text = _json(value)
+        shown: Any = value if len(text) <= VALUE_PREVIEW_CHARS else _cut(text, VALUE_PREVIEW_CHARS)
+        used += min(len(text), VALUE_PREVIEW_CHARS) + min(len(str(key)), _KEY_CHARS) + 4
+        if used > PREVIEW_CHARS:
+            break
+        kept[_cut(str(key), _KEY_CHARS)] = shown
+    return kept, size, True
+
+
+def _preview_event(event: dict[str, Any]) -> dict[str, Any]:
+    if "arguments" not in event:
+        return event
+    kept, size, cut = preview_arguments(event["arguments"])
+    return {**event, "arguments": kept, "arguments_bytes": size, "arguments_truncated": cut}
+
+
+def _preview_result(result: RunResult) -> RunResult:
+    calls = []
+    for call in result.tool_calls:
+        kept, _, cut = preview_arguments(call.arguments)
+        calls.append(dataclasses.replace(call, arguments=kept) if cut else call)
+    return dataclasses.replace(result, tool_calls=calls)
 
 
 class Busy(Exception):
@@ -140,6 +203,10 @@ class Run:
     limits: Limits
     trace: bool
     max_events: int
+    owner: str = "anonymous"
+    """Who started it: only they may read or cancel it."""
+    account: Callable[[int], None] = field(default=lambda delta: None, repr=False)
+    """Told of each change in the bytes this run holds (the store's budget)."""
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -150,21 +217,33 @@ class Run:
     """A problem body, if the service itself could not carry out the run."""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
-    _events: deque[tuple[int, dict[str, Any]]] = field(init=False)
+    _events: deque[tuple[int, dict[str, Any], int]] = field(init=False)
     _next_seq: int = field(default=1, init=False)
     _changed: anyio.Event = field(default_factory=anyio.Event, init=False)
+    bytes: int = field(default=0, init=False)
+    """What the run holds, roughly: its code, its events and its result as JSON."""
 
     def __post_init__(self) -> None:
         self._events = deque(maxlen=self.max_events)
+        self._grow(len(self.code.encode("utf-8", "surrogatepass")))
+
+    def _grow(self, delta: int) -> None:
+        self.bytes += delta
+        self.account(delta)
 
     @property
     def finished(self) -> bool:
         return self.done.is_set()
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Append an event to the log and wake every subscriber."""
-        self._events.append((self._next_seq, event))
+        """Append an event to the log (arguments as a preview) and wake every subscriber."""
+        event = _preview_event(event)
+        size = len(_json(event))
+        if len(self._events) == self.max_events and self._events:
+            self._grow(-self._events[0][2])  # the deque drops its oldest
+        self._events.append((self._next_seq, event, size))
         self._next_seq += 1
+        self._grow(size)
         self._wake()
 
     def _wake(self) -> None:
@@ -177,8 +256,13 @@ class Run:
     def finish(self, status: str, *, result: RunResult | None = None, failure: dict[str, Any] | None = None) -> None:
         if self.finished:
             return
+        if result is not None:
+            result = _preview_result(result)
         self.status, self.result, self.failure = status, result, failure
         self.finished_at, self.finished_mono = time.time(), time.monotonic()
+        held = len(_json(self.info())) if result is not None or failure is not None else 0
+        self._grow(held - len(self.code.encode("utf-8", "surrogatepass")))
+        self.code = ""  # not needed once it ran
         self.done.set()
         self._wake()
 
@@ -188,7 +272,7 @@ class Run:
         that fires on the next change)."""
         first = self._events[0][0] if self._events else self._next_seq
         lost = max(0, first - (after + 1))
-        return lost, [(seq, ev) for seq, ev in self._events if seq > after], self.finished, self._changed
+        return lost, [(seq, ev) for seq, ev, _ in self._events if seq > after], self.finished, self._changed
 
     async def subscribe(self, after: int, ping_s: float) -> AsyncIterator[tuple[str, int | None, Any]]:
         """(event name, seq, data) for every event after seq `after`, live ones
@@ -234,13 +318,20 @@ class RunStore:
         ttl_s: float = 600.0,
         max_finished: int = 200,
         max_events: int = 1_000,
+        max_bytes: int = 256 * 2**20,
     ) -> None:
         self.executor = executor
         self.admission = admission
         self.ttl_s = ttl_s
         self.max_finished = max_finished
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """What every run kept holds (`Run.bytes`), kept within `max_bytes` by
+        forgetting finished runs; running runs are bounded by their event count."""
         self._runs: OrderedDict[str, Run] = OrderedDict()
+        # Forgotten run id -> (owner, why), so asking for it gets a true answer.
+        self._forgotten: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._tg: TaskGroup | None = None
 
     async def __aenter__(self) -> RunStore:
@@ -257,8 +348,8 @@ class RunStore:
         tg.cancel_scope.cancel()
         return await tg.__aexit__(exc_type, exc, tb)
 
-    def start(self, code: str, limits: Limits, *, trace: bool) -> Run:
-        """Admit a run and start it in the background.
+    def start(self, code: str, limits: Limits, *, trace: bool, owner: str = "anonymous") -> Run:
+        """Admit a run for `owner` and start it in the background.
 
         Raises `Busy` when the queue is full, `RuntimeError` if the store is not open."""
         if self._tg is None:
@@ -266,25 +357,60 @@ class RunStore:
         self.prune()
         ticket = self.admission.reserve()
         run = Run(
-            id="run_" + secrets.token_urlsafe(12), code=code, limits=limits, trace=trace, max_events=self.max_events
+            id="run_" + secrets.token_urlsafe(12),
+            code=code,
+            limits=limits,
+            trace=trace,
+            max_events=self.max_events,
+            owner=owner,
+            account=self._account,
         )
         self._runs[run.id] = run
         self._tg.start_soon(self._drive, run, ticket)
         return run
 
-    def get(self, run_id: str) -> Run | None:
+    def get(self, run_id: str, owner: str = "anonymous") -> Run | None:
+        """The run, if it is kept and `owner` started it."""
         self.prune()
-        return self._runs.get(run_id)
+        run = self._runs.get(run_id)
+        return run if run is not None and run.owner == owner else None
+
+    def forgotten(self, run_id: str, owner: str = "anonymous") -> str | None:
+        """Why `owner`'s run `run_id` is no longer kept; None if it is not known to have been."""
+        entry = self._forgotten.get(run_id)
+        return entry[1] if entry is not None and entry[0] == owner else None
+
+    def _account(self, delta: int) -> None:
+        self.bytes += delta
+        if delta > 0 and self.bytes > self.max_bytes:
+            self.prune()
 
     def prune(self) -> None:
-        """Forget finished runs past their time, then the oldest beyond the count."""
+        """Forget finished runs past their time, then the oldest beyond the count,
+        then the oldest while the store holds more than its byte budget."""
         now = time.monotonic()
-        finished = [r for r in self._runs.values() if r.finished_mono is not None]
-        expired = [r for r in finished if now - (r.finished_mono or now) > self.ttl_s]
-        excess = len(finished) - len(expired) - self.max_finished
-        survivors = sorted((r for r in finished if r not in expired), key=lambda r: r.finished_mono or now)
-        for run in expired + survivors[: max(0, excess)]:
-            del self._runs[run.id]
+        finished = sorted(
+            (r for r in self._runs.values() if r.finished_mono is not None), key=lambda r: r.finished_mono or now
+        )
+        kept = len(finished)
+        for run in finished:
+            if now - (run.finished_mono or now) > self.ttl_s:
+                why = f"finished runs are kept {self.ttl_s:g} s"
+            elif kept > self.max_finished:
+                why = f"only the {self.max_finished} most recent finished runs are kept"
+            elif self.bytes > self.max_bytes:
+                why = f"finished runs are forgotten, oldest first, to keep the run store within {_mb(self.max_bytes)}"
+            else:
+                break
+            self._forget(run, why)
+            kept -= 1
+
+    def _forget(self, run: Run, why: str) -> None:
+        del self._runs[run.id]
+        self.bytes -= run.bytes
+        self._forgotten[run.id] = (run.owner, why)
+        while len(self._forgotten) > _FORGOTTEN_IDS:
+            self._forgotten.popitem(last=False)
 
     async def _drive(self, run: Run, ticket: Ticket) -> None:
         try:
@@ -310,3 +436,8 @@ class RunStore:
             ticket.release()
             # Cancelled by DELETE (scope caught it) or by shutdown (re-raised).
             run.finish("cancelled")
+            self.prune()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:g} MB"
