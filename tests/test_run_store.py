@@ -34,26 +34,10 @@ SINK = Tool(
 )
 
 
-class _ClientFromHeader:
-    """Stands in for the authentication guard: the caller's identity from a test
-    header, in `request.state.client` (the guard sets it from the token)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for key, value in scope.get("headers", ()):
-                if key == b"x-test-client":
-                    scope.setdefault("state", {})["client"] = value.decode()
-        await self.app(scope, receive, send)
-
-
 @contextlib.asynccontextmanager
 async def serving(**settings: Any) -> AsyncIterator[tuple[FastAPI, str]]:
     async with CodeMode(tools=[SINK]) as cm:
         app = create_app(cm, HttpSettings(**settings))
-        app.add_middleware(_ClientFromHeader)
         server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None))
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve)
@@ -117,24 +101,25 @@ async def test_a_flood_of_large_argument_runs_stays_within_the_store_budget() ->
 
 
 async def test_a_run_is_readable_and_cancellable_only_by_the_client_that_started_it() -> None:
-    async with serving() as (_, url):
+    tokens = {"alpha-token": "alice", "beta-token": "bob"}
+    async with serving(tokens=tokens) as (_, url):
         async with (
-            httpx.AsyncClient(base_url=url, timeout=30, headers={"X-Test-Client": "alice"}) as alice,
-            httpx.AsyncClient(base_url=url, timeout=30, headers={"X-Test-Client": "bob"}) as bob,
-            httpx.AsyncClient(base_url=url, timeout=30) as anonymous,
+            httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": "Bearer alpha-token"}) as alice,
+            httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": "Bearer beta-token"}) as bob,
         ):
             run_id = (await alice.post("/v1/runs", json={"code": "import time\ntime.sleep(0.3)\n1"})).json()["id"]
             refused = [
                 await bob.get(f"/v1/runs/{run_id}"),
                 await bob.get(f"/v1/runs/{run_id}/events"),
                 await bob.delete(f"/v1/runs/{run_id}"),
-                await anonymous.get(f"/v1/runs/{run_id}"),
             ]
             info = await _finished(alice, run_id)
             after = await bob.get(f"/v1/runs/{run_id}")
+            unknown = await alice.get("/v1/runs/run_nope")
 
     for response in [*refused, after]:
-        assert_problem(response, 404, "run_not_found")
+        body = assert_problem(response, 404, "run_not_found")
+        assert body["detail"] == assert_problem(unknown, 404, "run_not_found")["detail"].replace("run_nope", run_id)
     assert info["status"] == "succeeded" and info["result"]["value"] == 1, "bob's DELETE did not cancel it"
 
 
