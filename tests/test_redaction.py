@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from codemode import CodeMode, Tool, parse_config
-from codemode._redact import Redactor
+from codemode._redact import REDACTED, Redactor
 from codemode._upstream.logs import server_log_path
 from tests.fixtures.helpers import _free_port
 
@@ -54,12 +54,14 @@ def _stdio_config(**extra: Any) -> dict[str, Any]:
 
 
 def _leaks(text: str) -> list[str]:
-    """Every form of SECRET, at every offset, found in `text`."""
+    """Every form of SECRET, at every offset, found in `text` (by a 12-character
+    stretch from the middle of each encoding, which the secret alone decides)."""
     found = []
     for form in FORMS:
         for prefix in PREFIXES:
-            encoded = _encode(SECRET, form, prefix)[len(prefix) + 2 :]  # what depends on the secret alone, roughly
-            if encoded[:-3] and encoded[:-3] in text:
+            encoded = _encode(SECRET, form, prefix)
+            middle = encoded[len(encoded) // 2 - 6 : len(encoded) // 2 + 6]
+            if middle in text:
                 found.append(f"{form}/{len(prefix)}")
     if SECRET in text or quote_plus(SECRET) in text or SECRET.encode().hex().upper() in text:
         found.append("plain")
@@ -76,6 +78,14 @@ async def test_a_secret_a_server_returns_in_a_successful_result_is_redacted_in_e
         assert _encode(SECRET, form, prefix) not in value, (form, prefix)
         assert "***" in value, (form, prefix)
     assert _leaks(json.dumps(result.to_dict(trace=True))) == []
+
+
+async def test_code_never_holds_a_secret_a_server_returned() -> None:
+    # Redacting only what leaves would miss what code did to it on the way.
+    code = "v = await echo.reveal(name='API_KEY')\n[v[::-1], ''.join(chr(ord(c) + 1) for c in v)]"
+    async with CodeMode(config=parse_config(_stdio_config())) as cm:
+        result = await cm.execute(code)
+    assert result.value == ["." + REDACTED[::-1] + " :eulav", "wbmvf;!+++/"]
 
 
 @pytest.mark.parametrize("form", FORMS)

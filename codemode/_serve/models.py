@@ -89,9 +89,13 @@ class TimingsOut(BaseModel):
 
 
 class ToolCallOut(BaseModel):
-    namespace: str
-    tool: str
-    arguments: dict[str, Any]
+    namespace: str = Field(description="The namespace as code names it.")
+    tool: str = Field(description="The tool's Python name, as code called it.")
+    server: str = Field(default="", description="The namespace the lock file and configuration use.")
+    wire_name: str = Field(default="", description="The tool's name on its server (what is pinned and called).")
+    arguments: dict[str, Any] = Field(
+        description="In a background run's stored call log, a preview: values past 200 characters are cut (ending in …)."
+    )
     ok: bool
     error_code: str | None
     error_message: str | None
