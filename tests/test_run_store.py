@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from codemode import CodeMode, HttpSettings, Tool, create_app
+from codemode import CodeMode, HttpSettings, Tool, ToolError, create_app
 from codemode._serve.runs import PREVIEW_CHARS, VALUE_PREVIEW_CHARS, RunStore
 from tests.test_http import _Server, assert_problem, sse
 
@@ -26,6 +26,16 @@ async def _sink(data: str) -> int:
     return len(data)
 
 
+async def _shout(data: str) -> None:
+    raise ToolError(f"refused: {data}")
+
+
+SHOUT = Tool(
+    name="shout",
+    fn=_shout,
+    input_schema={"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]},
+    description="Fails, quoting its big argument.",
+)
 SINK = Tool(
     name="sink",
     fn=_sink,
@@ -36,7 +46,7 @@ SINK = Tool(
 
 @contextlib.asynccontextmanager
 async def serving(**settings: Any) -> AsyncIterator[tuple[FastAPI, str]]:
-    async with CodeMode(tools=[SINK]) as cm:
+    async with CodeMode(tools=[SINK, SHOUT]) as cm:
         app = create_app(cm, HttpSettings(**settings))
         server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None))
         async with anyio.create_task_group() as tg:
@@ -59,7 +69,16 @@ async def _finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
 
 
 # 20 calls of 100 kB each: 2 MB of arguments a run, twice in its events.
-_FLOOD = "data = 'x' * 100_000\nfor _ in range(20):\n    await tools.sink(data=data)\nlen(data)"
+_FLOOD = """
+data = 'x' * 100_000
+for _ in range(20):
+    await tools.sink(data=data)
+try:
+    await tools.shout(data=data)
+except ToolError:
+    pass
+len(data)
+"""
 
 
 async def test_a_flood_of_large_argument_runs_stays_within_the_store_budget() -> None:
@@ -91,7 +110,9 @@ async def test_a_flood_of_large_argument_runs_stays_within_the_store_budget() ->
     assert "0.25 MB" in body["detail"] and "600" not in body["detail"], body["detail"]
     # The events and call log hold previews: the argument's first characters and its size.
     started = [data for name, data in events if name == "tool_call_started"]
-    assert len(started) == 20
+    assert len(started) == 21
+    failed = [data for name, data in events if name == "tool_call_finished" and not data["ok"]]
+    assert len(failed) == 1 and len(failed[0]["error_message"]) <= PREVIEW_CHARS + 1
     assert started[0]["arguments_truncated"] is True and started[0]["arguments_bytes"] > 100_000
     assert started[0]["arguments"]["data"].endswith("…")
     assert len(started[0]["arguments"]["data"]) <= VALUE_PREVIEW_CHARS + 1

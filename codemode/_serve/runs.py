@@ -42,7 +42,17 @@ from .._limits import Limits
 from .._result import RunResult
 from .metrics import Metrics
 
-__all__ = ["PREVIEW_CHARS", "Admission", "Busy", "Executor", "Run", "RunStore", "Ticket", "preview_arguments"]
+__all__ = [
+    "PREVIEW_CHARS",
+    "VALUE_PREVIEW_CHARS",
+    "Admission",
+    "Busy",
+    "Executor",
+    "Run",
+    "RunStore",
+    "Ticket",
+    "preview_arguments",
+]
 
 logger = logging.getLogger("codemode.http")
 
@@ -90,14 +100,20 @@ def _preview_event(event: dict[str, Any]) -> dict[str, Any]:
     if "arguments" not in event:
         return event
     kept, size, cut = preview_arguments(event["arguments"])
-    return {**event, "arguments": kept, "arguments_bytes": size, "arguments_truncated": cut}
+    event = {**event, "arguments": kept, "arguments_bytes": size, "arguments_truncated": cut}
+    if isinstance(event.get("error_message"), str):
+        event["error_message"] = _cut(event["error_message"], PREVIEW_CHARS)
+    return event
 
 
 def _preview_result(result: RunResult) -> RunResult:
     calls = []
     for call in result.tool_calls:
         kept, _, cut = preview_arguments(call.arguments)
-        calls.append(dataclasses.replace(call, arguments=kept) if cut else call)
+        message = _cut(call.error_message, PREVIEW_CHARS) if call.error_message is not None else None
+        if cut or message != call.error_message:
+            call = dataclasses.replace(call, arguments=kept, error_message=message)
+        calls.append(call)
     return dataclasses.replace(result, tool_calls=calls)
 
 
