@@ -45,8 +45,8 @@ __all__ = ["Backend", "Sandbox"]
 
 logger = logging.getLogger("codemode")
 
-# A thread abandoned at its deadline (restricted backend, or a guest stuck in a
-# host sleep) gets this long to notice before the run reports its timeout.
+# A thread abandoned at its deadline (the restricted backend, which cannot cut a
+# long C call) gets this long to notice before the run reports its timeout.
 _GRACE_S = 1.0
 
 

@@ -35,12 +35,12 @@ import time
 from dataclasses import dataclass
 
 import wasmtime
-from wasmtime import Config, Engine, Store, WasiConfig
+from wasmtime import Config, Engine, Store
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
 from .._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
 from .._limits import Limits
-from . import epoch, guest, hostcall, pooling
+from . import epoch, guest, hostcall, pooling, wasi
 
 __all__ = ["WasmBackend", "WasmTrap"]
 
@@ -142,8 +142,15 @@ class WasmBackend:
             except wasmtime.WasmtimeError as exc2:
                 raise SandboxUnavailable(f"cannot load the sandbox guest: {exc2}") from exc
         linker = Linker(engine)
-        linker.add_wasip2()
+        wasi.define(linker)  # our WASI, whose waits end at the run's deadline (see `wasi`)
         hostcall.register(linker, direct=self._direct)
+        unserved = wasi.check_imports(component, engine, host_functions=frozenset({"call-tools"}))
+        if unserved:
+            raise SandboxUnavailable(
+                f"the sandbox guest imports what this host does not serve (WASI {wasi.VERSION}): "
+                + ", ".join(unserved[:10])
+            )
+        wasi.finish(linker, component)  # last: every import left is unreachable, a trap
         loaded = _Loaded(engine, component, linker, component.get_export_index("run") or "run", pooled)
         # Instances now, at once and dropped at once: proves the pool fits the
         # component, and leaves that many slots warm (resident) for the first
@@ -231,6 +238,7 @@ class WasmBackend:
         store, run = self._instance(loaded, limits, guard)
         startup = time.perf_counter() - t0
         epoch.bind(guard)
+        wasi.bind(guard)
         hostcall.bind_handler(host_call)
         try:
             response = hostcall.call_string_func(run, store, request_json)
@@ -238,6 +246,7 @@ class WasmBackend:
             raise WasmTrap(_classify_trap(exc, limits)) from exc
         finally:
             hostcall.bind_handler(None)
+            wasi.bind(None)
             epoch.bind(None)
             if self._graveyard.qsize() < _REAP_BACKLOG:
                 self._graveyard.put(store)
@@ -279,7 +288,6 @@ class WasmBackend:
 def _instantiate(loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
     """A new store and instance of the guest, under `limits`; its `run` export."""
     store = Store(loaded.engine)
-    store.set_wasi(WasiConfig())  # no preopened dirs, no env, no args, no sockets
     store.set_limits(memory_size=limits.memory)
     if not epoch.install(store):
         store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))

@@ -191,8 +191,10 @@ _run_state = threading.local()
 
 
 def _guarded_sleep(seconds):
-    """time.sleep that never outlives the run: a host-side sleep cannot be
-    interrupted by the wasm epoch deadline, so cap it here."""
+    """time.sleep capped at the run's deadline. A convenience only: the host
+    serves the guest's clocks and polls itself and ends every wait at the
+    run's deadline or cancellation (codemode/_sandbox/wasi.py), whatever the
+    guest does to this function or its deadline field."""
     seconds = float(seconds)
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
