@@ -107,7 +107,7 @@ async def test_ordinary_programs_see_clocks_randomness_and_nothing_else() -> Non
         "{\n"
         "    'year': datetime.datetime.now().year, 'epoch': time.time() > 1.7e9,\n"
         "    'random': 0 <= random.random() < 1, 'uuid': len({uuid.uuid4() for _ in range(3)}),\n"
-        "    'urandom': len(os.urandom(64)), 'waited': 0.05 <= waited < 0.5,\n"
+        "    'urandom': len(set(os.urandom(64))), 'waited': 0.05 <= waited < 0.5,\n"
         "    'open': opened, 'socket': sock, 'environ': dict(os.environ),\n"
         "}"
     )
@@ -117,7 +117,7 @@ async def test_ordinary_programs_see_clocks_randomness_and_nothing_else() -> Non
     assert result.stdout == "hello\n"
     value = result.value
     assert value["year"] >= 2025 and value["epoch"] and value["random"] and value["waited"]
-    assert value["uuid"] == 3 and value["urandom"] == 64
+    assert value["uuid"] == 3 and value["urandom"] > 32  # 64 random bytes: about 57 distinct
     assert value["open"] == "FileNotFoundError" and value["socket"] == "PermissionError"
     assert value["environ"] == {}
 

@@ -127,11 +127,19 @@ class _Run:
             raise WasmtimeError(f"codemode: the guest holds more than {MAX_HANDLES} WASI handles")
         self.handles += 1
 
-    def new_pollable(self, ready_ns: int) -> ResourceHost:
+    def add_pollable(self, ready_ns: int) -> int:
         self.hand_out()
         rep = next(self._reps) & 0xFFFFFFFF
         self.pollables[rep] = ready_ns
-        return ResourceHost.own(rep, _POLLABLE)
+        return rep
+
+    def new_pollable(self, ready_ns: int) -> ResourceHost:
+        return ResourceHost.own(self.add_pollable(ready_ns), _POLLABLE)
+
+    def dropped(self, rep: int, ty: int) -> None:
+        self.handles -= 1
+        if ty == _POLLABLE:
+            self.pollables.pop(rep, None)
 
 
 _local = threading.local()
@@ -292,17 +300,16 @@ def _exit(store: Any, status: object) -> None:
     raise WasmtimeError(EXIT_TRAP)
 
 
-def _drop(store: Any, rep: int) -> None:
-    run: _Run | None = getattr(_local, "run", None)
-    if run is not None:
-        run.handles -= 1
+def _dropper(ty: int) -> Callable[[int], None]:
+    """The destructor of resource type `ty`: the guest dropped a handle."""
 
+    def dropped(rep: int) -> None:
+        # Also called when a store is dropped after its run (no run bound then).
+        run: _Run | None = getattr(_local, "run", None)
+        if run is not None:
+            run.dropped(rep, ty)
 
-def _drop_pollable(store: Any, rep: int) -> None:
-    run: _Run | None = getattr(_local, "run", None)
-    if run is not None:
-        run.handles -= 1
-        run.pollables.pop(rep, None)
+    return dropped
 
 
 def _constant(value: object) -> Callable[..., object]:
@@ -311,6 +318,10 @@ def _constant(value: object) -> Callable[..., object]:
         return value
 
     return get
+
+
+def _store_first(fn: Callable[[int], None]) -> Callable[[Any, int], None]:
+    return lambda _store, rep: fn(rep)
 
 
 def _safe(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -425,6 +436,8 @@ try:
         fields[1].val.kind = _K_U32
         fields[1].val.of.u32 = nanos
 
+    _U8_VALS = bytes(b"".join(bytes((_K_U8,)) + bytes(_VAL_SIZE - 1) for _ in range(256)))
+
     def _raw_random(context: Any, args: Any, results: Any) -> None:
         _run()
         n = args[0].of.u64
@@ -434,30 +447,111 @@ try:
         out.kind = _K_LIST
         ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(out.of.list), n)
         if n:
-            vals = bytearray(n * _VAL_SIZE)
-            vals[0::_VAL_SIZE] = bytes((_K_U8,)) * n
+            # n u8 values, written as the C structs in one copy.
+            vals = bytearray(_U8_VALS[: n * _VAL_SIZE]) if n <= 256 else bytearray(n * _VAL_SIZE)
+            if n > 256:
+                vals[0::_VAL_SIZE] = bytes((_K_U8,)) * n
             vals[_VAL_OF::_VAL_SIZE] = os.urandom(n)
-            ctypes.memmove(out.of.list.data, bytes(vals), len(vals))
+            ctypes.memmove(out.of.list.data, (ctypes.c_char * len(vals)).from_buffer(vals), len(vals))
 
     def _raw_write(context: Any, args: Any, results: Any) -> None:
         _run()
         _host_rep(context, args[0].of.resource)
         if args[1].of.list.size > MAX_WRITE:
             raise WasmtimeError(f"output-stream.write: {args[1].of.list.size} bytes, more than check-write granted")
-        out = results[0]  # the bytes are discarded: ok
+        _ok_unit(results)  # the bytes are discarded
+
+    def _ok_unit(results: Any) -> None:
+        out = results[0]
         out.kind = _K_RESULT
         out.of.result.is_ok = True
         out.of.result.val = None
 
+    def _own(context: Any, results: Any, rep: int, ty: int) -> None:
+        host = ffi.wasmtime_component_resource_host_new(True, rep, ty)
+        try:
+            handle = ctypes.POINTER(ffi.wasmtime_component_resource_any_t)()
+            err = ffi.wasmtime_component_resource_host_to_any(context, host, ctypes.byref(handle))
+            if err:
+                raise WasmtimeError._from_ptr(err)
+        finally:
+            ffi.wasmtime_component_resource_host_delete(host)
+        results[0].kind = _K_RESOURCE
+        results[0].of.resource = handle
+
+    def _raw_subscribe_duration(context: Any, args: Any, results: Any) -> None:
+        run = _run()
+        _own(context, results, run.add_pollable(time.monotonic_ns() + args[0].of.u64), _POLLABLE)
+
+    def _raw_subscribe_instant(context: Any, args: Any, results: Any) -> None:
+        run = _run()
+        _own(context, results, run.add_pollable(args[0].of.u64), _POLLABLE)
+
+    def _raw_block(context: Any, args: Any, results: Any) -> None:
+        run = _run()
+        _ready(run, [_host_rep(context, args[0].of.resource)])
+
+    def _raw_check_write(context: Any, args: Any, results: Any) -> None:
+        _run()
+        _host_rep(context, args[0].of.resource)
+        permit = ffi.wasmtime_component_val_t()
+        permit.kind = _K_U64
+        permit.of.u64 = MAX_WRITE
+        out = results[0]
+        out.kind = _K_RESULT
+        out.of.result.is_ok = True
+        out.of.result.val = ffi.wasmtime_component_val_new(ctypes.byref(permit))
+
+    def _raw_flush(context: Any, args: Any, results: Any) -> None:
+        _run()
+        _host_rep(context, args[0].of.resource)
+        _ok_unit(results)
+
+    def _raw_empty_list(context: Any, args: Any, results: Any) -> None:
+        _run()
+        results[0].kind = _K_LIST
+        ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(results[0].of.list), 0)
+
+    def _drop_callback(fn: Callable[[int], None]) -> object:
+        def call(_data: Any, _context: Any, rep: int) -> int:
+            try:
+                fn(rep)
+                return 0
+            except BaseException as exc:  # must not unwind through C; becomes a trap
+                return _err_ptr(f"codemode: WASI host function failed: {exc!r}")
+
+        cb: object = ffi.wasmtime_component_resource_destructor_t(call)
+        return cb
+
+    def _add_raw_resource(instance: LinkerInstance, name: str, ty: int, fn: Callable[[int], None]) -> None:
+        cb = _drop_callback(fn)
+        resource = ResourceType.host(ty)
+        _KEEP.extend((cb, resource))
+        raw = name.encode()
+        err = ffi.wasmtime_component_linker_instance_add_resource(
+            instance.ptr(), ctypes.create_string_buffer(raw), len(raw), resource.ptr(), cb, None, _FINALIZE
+        )
+        if err:
+            raise WasmtimeError._from_ptr(err)
+
+    _K_RESOURCE = ffi.WASMTIME_COMPONENT_RESOURCE.value
     _RAW: dict[str, _RawFn] = {
         "poll": _raw_poll,
+        "block": _raw_block,
         "monotonic-clock#now": _raw_mono_now,
+        "subscribe-duration": _raw_subscribe_duration,
+        "subscribe-instant": _raw_subscribe_instant,
         "wall-clock#now": _raw_wall_now,
         "get-random-bytes": _raw_random,
+        "check-write": _raw_check_write,
         "write": _raw_write,
+        "flush": _raw_flush,
+        "empty-list": _raw_empty_list,
     }
+    _RAW_DROP = True
 except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py versions
     _RAW = {}
+    _RAW_DROP = False
 
 
 # ------------------------------------------------------------------ the linker
@@ -465,12 +559,12 @@ except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py ve
 _Fn = Callable[..., Any]
 # interface -> {function: (generic implementation, key of its raw one or "")}
 _FUNCS: dict[str, dict[str, tuple[_Fn, str]]] = {
-    "wasi:io/poll": {"poll": (_poll, "poll"), "[method]pollable.block": (_block, "")},
+    "wasi:io/poll": {"poll": (_poll, "poll"), "[method]pollable.block": (_block, "block")},
     "wasi:clocks/monotonic-clock": {
         "now": (_mono_now, "monotonic-clock#now"),
         "resolution": (_constant(1), ""),
-        "subscribe-instant": (_subscribe_instant, ""),
-        "subscribe-duration": (_subscribe_duration, ""),
+        "subscribe-instant": (_subscribe_instant, "subscribe-instant"),
+        "subscribe-duration": (_subscribe_duration, "subscribe-duration"),
     },
     "wasi:clocks/wall-clock": {
         "now": (_wall_now, "wall-clock#now"),
@@ -480,16 +574,19 @@ _FUNCS: dict[str, dict[str, tuple[_Fn, str]]] = {
     "wasi:io/streams": {
         "[method]input-stream.read": (_read, ""),
         "[method]input-stream.subscribe": (_stream_subscribe, ""),
-        "[method]output-stream.check-write": (_check_write, ""),
+        "[method]output-stream.check-write": (_check_write, "check-write"),
         "[method]output-stream.write": (_write, "write"),
         "[method]output-stream.blocking-write-and-flush": (_write, "write"),
-        "[method]output-stream.blocking-flush": (_flush, ""),
+        "[method]output-stream.blocking-flush": (_flush, "flush"),
         "[method]output-stream.subscribe": (_stream_subscribe, ""),
     },
     "wasi:cli/stdout": {"get-stdout": (_stream(_STDOUT, _OUTPUT), "")},
     "wasi:cli/stderr": {"get-stderr": (_stream(_STDERR, _OUTPUT), "")},
     "wasi:cli/stdin": {"get-stdin": (_stream(_STDIN, _INPUT), "")},
-    "wasi:cli/environment": {"get-environment": (_constant([]), ""), "get-arguments": (_constant([]), "")},
+    "wasi:cli/environment": {
+        "get-environment": (_constant([]), "empty-list"),
+        "get-arguments": (_constant([]), "empty-list"),
+    },
     "wasi:cli/exit": {"exit": (_exit, "")},
     "wasi:cli/terminal-stdin": {"get-terminal-stdin": (_constant(None), "")},
     "wasi:cli/terminal-stdout": {"get-terminal-stdout": (_constant(None), "")},
@@ -501,14 +598,14 @@ _FUNCS: dict[str, dict[str, tuple[_Fn, str]]] = {
     "wasi:sockets/ip-name-lookup": {"resolve-addresses": (_resolve, "")},
 }
 # interface -> {resource: (type id, destructor)}; the guest can only drop what it got from us.
-_RESOURCES: dict[str, dict[str, tuple[int, _Fn]]] = {
-    "wasi:io/poll": {"pollable": (_POLLABLE, _drop_pollable)},
-    "wasi:io/error": {"error": (_ERROR, _drop)},
-    "wasi:io/streams": {"input-stream": (_INPUT, _drop), "output-stream": (_OUTPUT, _drop)},
-    "wasi:cli/terminal-input": {"terminal-input": (_TERM_IN, _drop)},
-    "wasi:cli/terminal-output": {"terminal-output": (_TERM_OUT, _drop)},
-    "wasi:sockets/network": {"network": (_NETWORK, _drop)},
-    "wasi:sockets/ip-name-lookup": {"resolve-address-stream": (_RESOLVE, _drop)},
+_RESOURCES: dict[str, dict[str, int]] = {
+    "wasi:io/poll": {"pollable": _POLLABLE},
+    "wasi:io/error": {"error": _ERROR},
+    "wasi:io/streams": {"input-stream": _INPUT, "output-stream": _OUTPUT},
+    "wasi:cli/terminal-input": {"terminal-input": _TERM_IN},
+    "wasi:cli/terminal-output": {"terminal-output": _TERM_OUT},
+    "wasi:sockets/network": {"network": _NETWORK},
+    "wasi:sockets/ip-name-lookup": {"resolve-address-stream": _RESOLVE},
 }
 
 
@@ -519,8 +616,12 @@ def define(linker: Linker, *, raw: bool = True) -> None:
     with linker.root() as root:
         for interface in sorted(_FUNCS.keys() | _RESOURCES.keys()):
             with root.add_instance(f"{interface}@{VERSION}") as instance:
-                for name, (ty, dtor) in _RESOURCES.get(interface, {}).items():
-                    instance.add_resource(name, ResourceType.host(ty), _safe(dtor))
+                for name, ty in _RESOURCES.get(interface, {}).items():
+                    dropped = _dropper(ty)
+                    if raw and _RAW_DROP:
+                        _add_raw_resource(instance, name, ty, dropped)
+                    else:
+                        instance.add_resource(name, ResourceType.host(ty), _safe(_store_first(dropped)))
                 for name, (fn, key) in _FUNCS.get(interface, {}).items():
                     if raw and key in _RAW:
                         _add_raw(instance, name, _RAW[key])
