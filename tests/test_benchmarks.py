@@ -45,3 +45,9 @@ def test_sandbox_benchmark_runs_every_system_or_says_why_not(tmp_path: Path) -> 
         assert "unavailable" in data["chain100"][name] or data["chain100"][name]["calls"] == 100
     assert data["coverage"]["wasm"] == {name: "ok" for name in data["coverage"]["wasm"]}
     assert "median ms" in proc.stdout
+
+
+def test_blocking_benchmark_reports_each_wait_and_the_flood() -> None:
+    proc = run_benchmark("benchmarks.blocking", "--quick")
+    assert proc.stdout.count("| `") == 7
+    assert "then `1 + 1` x 10" in proc.stdout

@@ -89,8 +89,9 @@ async def test_cancelling_the_caller_frees_the_thread_of_a_blocked_guest(code: s
 
 async def test_ordinary_programs_see_clocks_randomness_and_nothing_else() -> None:
     code = (
-        "import asyncio, datetime, os, random, socket, time, uuid\n"
+        "import asyncio, datetime, os, random, socket, sys, time, uuid\n"
         "print('hello')\n"
+        "written = os.write(1, b'raw stdout\\n')\n"
         "t0 = time.monotonic()\n"
         "await asyncio.gather(*(asyncio.sleep(0.05) for _ in range(10)))\n"
         "waited = time.monotonic() - t0\n"
@@ -109,6 +110,7 @@ async def test_ordinary_programs_see_clocks_randomness_and_nothing_else() -> Non
         "    'random': 0 <= random.random() < 1, 'uuid': len({uuid.uuid4() for _ in range(3)}),\n"
         "    'urandom': len(set(os.urandom(64))), 'waited': 0.05 <= waited < 0.5,\n"
         "    'open': opened, 'socket': sock, 'environ': dict(os.environ),\n"
+        "    'written': written, 'stdin': sys.stdin.read(),\n"
         "}"
     )
     async with Sandbox() as sandbox:
@@ -119,7 +121,8 @@ async def test_ordinary_programs_see_clocks_randomness_and_nothing_else() -> Non
     assert value["year"] >= 2025 and value["epoch"] and value["random"] and value["waited"]
     assert value["uuid"] == 3 and value["urandom"] > 32  # 64 random bytes: about 57 distinct
     assert value["open"] == "FileNotFoundError" and value["socket"] == "PermissionError"
-    assert value["environ"] == {}
+    assert value["environ"] == {} and value["stdin"] == ""
+    assert value["written"] == 11  # accepted, and discarded: not in stdout
 
 
 def test_the_guest_imports_only_what_the_host_serves() -> None:
