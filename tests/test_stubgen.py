@@ -827,7 +827,9 @@ def test_garbage_schemas_never_crash_and_give_a_module_that_executes(schema: Any
     stubs = render_stubs(tools)
     _assert_only_definitions(stubs.source)
     load(stubs)
-    assert time.monotonic() - started < 2
+    # A hang guard against exponential walks (the billion-laughs schema), not a
+    # speed check: an exponential render takes hours, a linear one milliseconds.
+    assert time.monotonic() - started < 60
     assert len(stubs.source) < 50_000
 
 
