@@ -48,6 +48,7 @@ from .._discovery import ToolNotFound
 from .._errors import CodemodeError, ConfigError, SandboxUnavailable
 from .._limits import Limits
 from .._result import RunResult
+from .._tracing import TraceContextMiddleware
 from .guards import PROBLEM_TYPE, TITLES, Guard, GuardSettings, is_loopback, problem_body, read_tokens_file
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -463,6 +464,8 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
 
     # Added innermost first: the guard runs before CORS, whose own refusal is not a
     # problem body; it lets preflights (which carry no token) through to CORS.
+    # Innermost: a request's `traceparent` is the current context while the app serves it.
+    app.add_middleware(TraceContextMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.allow_origins),

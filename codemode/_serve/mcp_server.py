@@ -189,6 +189,8 @@ def format_run(result: RunResult, *, trace: bool = False) -> CallToolResult:
         "stdout_truncated": result.stdout_truncated,
         "error": result.error.to_dict() if result.error else None,
     }
+    if result.trace_id is not None:  # the caller's trace (from `_meta.traceparent`) or ours
+        structured["trace_id"] = result.trace_id
     parts = [_error_text(result.error) if result.error is not None else _value_text(result)]
     if result.stdout:
         parts.append("--- stdout ---\n" + result.stdout.rstrip("\n"))
