@@ -36,15 +36,22 @@ __all__ = [
     "RunTrace",
     "TraceContextMiddleware",
     "attached",
-    "current_context",
     "extract_context",
     "inject_context",
     "run_span",
     "trace_id_of",
+    "use_tracer_provider",
     "with_trace_id",
 ]
 
 _tracer = trace.get_tracer("codemode")
+
+
+def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
+    """Trace with `provider` instead of the global one (None: the global one
+    again). For tests and embedders that keep codemode's spans apart."""
+    global _tracer
+    _tracer = provider.get_tracer("codemode") if provider is not None else trace.get_tracer("codemode")
 
 
 def extract_context(carrier: Mapping[str, Any] | None) -> otel_context.Context | None:
@@ -58,10 +65,6 @@ def extract_context(carrier: Mapping[str, Any] | None) -> otel_context.Context |
     except (ValueError, TypeError):
         return None
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
-
-
-def current_context() -> otel_context.Context:
-    return otel_context.get_current()
 
 
 @contextmanager

@@ -40,7 +40,6 @@ from .._core import CodeMode
 from .._errors import CodemodeError
 from .._limits import Limits
 from .._result import RunResult
-from .._tracing import attached, current_context
 from .metrics import Metrics
 
 __all__ = [
@@ -232,8 +231,6 @@ class Run:
     result: RunResult | None = None
     failure: dict[str, Any] | None = None
     """A problem body, if the service itself could not carry out the run."""
-    trace_context: Any = None
-    """The OpenTelemetry context of the request that started it (the run's span is its child)."""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
     _events: deque[tuple[int, dict[str, Any], int]] = field(init=False)
@@ -384,8 +381,9 @@ class RunStore:
             owner=owner,
             account=self._account,
         )
-        run.trace_context = current_context()
         self._runs[run.id] = run
+        # Started from the request's task, the run's task copies its context: the
+        # run's span is a child of the request's `traceparent`.
         self._tg.start_soon(self._drive, run, ticket)
         return run
 
@@ -437,8 +435,7 @@ class RunStore:
             with run.scope:
                 async with ticket:
                     run.status, run.started_at = "running", time.time()
-                    with attached(run.trace_context):
-                        result = await self.executor.run(run.code, run.limits, run.publish)
+                    result = await self.executor.run(run.code, run.limits, run.publish)
                 run.finish("succeeded" if result.ok else "failed", result=result)
             if run.started_at is None:  # cancelled while queued: the executor never saw it
                 self.executor.metrics.run_finished("cancelled", None, None)
