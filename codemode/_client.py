@@ -80,7 +80,8 @@ class RunInfo:
 
     id: str
     status: RunStatus
-    created_at: float
+    created_at: float | None = None
+    """Unix time, as the service reports it (not in the answer to `start_run`)."""
     started_at: float | None = None
     finished_at: float | None = None
     result: RunResult | None = None
@@ -167,12 +168,16 @@ def _run_info(data: dict[str, Any]) -> RunInfo:
     return RunInfo(
         id=str(data["id"]),
         status=data["status"],
-        created_at=float(data.get("created_at") or 0.0),
+        created_at=data.get("created_at"),
         started_at=data.get("started_at"),
         finished_at=data.get("finished_at"),
         result=RunResult.from_dict(result) if isinstance(result, dict) else None,
         error=_problem_error(int(error.get("status") or 500), error) if isinstance(error, dict) else None,
     )
+
+
+def _created(data: dict[str, Any]) -> RunInfo:
+    return RunInfo(id=str(data["id"]), status=data["status"])
 
 
 def _servers(data: dict[str, Any]) -> list[ServerSummary]:
@@ -362,8 +367,8 @@ class Client(_Base):
     ) -> RunInfo:
         """Start a background run: `POST /v1/runs`. Raises as `execute` does."""
         response = self._send("POST", "/v1/runs", json=_body(code, limits, trace))
-        data = _json_object(response)
-        return RunInfo(id=str(data.get("id")), status=data.get("status", "queued"), created_at=time.time())
+        info: RunInfo = _shaped(response.status_code, _created, _json_object(response))
+        return info
 
     def get_run(self, run_id: str) -> RunInfo:
         """A run's status, and result once finished. Raises `RunNotFound`."""
@@ -479,8 +484,8 @@ class AsyncClient(_Base):
     ) -> RunInfo:
         """See `Client.start_run`."""
         response = await self._send("POST", "/v1/runs", json=_body(code, limits, trace))
-        data = _json_object(response)
-        return RunInfo(id=str(data.get("id")), status=data.get("status", "queued"), created_at=time.time())
+        info: RunInfo = _shaped(response.status_code, _created, _json_object(response))
+        return info
 
     async def get_run(self, run_id: str) -> RunInfo:
         """See `Client.get_run`."""
