@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -130,7 +131,8 @@ def _problem_error(status: int, body: object, headers: Mapping[str, str] | None 
         return ServiceBusy(
             detail, status=status, problem=problem, retry_after_s=float(retry) if retry.isdigit() else 1.0
         )
-    cls = _SERVICE_ERRORS.get(code, ServiceError)
+    # Other refusals of the request itself (missing_host, request_timeout, not_found, ...) by their status.
+    cls = _SERVICE_ERRORS.get(code) or (RequestRejected if 400 <= status < 500 else ServiceError)
     return cls(detail, status=status, problem=problem)
 
 
@@ -174,6 +176,11 @@ def _run_info(data: dict[str, Any]) -> RunInfo:
         result=RunResult.from_dict(result) if isinstance(result, dict) else None,
         error=_problem_error(int(error.get("status") or 500), error) if isinstance(error, dict) else None,
     )
+
+
+def _run_path(run_id: str, suffix: str = "") -> str:
+    # Quoted whole: an id like "../servers" must not reach another endpoint.
+    return f"/v1/runs/{quote(run_id, safe='')}{suffix}"
 
 
 def _created(data: dict[str, Any]) -> RunInfo:
@@ -372,13 +379,13 @@ class Client(_Base):
 
     def get_run(self, run_id: str) -> RunInfo:
         """A run's status, and result once finished. Raises `RunNotFound`."""
-        response = self._send("GET", f"/v1/runs/{run_id}")
+        response = self._send("GET", _run_path(run_id))
         info: RunInfo = _shaped(response.status_code, _run_info, _json_object(response))
         return info
 
     def cancel(self, run_id: str) -> RunInfo:
         """Cancel a run and its in-flight tool calls; its state after. Raises `RunNotFound`."""
-        response = self._send("DELETE", f"/v1/runs/{run_id}")
+        response = self._send("DELETE", _run_path(run_id))
         info: RunInfo = _shaped(response.status_code, _run_info, _json_object(response))
         return info
 
@@ -394,7 +401,7 @@ class Client(_Base):
             dropped: Exception | None = None
             try:
                 with self._http.stream(
-                    "GET", f"/v1/runs/{run_id}/events", headers=self._request_headers(self._events_headers(after))
+                    "GET", _run_path(run_id, "/events"), headers=self._request_headers(self._events_headers(after))
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
@@ -489,13 +496,13 @@ class AsyncClient(_Base):
 
     async def get_run(self, run_id: str) -> RunInfo:
         """See `Client.get_run`."""
-        response = await self._send("GET", f"/v1/runs/{run_id}")
+        response = await self._send("GET", _run_path(run_id))
         info: RunInfo = _shaped(response.status_code, _run_info, _json_object(response))
         return info
 
     async def cancel(self, run_id: str) -> RunInfo:
         """See `Client.cancel`."""
-        response = await self._send("DELETE", f"/v1/runs/{run_id}")
+        response = await self._send("DELETE", _run_path(run_id))
         info: RunInfo = _shaped(response.status_code, _run_info, _json_object(response))
         return info
 
@@ -506,7 +513,7 @@ class AsyncClient(_Base):
             dropped: Exception | None = None
             try:
                 async with self._http.stream(
-                    "GET", f"/v1/runs/{run_id}/events", headers=self._request_headers(self._events_headers(after))
+                    "GET", _run_path(run_id, "/events"), headers=self._request_headers(self._events_headers(after))
                 ) as response:
                     if response.status_code >= 400:
                         await response.aread()

@@ -180,6 +180,9 @@ async def test_refusals_raise_the_python_api_errors() -> None:
                     await call("run_nope")
             with pytest.raises(RunNotFound):
                 [e async for e in client.events("run_nope")]
+            with pytest.raises(RequestRejected) as no_route:  # the id is quoted: no other endpoint is reached
+                await client.get_run("../../v1/servers")
+            assert no_route.value.problem["code"] == "not_found"
             with pytest.raises(RequestRejected) as rejected:
                 await client.execute("1", limits={"timeout": -1})
             assert rejected.value.problem["code"] == "validation_error"
