@@ -101,6 +101,9 @@ async def test_a_gather_of_ten_calls_is_one_run_span_with_ten_tool_spans_under_t
     assert run.attributes["codemode.run.batches"] == 1
     assert run.attributes["codemode.code.bytes"] == len(code.encode())
     assert run.attributes["codemode.limits.max_tool_calls"] == sandbox.limits.max_tool_calls
+    # Numbers and codes only: no code text or argument values in any span.
+    for span in [run, *tools]:
+        assert not any("get_item(" in str(v) or str(v) == "-1" for v in (span.attributes or {}).values())
     # A span a tool makes is a child of its tool-call span.
     inner = by_name(spans, "inner")
     assert len(inner) == 9
