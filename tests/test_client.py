@@ -21,6 +21,7 @@ from codemode import (
     Client,
     CodeMode,
     CodeSyntaxError,
+    ConfigError,
     Forbidden,
     HttpSettings,
     InvalidArguments,
@@ -28,8 +29,10 @@ from codemode import (
     RunEvent,
     RunNotFound,
     RunResult,
+    SandboxUnavailable,
     ServerSummary,
     ServiceBusy,
+    ServiceError,
     ServiceUnreachable,
     ToolCallRecord,
     ToolHit,
@@ -38,6 +41,7 @@ from codemode import (
     UncaughtException,
     create_app,
 )
+from codemode._client import _problem_error
 from tests.test_http import Probe, _Server, make_tools
 
 pytestmark = pytest.mark.anyio
@@ -293,3 +297,22 @@ async def test_events_resume_after_a_dropped_connection_with_last_event_id(kind:
     assert [e.id for e in seen] == [1, 2, 3, 4, 5, 6, None]
     final = seen[-1].run
     assert final is not None and final.result is not None and final.result.value == [2, "opened", 4]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (503, "sandbox_unavailable", SandboxUnavailable),
+        (503, "config_error", ConfigError),
+        (401, "unauthorized", Unauthorized),
+        (403, "forbidden_host", Forbidden),
+        (408, "request_timeout", RequestRejected),
+        (429, "busy", ServiceBusy),
+        (500, "internal_error", ServiceError),
+    ],
+)
+def test_each_problem_code_maps_to_its_error(status: int, code: str, expected: type[Exception]) -> None:
+    # The service's failures that a test cannot provoke for real (a sandbox that
+    # stops loading mid-service) go through this same mapping.
+    error = _problem_error(status, {"code": code, "title": "t", "detail": "why", "status": status})
+    assert type(error) is expected and error.message == "why"
