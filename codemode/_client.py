@@ -507,7 +507,8 @@ class AsyncClient(_Base):
         return info
 
     async def events(self, run_id: str, *, last_event_id: int | None = None) -> AsyncIterator[RunEvent]:
-        """See `Client.events`."""
+        """See `Client.events`. To stop early and close the stream at once, wrap it
+        in `contextlib.aclosing`."""
         after, attempt = last_event_id, 0
         while True:
             dropped: Exception | None = None
