@@ -13,20 +13,27 @@ from ._errors import (
     Deadlock,
     EmptyCode,
     ExecutionError,
+    Forbidden,
     InvalidArguments,
     InvalidEncoding,
     LimitExceeded,
     MemoryLimitExceeded,
+    RequestRejected,
     RunCancelled,
+    RunNotFound,
     RunTimeout,
     SandboxCrashed,
     SandboxUnavailable,
     ServerUnavailable,
+    ServiceBusy,
+    ServiceError,
+    ServiceUnreachable,
     ToolCallFailed,
     ToolCallLimitExceeded,
     ToolError,
     ToolResultTooLarge,
     TracebackLine,
+    Unauthorized,
     UncaughtException,
     UnknownTool,
 )
@@ -38,6 +45,7 @@ from ._sandbox.runner import Backend, Sandbox
 from ._tools import Tool, ToolFn
 
 if _typing.TYPE_CHECKING:
+    from ._client import AsyncClient, Client, RunEvent, RunInfo
     from ._core import CodeMode
     from ._serve.app import HttpSettings, create_app
     from ._serve.mcp_server import build_server as build_mcp_server
@@ -45,10 +53,14 @@ if _typing.TYPE_CHECKING:
     from ._upstream.config import Config, load_config, parse_config
     from ._upstream.hub import Hub, ServerFailure
 
-# Names whose modules import the MCP SDK, FastAPI or Jinja2 (most of a second):
+# Names whose modules import the MCP SDK, FastAPI, httpx or Jinja2 (most of a second):
 # loaded on first use, so `import codemode` and a sandbox-only program stay quick.
 # name -> (module, attribute)
 _LAZY = {
+    "AsyncClient": ("._client", "AsyncClient"),
+    "Client": ("._client", "Client"),
+    "RunEvent": ("._client", "RunEvent"),
+    "RunInfo": ("._client", "RunInfo"),
     "CodeMode": ("._core", "CodeMode"),
     "Config": ("._upstream.config", "Config"),
     "HttpSettings": ("._serve.app", "HttpSettings"),
@@ -82,8 +94,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "Backend",
     "BatchLimitExceeded",
+    "Client",
     "CodeMode",
     "CodeRejected",
     "CodeSyntaxError",
@@ -94,6 +108,7 @@ __all__ = [
     "Deadlock",
     "EmptyCode",
     "ExecutionError",
+    "Forbidden",
     "HttpSettings",
     "Hub",
     "InvalidArguments",
@@ -105,7 +120,11 @@ __all__ = [
     "PinPolicy",
     "PinReport",
     "PinStore",
+    "RequestRejected",
     "RunCancelled",
+    "RunEvent",
+    "RunInfo",
+    "RunNotFound",
     "RunResult",
     "RunTimeout",
     "RunTimings",
@@ -115,6 +134,9 @@ __all__ = [
     "ServerFailure",
     "ServerSummary",
     "ServerUnavailable",
+    "ServiceBusy",
+    "ServiceError",
+    "ServiceUnreachable",
     "ShapeRecorder",
     "StubSet",
     "Tool",
@@ -129,6 +151,7 @@ __all__ = [
     "ToolNotFound",
     "ToolResultTooLarge",
     "TracebackLine",
+    "Unauthorized",
     "UncaughtException",
     "UnknownTool",
     "build_mcp_server",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,50 +44,79 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", action="store_true", help="with --json: include the tool-call log")
 
 
-def _add_run_limits(p: argparse.ArgumentParser) -> None:
+def _env(text: str, field: str, env: bool) -> str:
+    """Help text that names the flag's environment variable (serve and mcp read them)."""
+    return f"{text} [env CODEMODE_{field.upper()}]" if env else text
+
+
+def _add_run_limits(p: argparse.ArgumentParser, *, env: bool = False) -> None:
+    # With env=True the defaults are None: the settings object then knows a flag
+    # was not given and takes the variable, else its own default (the same values).
     d = Limits()
     p.add_argument(
-        "--timeout", type=float, default=d.timeout, help=f"seconds for the whole run (default {d.timeout:g})"
+        "--timeout",
+        type=float,
+        default=None if env else d.timeout,
+        help=_env(f"seconds for the whole run (default {d.timeout:g})", "timeout", env),
     )
     p.add_argument(
         "--memory-mb",
         type=int,
-        default=d.memory // (1024 * 1024),
-        help=f"guest memory cap in MiB (default {d.memory // (1024 * 1024)})",
+        default=None if env else d.memory // (1024 * 1024),
+        help=_env(f"guest memory cap in MiB (default {d.memory // (1024 * 1024)})", "memory_mb", env),
     )
     p.add_argument(
-        "--max-tool-calls", type=int, default=d.max_tool_calls, help=f"tool calls per run (default {d.max_tool_calls})"
+        "--max-tool-calls",
+        type=int,
+        default=None if env else d.max_tool_calls,
+        help=_env(f"tool calls per run (default {d.max_tool_calls})", "max_tool_calls", env),
     )
 
 
-def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False, env: bool = False) -> None:
     p.add_argument(
         "--config",
         "-c",
         required=required,
         metavar="PATH",
-        help="an mcpServers JSON file (as used by Claude Desktop, Cursor, VS Code)",
+        help=_env("an mcpServers JSON file (as used by Claude Desktop, Cursor, VS Code)", "config", env),
     )
     p.add_argument(
         "--observe-shapes",
         action="store_true",
-        help="record result shapes of tools without an output schema (codemode.observed.json beside "
-        "the config) and show them as observed return types in the stubs",
+        default=None if env else False,
+        help=_env(
+            "record result shapes of tools without an output schema (codemode.observed.json beside "
+            "the config) and show them as observed return types in the stubs",
+            "observe_shapes",
+            env,
+        ),
     )
 
 
 def _add_network_flags(p: argparse.ArgumentParser, *, port: int) -> None:
+    # Only serve and mcp have these, and both read the environment too.
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs --token)"
+        "--host", help=_env("address to bind (default 127.0.0.1; anything else needs --token)", "host", True)
     )
-    p.add_argument("--port", type=int, default=port, help=f"port (default {port}; 0 picks a free one)")
-    p.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` (default: $CODEMODE_TOKEN)")
+    p.add_argument("--port", type=int, help=_env(f"port (default {port}; 0 picks a free one)", "port", True))
+    p.add_argument("--token", help=_env("require `Authorization: Bearer TOKEN`", "token", True))
     p.add_argument(
         "--allow-origin",
         action="append",
-        default=[],
         metavar="ORIGIN",
-        help="a browser Origin allowed to call (repeatable; default: none but localhost)",
+        help=_env(
+            "a browser Origin allowed to call (repeatable; comma-separated in the variable; default: none but "
+            "localhost)",
+            "allow_origin",
+            True,
+        ),
+    )
+
+
+def _add_backend_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend", choices=["wasm", "restricted"], help=_env("sandbox backend (default wasm)", "backend", True)
     )
 
 
@@ -148,50 +178,68 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flag(pin, required=True)
     pin.add_argument("--update", action="store_true", help="re-approve changed definitions and forget removed tools")
 
+    env_note = "Every flag can also be set by the CODEMODE_* variable named in its help; a flag given wins."
     serve = sub.add_parser(
         "serve",
         help="serve code mode over HTTP (FastAPI)",
         description="Serve /v1/execute, /v1/runs, /v1/tools/search, /v1/stubs, /healthz, /metrics.",
+        epilog=env_note,
     )
-    _add_config_flag(serve)
+    _add_config_flag(serve, env=True)
     _add_network_flags(serve, port=8000)
-    serve.add_argument("--max-concurrency", type=int, default=4, help="runs executing at once (default 4)")
-    serve.add_argument("--queue", type=int, default=16, help="runs waiting beyond those; more get 429 (default 16)")
-    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1000000)")
     serve.add_argument(
         "--tokens-file",
-        default=None,
         metavar="PATH",
-        help="accept each token in PATH (one a line: TOKEN [NAME]); a run is seen only by the token that started it",
+        help=_env(
+            "accept each token in PATH (one a line: TOKEN [NAME]); a run is seen only by the token that started it",
+            "tokens_file",
+            True,
+        ),
     )
     serve.add_argument(
         "--max-store-mb",
         type=float,
-        default=None,
-        help="memory for background runs' results and events; the oldest finished runs are forgotten "
-        "beyond it (default $CODEMODE_MAX_STORE_MB, else 256)",
+        help=_env(
+            "memory for background runs' results and events; the oldest finished runs are forgotten beyond it "
+            "(default 256)",
+            "max_store_mb",
+            True,
+        ),
     )
     serve.add_argument(
-        "--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)"
+        "--max-concurrency", type=int, help=_env("runs executing at once (default 4)", "max_concurrency", True)
     )
+    serve.add_argument(
+        "--queue", type=int, help=_env("runs waiting beyond those; more get 429 (default 16)", "queue", True)
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=int, help=_env("request body limit (default 1000000)", "max_body_bytes", True)
+    )
+    _add_backend_flag(serve)
     serve.add_argument(
         "--shutdown-grace",
         type=float,
-        default=10.0,
-        help="seconds runs in flight may take to finish after SIGTERM before they are answered 503 (default 10)",
+        help=_env(
+            "seconds runs in flight may take to finish after SIGTERM before they are answered 503 (default 10)",
+            "shutdown_grace",
+            True,
+        ),
     )
-    _add_run_limits(serve)
+    _add_run_limits(serve, env=True)
 
     mcp = sub.add_parser(
         "mcp",
         help="serve code mode as an MCP server (stdio, or --http)",
         description="Serve the tools search_tools, get_tool_stubs and execute_code over MCP.",
+        epilog=env_note,
     )
-    _add_config_flag(mcp)
-    mcp.add_argument("--http", action="store_true", help="serve Streamable HTTP instead of stdio")
+    _add_config_flag(mcp, env=True)
+    mcp.add_argument(
+        "--http", action="store_true", default=None, help=_env("serve Streamable HTTP instead of stdio", "http", True)
+    )
     _add_network_flags(mcp, port=8765)
-    mcp.add_argument("--backend", choices=["wasm", "restricted"], default="wasm", help="sandbox backend (default wasm)")
-    _add_run_limits(mcp)
+    _add_backend_flag(mcp)
+    _add_run_limits(mcp, env=True)
 
     bench = sub.add_parser(
         "bench",
@@ -374,16 +422,24 @@ def _cmd_pin(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ._serve.app import cli_main
+    from ._serve.settings import ServeSettings, SettingsError
 
-    args.limits = _limits(args)
-    return cli_main(args)
+    try:
+        settings = ServeSettings.load(vars(args), os.environ)
+    except SettingsError as exc:
+        raise _UsageError(str(exc)) from exc
+    return cli_main(settings)
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
     from ._serve.mcp_server import cli_main
+    from ._serve.settings import McpSettings, SettingsError
 
-    args.limits = _limits(args)
-    return cli_main(args)
+    try:
+        settings = McpSettings.load(vars(args), os.environ)
+    except SettingsError as exc:
+        raise _UsageError(str(exc)) from exc
+    return cli_main(settings)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

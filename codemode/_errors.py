@@ -6,26 +6,33 @@
     ├── ToolError                 tool_error            raised by a tool to fail a call cleanly
     │   ├── ServerUnavailable     server_unavailable    the tool's MCP server is down (retried in the background)
     │   └── UpstreamResultTooLarge tool_result_too_large an MCP server's answer was over the host's cap
-    └── ExecutionError                                  what a run can end with: `RunResult.error`
-        ├── CodeRejected                                the code never ran
-        │   ├── EmptyCode         empty_code
-        │   ├── CodeTooLarge      code_too_large
-        │   ├── InvalidEncoding   invalid_encoding
-        │   └── CodeSyntaxError   syntax_error          with line, column and the line's text
-        ├── UncaughtException     uncaught_exception    type, message, traceback of the model's lines
-        ├── Deadlock              deadlock              every task waits and no tool call is pending
-        ├── ToolCallFailed        tool_error            an uncaught ToolError from a tool call
-        │   ├── UnknownTool       unknown_tool
-        │   ├── InvalidArguments  invalid_arguments     arguments failed the tool's input schema
-        │   ├── ToolServerUnavailable server_unavailable
-        │   └── ToolResultTooLarge tool_result_too_large
-        ├── LimitExceeded
-        │   ├── RunTimeout        timeout
-        │   ├── MemoryLimitExceeded memory_limit
-        │   ├── ToolCallLimitExceeded tool_call_limit
-        │   └── BatchLimitExceeded batch_limit
-        ├── RunCancelled          cancelled             the caller cancelled the run
-        └── SandboxCrashed        sandbox_crashed       the guest trapped or answered garbage
+    ├── ExecutionError                                  what a run can end with: `RunResult.error`
+    │   ├── CodeRejected                                the code never ran
+    │   │   ├── EmptyCode         empty_code
+    │   │   ├── CodeTooLarge      code_too_large
+    │   │   ├── InvalidEncoding   invalid_encoding
+    │   │   └── CodeSyntaxError   syntax_error          with line, column and the line's text
+    │   ├── UncaughtException     uncaught_exception    type, message, traceback of the model's lines
+    │   ├── Deadlock              deadlock              every task waits and no tool call is pending
+    │   ├── ToolCallFailed        tool_error            an uncaught ToolError from a tool call
+    │   │   ├── UnknownTool       unknown_tool
+    │   │   ├── InvalidArguments  invalid_arguments     arguments failed the tool's input schema
+    │   │   ├── ToolServerUnavailable server_unavailable
+    │   │   └── ToolResultTooLarge tool_result_too_large
+    │   ├── LimitExceeded
+    │   │   ├── RunTimeout        timeout
+    │   │   ├── MemoryLimitExceeded memory_limit
+    │   │   ├── ToolCallLimitExceeded tool_call_limit
+    │   │   └── BatchLimitExceeded batch_limit
+    │   ├── RunCancelled          cancelled             the caller cancelled the run
+    │   └── SandboxCrashed        sandbox_crashed       the guest trapped or answered garbage
+    └── ServiceError              service_error         the HTTP service refused a request (`codemode.Client`)
+        ├── Unauthorized          unauthorized          no or a wrong bearer token
+        ├── Forbidden             forbidden             a Host or Origin the service does not answer
+        ├── RequestRejected       invalid_request       malformed, invalid, too large or of the wrong type
+        ├── ServiceBusy           busy                  every run slot and queue place is taken
+        ├── RunNotFound           run_not_found         no such run (or it was forgotten)
+        └── ServiceUnreachable    unreachable           no connection, or the connection kept dropping
 
 Lower-level errors (wasmtime traps, MCP errors) are converted in the backend or
 hub that sees them, with `raise ... from exc`; they never reach callers.
@@ -46,24 +53,32 @@ __all__ = [
     "Deadlock",
     "EmptyCode",
     "ExecutionError",
+    "Forbidden",
     "InvalidArguments",
     "InvalidEncoding",
     "LimitExceeded",
     "MemoryLimitExceeded",
+    "RequestRejected",
     "RunCancelled",
+    "RunNotFound",
     "RunTimeout",
     "SandboxCrashed",
     "SandboxUnavailable",
     "ServerUnavailable",
+    "ServiceBusy",
+    "ServiceError",
+    "ServiceUnreachable",
     "ToolCallFailed",
     "ToolCallLimitExceeded",
     "ToolError",
     "ToolResultTooLarge",
     "ToolServerUnavailable",
     "TracebackLine",
+    "Unauthorized",
     "UncaughtException",
     "UnknownTool",
     "UpstreamResultTooLarge",
+    "execution_error_from_dict",
 ]
 
 
@@ -260,3 +275,98 @@ class SandboxCrashed(ExecutionError):
 TOOL_ERRORS_BY_CODE: dict[str, type[ToolCallFailed]] = {
     cls.code: cls for cls in (ToolCallFailed, UnknownTool, InvalidArguments, ToolResultTooLarge, ToolServerUnavailable)
 }
+
+
+def _subclasses(cls: type[ExecutionError]) -> list[type[ExecutionError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _subclasses(sub)
+    return out
+
+
+def execution_error_from_dict(data: dict[str, Any]) -> ExecutionError:
+    """The typed error a `to_dict()` describes (as the HTTP service sends it in a
+    result): found by its `type`, else its `code`; an unknown one becomes a plain
+    `ExecutionError` carrying the message. Never raises for a dict of another shape."""
+    classes = _subclasses(ExecutionError)
+    by_name = {cls.__name__: cls for cls in classes}
+    by_code = {cls.code: cls for cls in reversed(classes) if "code" in cls.__dict__}
+    cls = by_name.get(str(data.get("type"))) or by_code.get(str(data.get("code"))) or ExecutionError
+    message = str(data.get("message", ""))
+    raw = data.get("traceback")
+    frames = [
+        TracebackLine(line=int(f.get("line") or 0), name=str(f.get("name", "")), text=str(f.get("text", "")))
+        for f in (raw if isinstance(raw, list) else [])
+        if isinstance(f, dict)
+    ]
+    if issubclass(cls, CodeSyntaxError):
+        line, column = data.get("line"), data.get("column")
+        return cls(
+            message,
+            line=line if isinstance(line, int) else None,
+            column=column if isinstance(column, int) else None,
+            text=str(data.get("text") or ""),
+        )
+    if issubclass(cls, UncaughtException):
+        return cls(message, exc_type=str(data.get("exc_type", "Exception")), traceback=frames)
+    if issubclass(cls, ToolCallFailed):
+        tool = data.get("tool")
+        return cls(message, tool=str(tool) if tool else None, traceback=frames)
+    if issubclass(cls, _HasTraceback):
+        return cls(message, traceback=frames)
+    return cls(message)
+
+
+class ServiceError(CodemodeError):
+    """The HTTP service answered a request with an error (`codemode.Client`).
+
+    `status` is the HTTP status, `problem` the whole problem body; its
+    `problem["code"]` is the service's own code, which may be finer than the
+    class's `code` (e.g. `forbidden_origin` for a `Forbidden`)."""
+
+    code = "service_error"
+
+    def __init__(self, message: str, *, status: int, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = dict(problem or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "status": self.status, "problem": self.problem}
+
+
+class Unauthorized(ServiceError):
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    code = "forbidden"
+
+
+class RequestRejected(ServiceError):
+    code = "invalid_request"
+
+
+class ServiceBusy(ServiceError):
+    """Every run slot and queue place is taken; retry after `retry_after_s`."""
+
+    code = "busy"
+
+    def __init__(
+        self, message: str, *, status: int, problem: dict[str, Any] | None = None, retry_after_s: float = 1.0
+    ) -> None:
+        super().__init__(message, status=status, problem=problem)
+        self.retry_after_s = retry_after_s
+
+
+class RunNotFound(ServiceError):
+    code = "run_not_found"
+
+
+class ServiceUnreachable(ServiceError):
+    """The service could not be reached, or its connection kept dropping."""
+
+    code = "unreachable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import ExecutionError
+from ._errors import ExecutionError, execution_error_from_dict
 
 __all__ = ["RunResult", "RunTimings", "ToolCallRecord"]
 
@@ -45,6 +45,23 @@ class ToolCallRecord:
             "duration_s": self.duration_s,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ToolCallRecord:
+        """The inverse of `to_dict` (e.g. for a record read from the HTTP service).
+
+        Raises `KeyError` or `TypeError` for a dict of another shape."""
+        return cls(
+            namespace=str(data["namespace"]),
+            tool=str(data["tool"]),
+            arguments=dict(data.get("arguments") or {}),
+            ok=bool(data["ok"]),
+            error_code=data.get("error_code"),
+            error_message=data.get("error_message"),
+            batch=int(data.get("batch", 0)),
+            started_s=float(data.get("started_s", 0.0)),
+            duration_s=float(data.get("duration_s", 0.0)),
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunTimings:
@@ -66,6 +83,16 @@ class RunTimings:
             "tools_s": self.tools_s,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunTimings:
+        """The inverse of `to_dict`. Raises `KeyError` or `TypeError` for another shape."""
+        return cls(
+            total_s=float(data["total_s"]),
+            startup_s=float(data["startup_s"]),
+            execute_s=float(data["execute_s"]),
+            tools_s=float(data["tools_s"]),
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
@@ -81,6 +108,10 @@ class RunResult:
     timings: RunTimings
     backend: str
     """`wasm`, or `restricted` (in-process; not a security boundary)."""
+    trace_id: str | None = None
+    """The OpenTelemetry trace the run's span belongs to (32 hex digits), when
+    the run was traced: a tracer provider is set, or the caller's context
+    carried a trace (e.g. a `traceparent` header)."""
 
     @property
     def ok(self) -> bool:
@@ -106,4 +137,25 @@ class RunResult:
         }
         if trace:
             out["tool_calls"] = [call.to_dict() for call in self.tool_calls]
+        if self.trace_id is not None:
+            out["trace_id"] = self.trace_id
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """The inverse of `to_dict`: the error becomes its typed `ExecutionError`
+        again (by its `type`, else its `code`).
+
+        Raises `KeyError` or `TypeError` for a dict of another shape."""
+        error = data.get("error")
+        return cls(
+            value=data.get("value"),
+            value_truncated=bool(data.get("value_truncated", False)),
+            stdout=str(data.get("stdout", "")),
+            stdout_truncated=bool(data.get("stdout_truncated", False)),
+            error=execution_error_from_dict(error) if isinstance(error, dict) else None,
+            tool_calls=[ToolCallRecord.from_dict(c) for c in data.get("tool_calls") or []],
+            timings=RunTimings.from_dict(data["timings"]),
+            backend=str(data["backend"]),
+            trace_id=data.get("trace_id"),
+        )

@@ -144,15 +144,12 @@ async def test_a_run_is_readable_and_cancellable_only_by_the_client_that_started
     assert info["status"] == "succeeded" and info["result"]["value"] == 1, "bob's DELETE did not cancel it"
 
 
-def test_the_store_budget_comes_from_the_flag_else_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from argparse import Namespace
+def test_the_store_budget_comes_from_the_flag_else_the_environment() -> None:
+    from codemode._serve.settings import ServeSettings, SettingsError
 
-    from codemode._serve.app import _max_store_bytes
-
-    monkeypatch.delenv("CODEMODE_MAX_STORE_MB", raising=False)
-    assert _max_store_bytes(Namespace(max_store_mb=None)) == 256 * 2**20
-    monkeypatch.setenv("CODEMODE_MAX_STORE_MB", "64")
-    assert _max_store_bytes(Namespace(max_store_mb=None)) == 64 * 2**20
-    assert _max_store_bytes(Namespace(max_store_mb=8.0)) == 8 * 2**20
-    monkeypatch.setenv("CODEMODE_MAX_STORE_MB", "lots")
-    assert HttpSettings(max_store_bytes=_max_store_bytes(Namespace(max_store_mb=None))).problems()
+    assert ServeSettings.load({"max_store_mb": None}, {}).max_store_mb == 256
+    assert ServeSettings.load({"max_store_mb": None}, {"CODEMODE_MAX_STORE_MB": "64"}).max_store_mb == 64
+    assert ServeSettings.load({"max_store_mb": 8.0}, {"CODEMODE_MAX_STORE_MB": "64"}).max_store_mb == 8
+    with pytest.raises(SettingsError, match="CODEMODE_MAX_STORE_MB"):
+        ServeSettings.load({}, {"CODEMODE_MAX_STORE_MB": "lots"})
+    assert HttpSettings(max_store_bytes=0).problems()

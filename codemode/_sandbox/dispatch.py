@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
@@ -35,6 +35,9 @@ from .._limits import Limits
 from .._result import ToolCallRecord
 from .._stubgen import ToolBinding
 from .._tools import Tool
+
+if TYPE_CHECKING:
+    from .._tracing import RunTrace
 
 __all__ = ["Dispatcher"]
 
@@ -167,6 +170,8 @@ class Dispatcher:
     """Told of each call as it starts and ends (from the thread the call runs on)."""
     observe: Callable[[Tool, Any], None] | None = None
     """Given each successful call's tool and value (for observed output shapes)."""
+    tracing: RunTrace | None = None
+    """The run's trace, when its span is recording: then each call gets a span."""
     _batches: int = 0
     # (namespace, tool, arguments, started, finished, batch, error code, message,
     # the Tool or None): tuples on the hot path, records only when someone asks.
@@ -304,6 +309,12 @@ class Dispatcher:
         return binding, wire_args
 
     def _call_sync(self, item: dict[str, Any], batch: int, known: ToolBinding | None) -> str:
+        if self.tracing is not None:
+            with self.tracing.tool_call():
+                return self._call_sync_untraced(item, batch, known)
+        return self._call_sync_untraced(item, batch, known)
+
+    def _call_sync_untraced(self, item: dict[str, Any], batch: int, known: ToolBinding | None) -> str:
         started = time.monotonic()
         binding: ToolBinding | None = None
         wire_args: dict[str, Any] = {}
@@ -317,6 +328,12 @@ class Dispatcher:
             return self._failure(item, binding, wire_args, exc, started, batch)
 
     async def _call_async(self, item: dict[str, Any], batch: int) -> str:
+        if self.tracing is not None:
+            with self.tracing.tool_call():
+                return await self._call_async_untraced(item, batch)
+        return await self._call_async_untraced(item, batch)
+
+    async def _call_async_untraced(self, item: dict[str, Any], batch: int) -> str:
         started = time.monotonic()
         binding: ToolBinding | None = None
         wire_args: dict[str, Any] = {}
@@ -392,6 +409,10 @@ class Dispatcher:
     ) -> None:
         entry = (namespace, name, args, started, time.monotonic(), batch, code, message, tool)
         self._log.append(entry)
+        if self.tracing is not None:
+            binding = self.bindings.get((namespace, name))
+            wire = binding.tool.name if binding is not None else None
+            self.tracing.tool_finished(namespace, name, wire, batch, entry[4] - started, code)
         if self.on_event is not None:
             self.on_event({"type": "tool_call_finished", **self._as_record(*entry).to_dict()})
 

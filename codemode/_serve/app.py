@@ -22,11 +22,9 @@ problem shape with a stable `code` (`guards.problem_body`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -48,6 +46,7 @@ from .._discovery import ToolNotFound
 from .._errors import CodemodeError, ConfigError, SandboxUnavailable
 from .._limits import Limits
 from .._result import RunResult
+from .._tracing import TraceContextMiddleware
 from .guards import PROBLEM_TYPE, TITLES, Guard, GuardSettings, is_loopback, problem_body, read_tokens_file
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -63,6 +62,7 @@ from .models import (
     ServersResponse,
 )
 from .runs import Admission, Busy, Executor, Run, RunStore, Ticket
+from .settings import ServeSettings
 
 __all__ = ["HttpSettings", "cli_main", "create_app"]
 
@@ -463,6 +463,8 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
 
     # Added innermost first: the guard runs before CORS, whose own refusal is not a
     # problem body; it lets preflights (which carry no token) through to CORS.
+    # Innermost: a request's `traceparent` is the current context while the app serves it.
+    app.add_middleware(TraceContextMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.allow_origins),
@@ -594,34 +596,34 @@ def _add_ops_routes(app: FastAPI, cm: CodeMode, metrics: Metrics) -> None:
 # -- the command ------------------------------------------------------------------------------------------------------
 
 
-def cli_main(args: argparse.Namespace) -> int:
+def cli_main(options: ServeSettings) -> int:
     """`codemode serve`: load the tools, serve until Ctrl-C. Returns the exit code:
     0 after a clean stop, 2 for unusable settings (a non-loopback host without a
     token), 3 if the configuration or sandbox is unavailable or the port cannot be bound."""
     tokens: dict[str, str] = {}
-    if getattr(args, "tokens_file", None):
+    if options.tokens_file is not None:
         try:
-            tokens = read_tokens_file(args.tokens_file)
+            tokens = read_tokens_file(str(options.tokens_file))
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
     settings = HttpSettings(
-        host=args.host,
-        port=args.port,
-        token=args.token or os.environ.get("CODEMODE_TOKEN") or None,
+        host=options.host,
+        port=options.port,
+        token=options.token,
         tokens=tokens,
-        allow_origins=tuple(args.allow_origin or ()),
-        max_concurrency=args.max_concurrency,
-        queue=args.queue,
-        max_body_bytes=args.max_body_bytes,
-        max_store_bytes=_max_store_bytes(args),
+        allow_origins=options.allow_origin,
+        max_concurrency=options.max_concurrency,
+        queue=options.queue,
+        max_body_bytes=options.max_body_bytes,
+        max_store_bytes=int(options.max_store_mb * 2**20),
     )
     for message in settings.problems():
         print(f"codemode: {message}", file=sys.stderr)
     if settings.problems():
         return EXIT_USAGE
     try:
-        return anyio.run(_serve, args, settings)
+        return anyio.run(_serve, options, settings)
     except KeyboardInterrupt:
         print("codemode: stopped", file=sys.stderr)
         return EXIT_OK
@@ -630,30 +632,15 @@ def cli_main(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
 
 
-def _max_store_bytes(args: argparse.Namespace) -> int:
-    """`--max-store-mb`, else `$CODEMODE_MAX_STORE_MB`, else 256, in bytes (0 if unreadable: refused)."""
-    given = getattr(args, "max_store_mb", None)
-    if given is None:
-        env = os.environ.get("CODEMODE_MAX_STORE_MB", "")
-        try:
-            given = float(env) if env else 256.0
-        except ValueError:
-            return 0
-    return int(given * 2**20)
-
-
-async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
+async def _serve(options: ServeSettings, settings: HttpSettings) -> int:
     import uvicorn
 
     from .._sandbox.runner import Sandbox
 
     # The sandbox's own gate matches ours, so admitted runs do not queue twice.
-    sandbox = Sandbox(
-        backend=args.backend, max_concurrency=settings.max_concurrency, limits=getattr(args, "limits", None)
-    )
-    observe = bool(getattr(args, "observe_shapes", False))
-    if args.config:
-        cm = CodeMode.from_config(args.config, sandbox=sandbox, observe_shapes=observe)
+    sandbox = Sandbox(backend=options.backend, max_concurrency=settings.max_concurrency, limits=options.limits)
+    if options.config:
+        cm = CodeMode.from_config(options.config, sandbox=sandbox, observe_shapes=options.observe_shapes)
     else:
         print(
             "codemode: no --config given: serving with no tools (code runs, but there is nothing to call); "
@@ -661,7 +648,7 @@ async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
             file=sys.stderr,
         )
         cm = CodeMode(sandbox=sandbox)
-    grace = float(getattr(args, "shutdown_grace", _SHUTDOWN_GRACE_S))
+    grace = options.shutdown_grace
     # The port opens at once; servers connect in the background (their state is in /healthz).
     await cm.open(wait_for_servers=False)
     try:
@@ -692,10 +679,6 @@ async def _serve(args: argparse.Namespace, settings: HttpSettings) -> int:
         # shields its own stop; a scope here would break the order of its task group).
         await cm.aclose()
     return EXIT_OK
-
-
-# How long in-flight runs may take to finish after SIGTERM before they are answered 503.
-_SHUTDOWN_GRACE_S = 10.0
 
 
 async def _stop_on_signal(server: Any, drain: Drain, grace: float) -> None:

@@ -19,7 +19,6 @@ tables leave `tasks/*` out on purpose), and hand-rolling it is out of scope.
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import contextlib
 import json
@@ -47,6 +46,7 @@ from .._errors import CodemodeError, CodeSyntaxError, ConfigError, ExecutionErro
 from .._limits import Limits
 from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION
 from .._result import RunResult, ToolCallRecord
+from .settings import McpSettings
 
 __all__ = ["build_server", "cli_main", "format_run", "serve_stdio", "server_instructions"]
 
@@ -189,6 +189,8 @@ def format_run(result: RunResult, *, trace: bool = False) -> CallToolResult:
         "stdout_truncated": result.stdout_truncated,
         "error": result.error.to_dict() if result.error else None,
     }
+    if result.trace_id is not None:  # the caller's trace (from `_meta.traceparent`) or ours
+        structured["trace_id"] = result.trace_id
     parts = [_error_text(result.error) if result.error is not None else _value_text(result)]
     if result.stdout:
         parts.append("--- stdout ---\n" + result.stdout.rstrip("\n"))
@@ -278,22 +280,24 @@ async def _watch_signals(shutdown: _Shutdown, *, task_status: TaskStatus[None] =
             shutdown()
 
 
-async def _serve(args: argparse.Namespace, token: str | None) -> None:
+async def _serve(options: McpSettings) -> None:
     async with anyio.create_task_group() as tg:
         shutdown = _Shutdown(tg.cancel_scope)
         await tg.start(_watch_signals, shutdown)  # before startup: a signal then aborts it cleanly too
-        limits = getattr(args, "limits", None)
+        limits = options.limits
         cm = (
-            CodeMode.from_config(args.config, backend=args.backend, limits=limits)
-            if args.config
-            else CodeMode(backend=args.backend, limits=limits)
+            CodeMode.from_config(
+                options.config, backend=options.backend, limits=limits, observe_shapes=options.observe_shapes
+            )
+            if options.config
+            else CodeMode(backend=options.backend, limits=limits)
         )
         async with cm:
             for namespace, failure in cm.failures.items():
                 logger.warning("server %r is unavailable: %s", namespace, failure.message)
             server = build_server(cm)
             logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))
-            if args.http:
+            if options.http:
                 from .mcp_transport import serve_http
 
                 def on_listening(stop: Callable[[], None]) -> None:
@@ -301,10 +305,10 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
 
                 await serve_http(
                     server,
-                    host=args.host,
-                    port=args.port,
-                    token=token,
-                    allow_origins=list(args.allow_origin),
+                    host=options.host,
+                    port=options.port,
+                    token=options.token,
+                    allow_origins=list(options.allow_origin),
                     on_listening=on_listening,
                 )
             else:
@@ -366,30 +370,29 @@ def _configure_logging() -> None:
     logging.getLogger("codemode").setLevel(logging.INFO)
 
 
-def cli_main(args: argparse.Namespace) -> int:
+def cli_main(options: McpSettings) -> int:
     """`codemode mcp`: serve over stdio, or Streamable HTTP with `--http`.
 
     Returns 0 after a clean shutdown, 2 when asked to bind a non-loopback
     address without a token, 3 for a bad configuration or no sandbox."""
     from .guards import is_loopback
 
-    token = args.token or os.environ.get("CODEMODE_TOKEN") or None
-    if args.http and not is_loopback(args.host) and not token:
+    if options.http and not is_loopback(options.host) and not options.token:
         print(
-            f"codemode: refusing to serve on {args.host} without a token: anyone who can reach it could run "
+            f"codemode: refusing to serve on {options.host} without a token: anyone who can reach it could run "
             "code with your tools. Pass --token or set CODEMODE_TOKEN.",
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if not args.http and (args.token or args.allow_origin or args.host != "127.0.0.1"):
+    if not options.http and (options.token or options.allow_origin or options.host != "127.0.0.1"):
         print("codemode: --host, --port, --token and --allow-origin apply to --http only", file=sys.stderr)
-    if not args.config:
+    if not options.config:
         print("codemode: no --config given: serving without any tools", file=sys.stderr)
     _configure_logging()
     failed: list[str] = []
     # except*: the serving task group wraps what fails inside it in an ExceptionGroup.
     try:
-        anyio.run(_serve, args, token)
+        anyio.run(_serve, options)
     except* (ConfigError, SandboxUnavailable) as group:
         failed += [str(exc) for exc in group.exceptions]
     except* CodemodeError as group:  # e.g. tool definitions changed since they were pinned

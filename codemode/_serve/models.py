@@ -117,6 +117,11 @@ class ExecuteResponse(BaseModel):
     backend: str
     timings: TimingsOut
     tool_calls: list[ToolCallOut] | None = Field(default=None, description="Only when the request asked for `trace`.")
+    trace_id: str | None = Field(
+        default=None,
+        description="The OpenTelemetry trace of the run (32 hex digits), when it was traced: the server has a "
+        "tracer provider, or the request carried a `traceparent`.",
+    )
 
 
 class Problem(BaseModel):

@@ -382,6 +382,8 @@ class RunStore:
             account=self._account,
         )
         self._runs[run.id] = run
+        # Started from the request's task, the run's task copies its context: the
+        # run's span is a child of the request's `traceparent`.
         self._tg.start_soon(self._drive, run, ticket)
         return run
 
