@@ -470,7 +470,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         allow_origins=list(settings.allow_origins),
         allow_origin_regex=r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
         allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "traceparent", "tracestate"],
         expose_headers=["Retry-After", "Location"],
     )
     app.add_middleware(Guard, settings=settings.guard(), on_reject=lambda code: metrics.rejected.inc(reason=code))
