@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from ._names import GLOBAL_RESERVED, clean_text, type_name_part, unique_identifier
+from ._names import GLOBAL_RESERVED, MAX_IDENTIFIER, clean_text, type_name_part, unique_identifier
 
 __all__ = [
     "ANY",
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_TEXT",
     "Annotation",
     "Field",
+    "Hint",
     "SchemaTypes",
     "TypedDictDef",
     "annotation_for",
@@ -115,8 +118,7 @@ class TypedDictDef:
             # A key that is not a plain name is shown as a repr: it may hold anything.
             lines += [
                 *([""] if lines else []),
-                "Keys:",
-                *(f"    {f.key if f.key.isidentifier() else repr(f.key)}: {f.doc}" for f in documented),
+                *(f"{f.key if f.key.isidentifier() else repr(f.key)}: {f.doc}" for f in documented),
             ]
         if self.extra is not None:
             lines += [*([""] if lines else []), f"Other keys are allowed too, with values of type {self.extra.text}."]
@@ -184,15 +186,80 @@ def dump_schema(schema: object) -> str:
     return text if len(text) <= _MAX_DUMP else text[:_MAX_DUMP] + "…"
 
 
-def describe(schema: object) -> str:
-    """A property's description plus its constraints, on one line."""
+def describe(schema: object, *, names: tuple[str, ...] = ()) -> str:
+    """A property's description plus its constraints, on one line. A
+    description that only repeats `names` (the key, its type, its tool: "The
+    name of the entity" on `Entity.name`) says nothing and is left out."""
     if not isinstance(schema, Mapping):
         return ""
     text = " ".join(describe_text(schema.get("description")).split())
+    if text and names and says_nothing(text, names):
+        text = ""
     limits = [f"{k}={dump_schema(schema[k])}" for k in _CONSTRAINTS if k in schema]
     if limits:
         text = f"{text} ({', '.join(limits)})" if text else ", ".join(limits)
     return text
+
+
+# Words that carry no meaning of their own in a field's description; the type
+# names are covered by the annotation beside it.
+_FILLER = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "to",
+        "for",
+        "in",
+        "on",
+        "at",
+        "by",
+        "with",
+        "and",
+        "or",
+        "is",
+        "are",
+        "be",
+        "it",
+        "its",
+        "this",
+        "that",
+        "as",
+        "array",
+        "list",
+        "string",
+        "number",
+        "integer",
+        "boolean",
+        "object",
+        "value",
+    ]
+)
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def singular(word: str) -> str:
+    """English plural to singular, for the common cases names use."""
+    lower = word.lower()
+    if lower.endswith("ies") and len(word) > 4:
+        return word[:-3] + ("Y" if word[-3].isupper() else "y")
+    if lower.endswith(("sses", "xes", "ches", "shes")):
+        return word[:-2]
+    if lower.endswith("s") and len(word) > 3 and not lower.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def words(text: str) -> list[str]:
+    """The words of a name or sentence: `entityType` -> ["entity", "type"], singular."""
+    return [singular(w.lower()) for w in _WORD.findall(text)]
+
+
+def says_nothing(description: str, names: tuple[str, ...]) -> bool:
+    """Whether every word of `description` but filler is a word of `names`."""
+    content = set(words(description)) - _FILLER
+    return bool(content) and content <= {w for n in names for w in words(n)}
 
 
 def sentences(parts: list[str]) -> str:
@@ -322,43 +389,158 @@ class _TooLarge(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Hint:
+    """What to call a TypedDict, and how sure we are: a schema's `title` (3)
+    beats a `$defs` name (2), which beats a property name (1), which beats a
+    name made from the tool (`ReadGraphResult`, 0). `tool` names the tool, to
+    tell apart two different types with the same name."""
+
+    strength: int
+    name: str
+    tool: str = ""
+
+    def part(self, suffix: str) -> Hint:
+        return Hint(self.strength, self.name + suffix, self.tool)
+
+    def item(self) -> Hint:
+        """The hint for one item of a list named by this one: `Entities` -> `Entity`."""
+        parts = _WORD.findall(self.name)
+        if parts and (one := singular(parts[-1])) != parts[-1]:
+            return Hint(self.strength, self.name[: -len(parts[-1])] + one, self.tool)
+        return self.part("Item")
+
+
+@dataclass(kw_only=True)
+class _Pending:
+    """A TypedDict whose name is chosen once every schema of the module is seen."""
+
+    placeholder: str
+    namespace: str
+    record: TypedDictDef
+    props: list[object]
+    """Each field's schema, for its description (which depends on the name)."""
+    notes: list[list[str]]
+    hints: list[Hint]
+
+
+# A TypedDict's name while the module is being converted. NUL never occurs in
+# an annotation otherwise: server values reach annotations only through repr.
+_PLACEHOLDER = re.compile("\x00([0-9]+)\x00")
+
+
+def _best_name(hints: list[Hint]) -> str:
+    """The strongest hint; where equally strong hints differ, the words they
+    share at the start and end (`DeleteEntitiesResult`, `DeleteRelationsResult`
+    -> `DeleteResult`), else the first."""
+    top = max(h.strength for h in hints)
+    names = list(dict.fromkeys(h.name for h in hints if h.strength == top))
+    if len(names) == 1:
+        return names[0]
+    split = [_WORD.findall(n) or [n] for n in names]
+    shortest = min(len(w) for w in split)
+    head = 0
+    while head < shortest and all(w[head] == split[0][head] for w in split):
+        head += 1
+    tail = 0
+    while tail < shortest - head and all(w[-1 - tail] == split[0][-1 - tail] for w in split):
+        tail += 1
+    shared = split[0][:head] + (split[0][len(split[0]) - tail :] if tail else [])
+    return "".join(shared) or names[0]
+
+
+@lru_cache(maxsize=1024)
+def _def_name(ref: str) -> str:
+    return type_name_part(ref.rsplit("/", 1)[-1], fallback="Def")
+
+
 class SchemaTypes:
     """Converts the schemas of one stub module; collects their TypedDicts.
 
+    Within a namespace, structurally identical object schemas (same keys,
+    types, requiredness and descriptions) become one TypedDict, named by
+    `_best_name` over every place it occurs. Until `finish()`, annotations
+    name TypedDicts by placeholders; `resolve` turns those into the names.
     `taken` is the module's set of names: TypedDict names are added to it, so
     they never collide with namespaces, tools or each other."""
 
     def __init__(self, taken: set[str], *, inline_objects: bool = False) -> None:
         self.taken = taken
-        self.typed_dicts: list[TypedDictDef] = []
+        self._pending: list[_Pending] = []
         """In dependency order: each refers only to earlier ones, or to itself
         or an enclosing one through a recursive `$ref`."""
+        self._by_key: dict[tuple[Any, ...], _Pending] = {}
+        self._names: dict[str, str] = {}
         self._inline_objects = inline_objects
         self._memo: dict[_MemoKey, str] = {}
         self._resolving: set[_MemoKey] = set()
-        self._owner: list[str] = []
+        self._namespace = ""
+        self._tool = ""
+        self._next = 0
         self._budget = _MAX_NODES
 
     def annotation(
-        self, schema: object, *, root: object, owner: list[str], path: list[str], notes: list[str]
+        self, schema: object, *, root: object, namespace: str, tool: str, hint: Hint, notes: list[str]
     ) -> Annotation:
-        """The annotation for `schema`, whose `$ref`s resolve against `root`.
+        """The annotation for `schema`, whose `$ref`s resolve against `root`,
+        with placeholders for TypedDict names until `finish()`.
 
-        TypedDicts are named `owner + path (+ nested keys)`, or `owner +
-        definition name` for `$ref` targets. Why a part is `Any` goes to `notes`."""
-        self._owner = owner
+        `namespace` scopes the sharing of TypedDicts; `hint` names the ones
+        this schema makes. Why a part is `Any` goes to `notes`."""
+        self._namespace, self._tool = namespace, tool
         self._budget = _MAX_NODES
         root_map = root if isinstance(root, Mapping) else _NO_ROOT
-        done, memo = len(self.typed_dicts), dict(self._memo)
+        done, memo, by_key = len(self._pending), dict(self._memo), dict(self._by_key)
         try:
-            return self._convert(schema, root_map, [*owner, *path], notes, 0, None)
+            return self._convert(schema, root_map, hint, notes, 0, None)
         except (_TooLarge, RecursionError):
             # Drop this schema's half-built TypedDicts: none may refer to a
             # name that never gets defined.
-            del self.typed_dicts[done:]
-            self._memo = memo
+            del self._pending[done:]
+            self._memo, self._by_key = memo, by_key
             self._resolving.clear()
             return self._unexpressible("too large", schema, notes)
+
+    def finish(self) -> None:
+        """Name every TypedDict, in definition order: the best hint, or the
+        tool's name before it if another type has it, or a `_2` suffix."""
+        for p in self._pending:
+            base = _best_name(p.hints)[:MAX_IDENTIFIER]
+            if base in self.taken or base in GLOBAL_RESERVED:
+                tool = next((h.tool for h in p.hints if h.tool), "")
+                if tool and not base.startswith(tool):
+                    base = (tool + base)[:MAX_IDENTIFIER]
+            self._names[p.placeholder] = unique_identifier(
+                base, self.taken, fallback="Object", reserved=GLOBAL_RESERVED
+            )
+
+    def resolve(self, text: str) -> str:
+        """`text` with TypedDict placeholders replaced by their names."""
+        return _PLACEHOLDER.sub(lambda m: self._names[m[0]], text)
+
+    def _resolved(self, ann: Annotation) -> Annotation:
+        return Annotation(tuple(map(self.resolve, ann.members)), frozenset(map(self.resolve, ann.refs)))
+
+    @property
+    def typed_dicts(self) -> list[TypedDictDef]:
+        """Every TypedDict, named (call `finish()` first), in dependency order.
+        A field's description is left out where it only repeats the key and
+        the type's name."""
+        out = []
+        for p in self._pending:
+            name = self._names[p.placeholder]
+            record = TypedDictDef(
+                name=name,
+                description=p.record.description,
+                extra=self._resolved(p.record.extra) if p.record.extra is not None else None,
+            )
+            for f, prop, notes in zip(p.record.fields, p.props, p.notes, strict=True):
+                doc = sentences([describe(prop, names=(f.key, name)), *notes])
+                record.fields.append(
+                    Field(key=f.key, annotation=self._resolved(f.annotation), required=f.required, doc=doc)
+                )
+            out.append(record)
+        return out
 
     def _unexpressible(self, why: str, schema: object, notes: list[str]) -> Annotation:
         if len(notes) < _MAX_NOTES and not any(n.startswith(f"Type not expressible ({why})") for n in notes):
@@ -369,7 +551,7 @@ class SchemaTypes:
         self,
         schema: object,
         root: Mapping[str, Any],
-        path: list[str],
+        hint: Hint,
         notes: list[str],
         depth: int,
         memo_key: _MemoKey | None,
@@ -383,14 +565,14 @@ class SchemaTypes:
         self._budget -= 1
         if self._budget < 0:
             raise _TooLarge
-        ann = self._convert_mapping(schema, root, path, notes, depth, memo_key)
+        ann = self._convert_mapping(schema, root, hint, notes, depth, memo_key)
         return _union([ann, _NONE]) if schema.get("nullable") is True else ann
 
     def _convert_mapping(
         self,
         schema: Mapping[str, Any],
         root: Mapping[str, Any],
-        path: list[str],
+        hint: Hint,
         notes: list[str],
         depth: int,
         memo_key: _MemoKey | None,
@@ -409,19 +591,19 @@ class SchemaTypes:
             if isinstance(options, list) and options:
                 union = _union(
                     [
-                        self._convert(o, root, [*path, f"Option{i}"], notes, depth + 1, None)
+                        self._convert(o, root, hint.part(f"Option{i}"), notes, depth + 1, None)
                         for i, o in enumerate(options, 1)
                     ]
                 )
                 if union.members == ANY.members and "type" in schema:
                     # Options that only add constraints to a typed schema.
                     rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
-                    return self._convert(rest, root, path, notes, depth + 1, memo_key)
+                    return self._convert(rest, root, hint, notes, depth + 1, memo_key)
                 return union
         all_of = schema.get("allOf")
         if isinstance(all_of, list) and all_of:
             if len(all_of) == 1 and not any(k in schema for k in ("type", "properties", "items")):
-                return self._convert(all_of[0], root, path, notes, depth + 1, memo_key)
+                return self._convert(all_of[0], root, hint, notes, depth + 1, memo_key)
             return self._unexpressible("allOf", schema, notes)
         kind = schema.get("type")
         if isinstance(kind, list):
@@ -430,7 +612,7 @@ class SchemaTypes:
                 return self._unexpressible("unknown type", schema, notes)
             return _union(
                 [
-                    self._convert({**schema, "type": k}, root, path, notes, depth + 1, memo_key)
+                    self._convert({**schema, "type": k}, root, hint, notes, depth + 1, memo_key)
                     for k in dict.fromkeys(kinds)
                 ]
             )
@@ -441,9 +623,9 @@ class SchemaTypes:
         if isinstance(kind, str) and kind in _SCALARS:
             return _simple(_SCALARS[kind])
         if kind == "array":
-            return self._array(schema, root, path, notes, depth)
+            return self._array(schema, root, hint, notes, depth)
         if kind == "object":
-            return self._object(schema, root, path, notes, depth, memo_key)
+            return self._object(schema, root, hint, notes, depth, memo_key)
         return self._unexpressible("unknown type", schema, notes)
 
     def _ref(
@@ -462,8 +644,8 @@ class SchemaTypes:
         self._resolving.add(key)
         try:
             # Named after the definition, so every use shares one TypedDict.
-            path = [*self._owner, type_name_part(ref.rsplit("/", 1)[-1], fallback="Def")]
-            return self._convert(target, root, path, notes, depth + 1, key)
+            hint = Hint(2, _def_name(ref), self._tool)
+            return self._convert(target, root, hint, notes, depth + 1, key)
         finally:
             self._resolving.discard(key)
 
@@ -483,25 +665,25 @@ class SchemaTypes:
         return _union(parts + ([_NONE] if any(v is None for v in values) else []))
 
     def _array(
-        self, schema: Mapping[str, Any], root: Mapping[str, Any], path: list[str], notes: list[str], depth: int
+        self, schema: Mapping[str, Any], root: Mapping[str, Any], hint: Hint, notes: list[str], depth: int
     ) -> Annotation:
         items = schema.get("items")
         prefix = items if isinstance(items, list) else schema.get("prefixItems")
         if isinstance(prefix, list) and prefix:  # tuples: the values of any position
             item = _union(
-                [self._convert(i, root, [*path, f"Item{n}"], notes, depth + 1, None) for n, i in enumerate(prefix, 1)]
+                [self._convert(i, root, hint.part(f"Item{n}"), notes, depth + 1, None) for n, i in enumerate(prefix, 1)]
             )
         elif items is None or items is True or isinstance(items, list):
             item = ANY
-        else:  # the item type of a list property is named after the property
-            item = self._convert(items, root, path, notes, depth + 1, None)
+        else:  # the item type of a list property is named after the property: `entities` -> `Entity`
+            item = self._convert(items, root, hint.item(), notes, depth + 1, None)
         return Annotation((f"list[{item.text}]",), item.refs)
 
     def _object(
         self,
         schema: Mapping[str, Any],
         root: Mapping[str, Any],
-        path: list[str],
+        hint: Hint,
         notes: list[str],
         depth: int,
         memo_key: _MemoKey | None,
@@ -509,28 +691,61 @@ class SchemaTypes:
         extra_schema = schema.get("additionalProperties")
         extra: Annotation | None = None
         if extra_schema is True or isinstance(extra_schema, Mapping):
-            extra = self._convert(extra_schema, root, [*path, "Value"], notes, depth + 1, None)
+            extra = self._convert(extra_schema, root, hint.part("Value"), notes, depth + 1, None)
         if not is_record(schema) or self._inline_objects:
             value = extra or ANY
             return Annotation((f"dict[str, {value.text}]",), value.refs)
-        name = unique_identifier("_".join(path) or "Object", self.taken, fallback="Object", reserved=GLOBAL_RESERVED)
+        title = type_name_part(schema.get("title"), fallback="") if isinstance(schema.get("title"), str) else ""
+        if title:
+            hint = Hint(3, title, hint.tool)
+        placeholder = f"\x00{self._next}\x00"
+        self._next += 1
         if memo_key is not None:
-            self._memo[memo_key] = name  # before the fields, so that they can refer back to it
+            self._memo[memo_key] = placeholder  # before the fields, so that they can refer back to it
         required = schema.get("required")
         required_keys = {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
-        record = TypedDictDef(name=name, description=describe_text(schema.get("description")), extra=extra)
+        record = TypedDictDef(name=placeholder, description=describe_text(schema.get("description")), extra=extra)
+        props: list[object] = []
+        all_notes: list[list[str]] = []
         for key, prop in schema["properties"].items():
             field_notes: list[str] = []
-            ann = self._convert(prop, root, [*path, type_name_part(key, fallback="Key")], field_notes, depth + 1, None)
+            field_hint = Hint(1, type_name_part(key, fallback="Key"), hint.tool)
+            ann = self._convert(prop, root, field_hint, field_notes, depth + 1, None)
             if isinstance(prop, Mapping) and "default" in prop:
                 field_notes.insert(0, f"Default: {dump_schema(prop['default'])}.")
-            doc = sentences([describe(prop), *field_notes])
-            record.fields.append(Field(key=str(key), annotation=ann, required=key in required_keys, doc=doc))
-        self.typed_dicts.append(record)
-        return Annotation((name,), frozenset({name}))
+            record.fields.append(Field(key=str(key), annotation=ann, required=key in required_keys, doc=""))
+            props.append(prop)
+            all_notes.append(field_notes)
+        shape = (
+            self._namespace,
+            record.description,
+            extra.text if extra is not None else None,
+            tuple(
+                (f.key, f.annotation.text, f.required, describe(prop), tuple(n))
+                for f, prop, n in zip(record.fields, props, all_notes, strict=True)
+            ),
+        )
+        same = self._by_key.get(shape)
+        if same is not None:  # a type this namespace already has (a recursive one never matches)
+            same.hints.append(hint)
+            if memo_key is not None:
+                self._memo[memo_key] = same.placeholder
+            return Annotation((same.placeholder,), frozenset({same.placeholder}))
+        pending = _Pending(
+            placeholder=placeholder,
+            namespace=self._namespace,
+            record=record,
+            props=props,
+            notes=all_notes,
+            hints=[hint],
+        )
+        self._by_key[shape] = pending
+        self._pending.append(pending)
+        return Annotation((placeholder,), frozenset({placeholder}))
 
 
 def annotation_for(schema: object) -> str:
     """The annotation for `schema` alone, objects as `dict[str, ...]`; `Any`
     for whatever it cannot express."""
-    return SchemaTypes(set(), inline_objects=True).annotation(schema, root=schema, owner=[], path=[], notes=[]).text
+    types = SchemaTypes(set(), inline_objects=True)
+    return types.annotation(schema, root=schema, namespace="", tool="", hint=Hint(0, "Object"), notes=[]).text

@@ -1,14 +1,16 @@
 """Typed Python stubs for a set of tools, rendered with Jinja2.
 
-The stub source is both what the model reads and what runs in the sandbox. Each
-stub forwards its arguments to `_call_tool(namespace, tool, locals())`; the host
+The model reads the stubs as signatures and docstrings (`StubSet.source`); the
+sandbox runs the same lines with each function forwarding its arguments to
+`_call_tool(namespace, tool, locals())` (`StubSet.runtime_source`). The host
 keeps the mapping from the Python names back to the wire names (`StubSet.bindings`),
 so a tool or parameter whose name is not a valid identifier still works.
 
 The module holds, in order: the header, one `typing` import, the TypedDicts the
-schemas need (dependencies first), and one class per namespace. Server text
-reaches it only through the template's `docstring` and `pyrepr` filters and
-names only through `codemode._names`.
+schemas need (dependencies first, each once per namespace however many tools
+use it), and one class per namespace. Server text reaches it only through the
+template's `docstring` and `pyrepr` filters and names only through
+`codemode._names`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ._names import (
 from ._schema_types import (
     MAX_TEXT,
     Annotation,
+    Hint,
     SchemaTypes,
     TypedDictDef,
     default_source,
@@ -50,8 +53,15 @@ from ._tools import Tool
 
 __all__ = ["StubSet", "ToolBinding", "render_stubs"]
 
+UNTYPED = "Content"
+"""What a tool without an output schema returns, as the stubs name it: an
+alias of `Any` whose docstring (`UNTYPED_DOC`) says what the value is."""
+UNTYPED_DOC = (
+    "A result with no declared type: the text as str (JSON object or array text parsed), "
+    "a dict per image, audio or resource, a list if several."
+)
 # A signature longer than this is written one parameter per line.
-_LINE = 100
+_LINE = 120
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +80,18 @@ class ToolBinding:
 
 @dataclass(frozen=True, kw_only=True)
 class StubSet:
+    """Stubs as the model reads them (`source`: signatures and docstrings, as
+    in a `.pyi`) and as the sandbox runs them (`runtime_source`: the same
+    lines, each docstring followed by the call that forwards the arguments,
+    so line numbers agree)."""
+
     source: str
+    runtime_source: str = ""
     bindings: Mapping[tuple[str, str], ToolBinding] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.runtime_source:
+            object.__setattr__(self, "runtime_source", self.source)
 
 
 # What the template sees. Every str here is an identifier from `_names`, an
@@ -130,7 +150,7 @@ def _docstring(text: str, indent: int) -> str:
     body = _QUOTES.sub(lambda m: m[0].replace('"', '\\"') if len(m[0]) >= 3 or m.end() == len(body) else m[0], body)
     pad = " " * indent
     body = "\n".join((pad + line) if line.strip() else "" for line in body.split("\n")).lstrip()
-    return f'"""{body}"""' if "\n" not in body else f'"""{body}\n{pad}"""'
+    return f'"""{body}"""'
 
 
 _QUOTES = re.compile('"+')
@@ -169,6 +189,11 @@ def _input_object(schema: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
+def _plain(name: str) -> str:
+    """`name` with each character an identifier cannot hold made `_`."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
 def _required(schema: Mapping[str, Any]) -> set[str]:
     required = schema.get("required")
     return {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
@@ -182,7 +207,7 @@ def _optional(annotation: Annotation) -> str:
 
 def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dict[str, str]]:
     schema = tool.input_schema
-    owner = [type_name_part(tool.namespace, fallback="Server"), type_name_part(tool.name, fallback="Tool")]
+    tool_part = type_name_part(tool.name, fallback="Tool")
     args_schema = _input_object(schema)
     props: Mapping[Any, Any] = args_schema.get("properties", {})
     required = _required(args_schema)
@@ -192,7 +217,8 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
         wire = str(wire_key)
         py = unique_identifier(wire, taken, fallback="arg")
         notes: list[str] = []
-        ann = types.annotation(prop, root=schema, owner=owner, path=[type_name_part(wire, fallback="Arg")], notes=notes)
+        hint = Hint(1, type_name_part(wire, fallback="Arg"), tool_part)
+        ann = types.annotation(prop, root=schema, namespace=tool.namespace, tool=tool_part, hint=hint, notes=notes)
         prop_map: Mapping[str, Any] = prop if isinstance(prop, Mapping) else {}
         is_required = wire in required
         default = None if is_required else default_source(prop_map, ann)
@@ -210,22 +236,27 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
                 wire=wire,
                 annotation=annotation,
                 default=default,
-                doc=sentences([describe(prop_map), *notes]),
+                doc=sentences([describe(prop_map, names=(wire, tool.name)), *notes]),
             )
         )
     # Required parameters first, so that a reader sees them first.
     params.sort(key=lambda p: p.default is not None)
 
-    returns, return_notes = "Any", list[str]()
+    returns, return_notes = UNTYPED, list[str]()
     if tool.output_schema is not None:
         ann = types.annotation(
-            tool.output_schema, root=tool.output_schema, owner=owner, path=["Result"], notes=return_notes
+            tool.output_schema,
+            root=tool.output_schema,
+            namespace=tool.namespace,
+            tool=tool_part,
+            hint=Hint(0, tool_part + "Result", tool_part),
+            notes=return_notes,
         )
         returns = ann.text
 
     # Names are shown as reprs: escaped, so nothing in them is invisible.
     lines = [_text(tool.description) or f"Calls the tool {tool.name[:MAX_TEXT]!r}."]
-    if py_name != tool.name:
+    if py_name != _plain(tool.name) and lines[0] != f"Calls the tool {tool.name[:MAX_TEXT]!r}.":  # `get-sum` needs none
         lines.append(f"The server calls this tool {tool.name[:MAX_TEXT]!r}.")
     # Keyword parameters cannot say "one of these shapes" or "any keys at all".
     shapeless = not args_schema and any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf"))
@@ -233,24 +264,28 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
         lines.append(f"Input schema (not expressible as parameters): {dump_schema(schema)}")
     documented = [p for p in params if p.doc]
     if documented:
-        lines += ["", "Args:", *(f"    {p.py_name}: {p.doc}" for p in documented)]
+        lines += ["", *(f"{p.py_name}: {p.doc}" for p in documented)]
     output_doc = sentences([describe(tool.output_schema), *return_notes])
     if output_doc:
-        lines += ["", "Returns:", f"    {output_doc}"]
+        lines += ["", f"Returns: {output_doc}"]
 
-    one_line = sum(len(p.py_name) + len(p.annotation) + len(p.default or "") + 6 for p in params)
-    stub = _Stub(
-        py_name=py_name,
-        params=params,
-        returns=returns,
-        doc="\n".join(lines),
-        multiline=len(py_name) + one_line + len(returns) + 25 > _LINE,
-    )
+    stub = _Stub(py_name=py_name, params=params, returns=returns, doc="\n".join(lines))
     return stub, {p.py_name: p.wire for p in params}
 
 
+def _named(stub: _Stub, types: SchemaTypes) -> _Stub:
+    """`stub` with the TypedDicts' names in its annotations, laid out."""
+    for p in stub.params:
+        p.annotation = types.resolve(p.annotation)
+    stub.returns = types.resolve(stub.returns)
+    params = ", ".join(f"{p.py_name}: {p.annotation}" + (f" = {p.default}" if p.default else "") for p in stub.params)
+    line = f"    async def {stub.py_name}({'*, ' if params else ''}{params}) -> {stub.returns}:"
+    stub.multiline = len(line) > _LINE
+    return stub
+
+
 def _typed_dict_views(defs: list[TypedDictDef]) -> list[_TypedDictView]:
-    names = {d.name for d in defs}
+    names = {d.name for d in defs} | {UNTYPED}
     views: list[_TypedDictView] = []
     defined: set[str] = set()
     for d in defs:
@@ -264,6 +299,21 @@ def _typed_dict_views(defs: list[TypedDictDef]) -> list[_TypedDictView]:
         views.append(_TypedDictView(name=d.name, doc=d.doc, functional=functional, fields=fields))
         defined.add(d.name)
     return views
+
+
+_TYPING_NAMES = ("Any", "Literal", "NotRequired", "Required", "TypedDict")
+
+
+def _typing_names(typed_dicts: list[_TypedDictView], namespaces: list[_Namespace], untyped: bool) -> tuple[str, ...]:
+    """The `typing` names the stubs use (the sandbox imports them all)."""
+    texts = [f.annotation for td in typed_dicts for f in td.fields]
+    texts += [t for ns in namespaces for stub in ns.tools for t in (stub.returns, *(p.annotation for p in stub.params))]
+    used = set(re.findall(r"\b(?:Any|Literal)\b", " ".join(texts))) | ({"Any"} if untyped else set())
+    if typed_dicts:
+        used.add("TypedDict")
+    if any(not f.required for td in typed_dicts for f in td.fields):
+        used.add("NotRequired")
+    return tuple(n for n in _TYPING_NAMES if n in used)
 
 
 def _digest(value: object, memo: dict[int, bytes], depth: int = 0) -> bytes:
@@ -356,12 +406,14 @@ def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | N
         by_namespace.setdefault(tool.namespace, []).append(tool)
 
     # Names first, all of them, so TypedDict names can avoid every one.
-    module_names: set[str] = set()
+    module_names: set[str] = {UNTYPED}
     named: list[tuple[str, str, list[tuple[Tool, str]]]] = []
     for namespace, members in by_namespace.items():
         ns_py = unique_identifier(namespace, module_names, fallback="server", reserved=GLOBAL_RESERVED)
         named.append((namespace, ns_py, _member_names(members)))
-    types = SchemaTypes(module_names | {py for _, _, named_tools in named for _, py in named_tools})
+    untyped = any(t.output_schema is None for t in tools)
+    taken = module_names | {py for _, _, named_tools in named for _, py in named_tools} | {UNTYPED}
+    types = SchemaTypes(taken)
 
     namespaces: list[_Namespace] = []
     bindings: dict[tuple[str, str], ToolBinding] = {}
@@ -371,20 +423,27 @@ def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | N
             stub, params = _tool_stub(tool, py_name, types)
             stubs.append(stub)
             bindings[(ns_py, py_name)] = ToolBinding(tool=tool, namespace=ns_py, name=py_name, params=params)
-        doc = _text(namespace_docs.get(namespace)) or f"Tools of {namespace[:MAX_TEXT]!r}."
+        doc = _text(namespace_docs.get(namespace))
         namespaces.append(_Namespace(py_name=ns_py, doc=doc, tools=stubs))
+    # Types are named once every schema is seen: a type shared by several
+    # tools is named for all its uses.
+    types.finish()
+    for ns in namespaces:
+        ns.tools = [_named(stub, types) for stub in ns.tools]
 
-    source = (
-        _environment()
-        .get_template("stubs.py.jinja")
-        .render(
-            typed_dicts=_typed_dict_views(types.typed_dicts),
-            namespaces=namespaces,
-            input_hash=_input_hash(tools, namespace_docs),
-        )
-    )
+    template = _environment().get_template("stubs.py.jinja")
+    typed_dicts = _typed_dict_views(types.typed_dicts)
+    context = {
+        "typed_dicts": typed_dicts,
+        "namespaces": namespaces,
+        "input_hash": _input_hash(tools, namespace_docs),
+        "untyped": (UNTYPED, UNTYPED_DOC) if untyped else None,
+    }
+    source = template.render(**context, runtime=False, typing_names=_typing_names(typed_dicts, namespaces, untyped))
+    runtime = template.render(**context, runtime=True, typing_names=_TYPING_NAMES)
     try:
         ast.parse(source)
+        ast.parse(runtime)
     except SyntaxError as exc:  # pragma: no cover - would be a template bug
         raise ValueError(f"generated stubs do not parse: {exc}") from exc
-    return StubSet(source=source, bindings=bindings)
+    return StubSet(source=source, runtime_source=runtime, bindings=bindings)

@@ -34,6 +34,17 @@ def test_token_benchmark_runs_and_both_agents_reach_the_checked_answer(tmp_path:
     assert (tmp_path / "tokens.md").read_text() in proc.stdout
 
 
+def test_stub_size_benchmark_prints_a_row_per_reference_server(tmp_path: Path) -> None:
+    out = tmp_path / "stub_size.json"
+    proc = run_benchmark("benchmarks.stub_size", "--quick", "--json", str(out))
+    rows = json.loads(out.read_text())
+    assert [r["server"] for r in rows] == ["filesystem", "memory", "everything", "time"]
+    for row in rows:
+        # The stubs say less than the schemas they come from, which say less than tools/list.
+        assert 0 < row["stub_tokens"] < row["raw_tokens"] < row["served_tokens"], row
+        assert f"| {row['server']} | {row['tools']} |" in proc.stdout
+
+
 def test_sandbox_benchmark_runs_every_system_or_says_why_not(tmp_path: Path) -> None:
     out = tmp_path / "sandbox.json"
     proc = run_benchmark("benchmarks.sandbox", "--quick", "--json", str(out))

@@ -107,10 +107,10 @@ async def test_observed_shapes_type_tools_that_declare_no_output(tmp_path: Path)
     )
     lock = tmp_path / "codemode.lock.json"
     async with CodeMode(tools=[tool], lock_file=lock, observe_shapes=True) as cm:
-        assert "-> Any" in cm.stubs(["tools.lookup"])
+        assert "-> Content" in cm.stubs(["tools.lookup"])
         assert (await cm.execute("await tools.lookup(user='ada')")).ok
         stub = cm.stubs(["tools.lookup"])
-        assert "-> Any" not in stub and "age: int" in stub and "observed over 1 call" in stub
+        assert "-> Content" not in stub and "age: int" in stub and "observed over 1 call" in stub
     assert (tmp_path / "codemode.observed.json").is_file()
     # The pinned definition is the declared one, not the observed one.
     async with CodeMode(tools=[tool], lock_file=lock, observe_shapes=True) as again:

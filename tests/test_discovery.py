@@ -226,7 +226,7 @@ def test_search_weighs_names_above_descriptions() -> None:
 def test_search_returns_compact_signature_lines() -> None:
     hits = search_tools(TOOLS, "read text file", limit=1)
     assert hits[0].line == snapshot(
-        "filesystem.read_text_file(*, path: str, head: int | None = None, tail: int | None = None) -> Any  # Read a file as text. Use head or tail to read only the first or last lines."
+        "filesystem.read_text_file(*, path: str, head: int | None = None, tail: int | None = None) -> Content  # Read a file as text. Use head or tail to read only the first or last lines."
     )
 
 
@@ -334,7 +334,7 @@ def test_names_are_the_python_names_and_colliding_ones_stay_distinct() -> None:
     assert "class my_server_2:" in source
     # The server's own spelling works too.
     assert index.get_stubs(["my server.x-y"]).count("async def") == 1
-    assert index.signature("my server.x-y") == "my_server.x_y() -> Any"
+    assert index.signature("my server.x-y") == "my_server.x_y() -> Content"
 
 
 def test_list_servers_is_a_sorted_compact_index() -> None:

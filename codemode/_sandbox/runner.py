@@ -188,7 +188,7 @@ class Sandbox:
         request = json.dumps(
             {
                 "code": rejected,
-                "stubs": stubs.source,
+                "stubs": stubs.runtime_source,
                 "limits": {"max_stdout": limits.max_stdout, "max_result": limits.max_result},
                 "deadline_s": limits.timeout,
             }
