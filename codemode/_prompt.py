@@ -8,7 +8,10 @@ __all__ = ["CODE_CONTRACT", "EXECUTE_DESCRIPTION", "EXECUTE_SUMMARY", "GET_STUBS
 CODE_CONTRACT = """\
 Write Python 3 to do the task in one step; it runs in a sandbox and only its final value comes back.
 - Each MCP server is a namespace of async functions: `await server.tool(arg=...)`, keyword arguments only.
-  Their typed stubs (signatures, docstrings, TypedDicts) come from `get_tool_stubs`.
+  Their typed stubs (signatures, docstrings, TypedDicts) say what each takes and returns.
+- A tool returns its declared type. `-> Content` means it declares none: then the value is the result's
+  text as a str, parsed into a dict or list when the whole text is a JSON object or array; an image, audio
+  or resource comes as a dict, several blocks as a list.
 - Top-level `await` works. The value of the last expression is the result (keep it small: filter,
   count or summarize in code instead of returning raw data). `print` output is returned separately.
 - Run independent calls concurrently: `await asyncio.gather(*(server.tool(x=i) for i in items))`.

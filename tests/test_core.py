@@ -116,3 +116,25 @@ async def test_observed_shapes_type_tools_that_declare_no_output(tmp_path: Path)
     async with CodeMode(tools=[tool], lock_file=lock, observe_shapes=True) as again:
         assert "age: int" in again.stubs(["tools.lookup"])
         assert (await again.execute("(await tools.lookup(user='x'))['age']")).value == 1
+
+
+async def test_an_untyped_tool_returns_content_and_the_contract_says_what_that_is() -> None:
+    from codemode import parse_config
+    from tests.fixtures.helpers import stdio_entry
+
+    async with CodeMode(config=parse_config({"mcpServers": {"demo": stdio_entry()}})) as cm:
+        stubs = cm.stubs(["demo.json_text", "demo.two_texts", "demo.weather"])
+        module = ast.parse(stubs)
+        alias = next(i for i, n in enumerate(module.body) if isinstance(n, ast.Assign))
+        assert ast.unparse(module.body[alias]) == "Content = Any"
+        doc = module.body[alias + 1]
+        assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+        assert "the text as str" in doc.value.value and "\n" not in doc.value.value  # one line
+        assert "def json_text() -> Content:" in stubs and "def two_texts() -> Content:" in stubs
+        assert "def weather(*, city: str) -> Content" not in stubs  # it declares an output schema
+        # What the alias and the contract promise is what comes back.
+        result = await cm.execute("[await demo.json_text(), await demo.two_texts()]")
+        assert result.ok, result.error
+        assert result.value == [{"items": [1, 2, 3]}, ["first", "second"]]
+        for text in (cm.system_prompt(), cm.tool_definition("anthropic")["description"]):
+            assert "`-> Content` means it declares none" in text and "JSON object or array" in text
