@@ -2,7 +2,7 @@
 
 import typing as _typing
 
-from ._discovery import ServerSummary, ToolHit, ToolIndex, ToolNotFound
+from ._discovery import ServerSummary, ToolHit, ToolHits, ToolIndex, ToolNotFound
 from ._errors import (
     BatchLimitExceeded,
     CodemodeError,
@@ -147,6 +147,7 @@ __all__ = [
     "ToolError",
     "ToolFn",
     "ToolHit",
+    "ToolHits",
     "ToolIndex",
     "ToolNotFound",
     "ToolResultTooLarge",

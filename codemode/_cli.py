@@ -92,6 +92,18 @@ def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False, env:
             env,
         ),
     )
+    p.add_argument(
+        "--stubs-budget",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help=_env(
+            "put every tool's stubs in the prompt and execute_code's description when they fit this many "
+            "tokens, else an index (default 4000; 0: always the index)",
+            "stubs_budget",
+            True,
+        ),
+    )
 
 
 def _add_network_flags(p: argparse.ArgumentParser, *, port: int) -> None:
@@ -297,6 +309,7 @@ def _code_mode(args: argparse.Namespace, **kwargs: Any) -> Any:
 
     if getattr(args, "observe_shapes", False):
         kwargs["observe_shapes"] = True
+    kwargs.setdefault("stubs_budget", getattr(args, "stubs_budget", None))
     if getattr(args, "config", None):
         return CodeMode.from_config(args.config, **kwargs)
     return CodeMode(**kwargs)

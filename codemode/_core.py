@@ -8,6 +8,7 @@ model does: find tools, read their stubs, run code.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -16,12 +17,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._discovery import ServerSummary, ToolHit, ToolIndex
-from ._errors import ToolServerUnavailable, UncaughtException
+from ._discovery import ServerSummary, ToolHits, ToolIndex
+from ._errors import ConfigError, ToolServerUnavailable, UncaughtException
 from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
 from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned, with_python_names
-from ._prompt import CODE_CONTRACT, EXECUTE_DESCRIPTION, EXECUTE_SUMMARY
+from ._prompt import (
+    CODE_CONTRACT,
+    DEFAULT_STUBS_BUDGET,
+    EXECUTE_DESCRIPTION,
+    EXECUTE_SUMMARY,
+    SEARCH_STUB_HITS,
+    approx_tokens,
+    with_stubs,
+)
 from ._redact import Redactor, install_log_redaction
 from ._result import RunResult
 from ._sandbox.runner import Backend, Sandbox
@@ -51,6 +60,13 @@ class CodeMode:
     results each tool returns, and gives tools that declare no output schema an
     inferred return type in their stubs, labelled as observed, not declared.
     The shapes are kept in `codemode.observed.json` beside the lock file.
+
+    `stubs_budget`: when every tool's stubs fit this many (estimated) tokens,
+    `system_prompt()` and `tool_definition()` carry them, so a model can call
+    execute_code at once; otherwise they carry a compact index, and the model
+    searches (`search_tools(..., with_stubs=True)` returns the best hits'
+    stubs with them) or asks `stubs()`. 0 always gives the index; None takes
+    `$CODEMODE_STUBS_BUDGET`, else `DEFAULT_STUBS_BUDGET` (4,000).
     """
 
     def __init__(
@@ -64,7 +80,9 @@ class CodeMode:
         lock_file: str | Path | None = None,
         pin_policy: PinPolicy | None = None,
         observe_shapes: bool | str | Path = False,
+        stubs_budget: int | None = None,
     ) -> None:
+        self.stubs_budget = _stubs_budget(stubs_budget)
         self.config = config
         self.sandbox = sandbox or Sandbox(backend=backend, limits=limits)
         self._static = list(tools)
@@ -179,9 +197,23 @@ class CodeMode:
     def list_servers(self) -> list[ServerSummary]:
         return self.index.servers()
 
-    def search_tools(self, query: str, limit: int = 10) -> list[ToolHit]:
-        """Tools ranked by how well their names and descriptions match `query`."""
-        return self.index.search(query, limit=limit)
+    def search_tools(self, query: str, limit: int = 10, *, with_stubs: bool = False) -> ToolHits:
+        """Tools ranked by how well their names and descriptions match `query`;
+        with `with_stubs`, also the stubs of the best few (`ToolHits.stubs`),
+        which saves the model a round trip.
+
+        Raises `ValueError` if `limit` is negative."""
+        hits = ToolHits(self.index.search(query, limit=limit))
+        if with_stubs and hits:
+            hits.stubs = self.index.get_stubs([h.qualified_name for h in hits[:SEARCH_STUB_HITS]])
+        return hits
+
+    def inline_stubs(self) -> str | None:
+        """Every tool's stubs if they fit `stubs_budget` (estimated tokens), else None."""
+        if self.stubs_budget == 0:
+            return None
+        source = self.stubs()
+        return source if approx_tokens(source) <= self.stubs_budget else None
 
     def stubs(self, names: Sequence[str] | None = None) -> str:
         """Stubs for the named tools (`namespace.tool`), or for every tool.
@@ -252,7 +284,12 @@ class CodeMode:
                     tg.start_soon(hub.wait_settled, ns)
 
     def system_prompt(self) -> str:
-        """Instructions for a model plus a compact index of the servers and tools."""
+        """Instructions for a model plus every tool's stubs when they fit
+        `stubs_budget`, else a compact index of the servers and tools."""
+        stubs = self.inline_stubs()
+        if stubs is not None:
+            unavailable = f"Unavailable: {', '.join(sorted(self.failures))}\n" if self.failures else ""
+            return with_stubs(CODE_CONTRACT, stubs) + unavailable
         lines = [CODE_CONTRACT, "Available namespaces (use search_tools / get_tool_stubs for details):"]
         for server in self.list_servers():
             names = ", ".join(server.tools[:12]) + (", …" if len(server.tools) > 12 else "")
@@ -265,8 +302,9 @@ class CodeMode:
         self, format: Literal["openai", "anthropic"] = "openai", *, contract: bool = True
     ) -> dict[str, Any]:
         """A ready definition of an `execute_code` tool for a model API. Its
-        description teaches the code contract; pass `contract=False` when the
-        model also gets `system_prompt()`, which carries the same text.
+        description teaches the code contract, and carries every tool's stubs
+        when they fit `stubs_budget`; pass `contract=False` when the model also
+        gets `system_prompt()`, which carries the same text.
 
         Raises `ValueError` for an unknown format."""
         schema = {
@@ -281,6 +319,9 @@ class CodeMode:
             "additionalProperties": False,
         }
         description = EXECUTE_DESCRIPTION if contract else EXECUTE_SUMMARY
+        stubs = self.inline_stubs() if contract else None
+        if stubs is not None:
+            description = with_stubs(description, stubs)
         if format == "openai":
             return {
                 "type": "function",
@@ -289,6 +330,25 @@ class CodeMode:
         if format == "anthropic":
             return {"name": "execute_code", "description": description, "input_schema": schema}
         raise ValueError(f"unknown tool definition format {format!r}: use 'openai' or 'anthropic'")
+
+
+def _stubs_budget(value: int | None) -> int:
+    """The budget given, else `$CODEMODE_STUBS_BUDGET`, else the default.
+
+    Raises `ConfigError` for a negative or non-integer budget."""
+    source = "stubs_budget"
+    if value is None:
+        text = os.environ.get("CODEMODE_STUBS_BUDGET", "").strip()
+        if not text:
+            return DEFAULT_STUBS_BUDGET
+        source = "CODEMODE_STUBS_BUDGET"
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{source} must be a whole number of tokens >= 0")
+    return value
 
 
 def _shape_recorder(observe: bool | str | Path, lock_file: str | Path | None) -> ShapeRecorder | None:

@@ -29,6 +29,7 @@ from ._tools import Tool
 __all__ = [
     "ServerSummary",
     "ToolHit",
+    "ToolHits",
     "ToolIndex",
     "ToolNotFound",
     "get_stubs",
@@ -152,6 +153,13 @@ class ToolHit:
     def line(self) -> str:
         """The compact one-liner a model reads: signature and summary."""
         return f"{self.signature}  # {self.summary}" if self.summary else self.signature
+
+
+class ToolHits(list[ToolHit]):
+    """Search results, best first; `stubs` holds the stub source of the top
+    hits when the search asked for them (`with_stubs`), else None."""
+
+    stubs: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 async def test_an_agent_loop_discovers_reads_stubs_and_executes(config_file: Path) -> None:
-    async with CodeMode.from_config(config_file) as cm:
+    async with CodeMode.from_config(config_file, stubs_budget=0) as cm:
         prompt = cm.system_prompt()
         assert "weather (2 tools)" in prompt and "notes (2 tools)" in prompt and "await" in prompt
         hits = cm.search_tools("save a note", limit=3)
@@ -138,3 +138,45 @@ async def test_an_untyped_tool_returns_content_and_the_contract_says_what_that_i
         assert result.value == [{"items": [1, 2, 3]}, ["first", "second"]]
         for text in (cm.system_prompt(), cm.tool_definition("anthropic")["description"]):
             assert "`-> Content` means it declares none" in text and "JSON object or array" in text
+
+
+async def test_a_toolset_within_the_stubs_budget_goes_into_the_prompt_and_the_tool_definition(
+    config_file: Path,
+) -> None:
+    async with CodeMode.from_config(config_file) as cm:
+        stubs = cm.stubs()
+        assert cm.inline_stubs() == stubs
+        for text in (cm.system_prompt(), cm.tool_definition("openai")["function"]["description"]):
+            assert stubs.rstrip() in text and "call execute_code directly" in text
+            assert "search_tools" not in text
+        # With the system prompt, the tool definition need not repeat them.
+        assert "async def" not in cm.tool_definition("anthropic", contract=False)["description"]
+    # A budget the stubs do not fit gives the index, and search then brings stubs.
+    async with CodeMode.from_config(config_file, stubs_budget=50) as cm:
+        assert cm.inline_stubs() is None
+        prompt = cm.system_prompt()
+        assert "weather (2 tools)" in prompt and "async def" not in prompt
+        assert "async def" not in cm.tool_definition("openai")["function"]["description"]
+        hits = cm.search_tools("forecast weather", limit=5, with_stubs=True)
+        assert hits[0].qualified_name == "weather.forecast" and hits.stubs is not None
+        assert "async def forecast" in hits.stubs
+        assert hits.stubs == cm.stubs([h.qualified_name for h in hits[:3]])
+        assert cm.search_tools("forecast weather").stubs is None
+
+
+async def test_the_stubs_budget_comes_from_the_environment_when_not_given(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from codemode import ConfigError
+
+    monkeypatch.setenv("CODEMODE_STUBS_BUDGET", "0")
+    async with CodeMode.from_config(config_file) as cm:
+        assert cm.stubs_budget == 0 and "weather (2 tools)" in cm.system_prompt()
+    assert CodeMode(stubs_budget=123).stubs_budget == 123
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv("CODEMODE_STUBS_BUDGET", bad)
+        with pytest.raises(ConfigError) as info:
+            CodeMode()
+        assert info.value.code == "config_error"
+    with pytest.raises(ConfigError):
+        CodeMode(stubs_budget=-5)

@@ -377,7 +377,7 @@ async def test_unknown_routes_and_methods_are_problems() -> None:
 
 
 class _BrokenSearch(CodeMode):
-    def search_tools(self, query: str, limit: int = 10) -> Any:
+    def search_tools(self, query: str, limit: int = 10, *, with_stubs: bool = False) -> Any:
         raise RuntimeError("secret internals")
 
 
@@ -398,10 +398,14 @@ async def test_discovery_endpoints_go_through_the_catalog() -> None:
         stubs = await client.get("/v1/stubs", params={"tools": "tools.quick,tools.slow"})
         unknown = await client.get("/v1/stubs", params={"tools": "tools.quik"})
         bad_limit = await client.get("/v1/tools/search", params={"q": "x", "limit": 0})
+        with_stubs = await client.get("/v1/tools/search", params={"q": "double a number", "with_stubs": "true"})
 
     assert servers.json()["servers"][0]["tools"] == ["gated", "hang", "quick", "slow"]
     hits = search.json()["hits"]
     assert hits[0]["name"] == "tools.quick" and len(hits) <= 2
+    assert search.json()["stubs"] is None
+    assert with_stubs.json()["hits"][0]["name"] == "tools.quick"
+    assert "async def quick(" in with_stubs.json()["stubs"]
     assert stubs.headers["content-type"].startswith("text/x-python")
     assert "async def quick" in stubs.text and "async def slow" in stubs.text and "def hang" not in stubs.text
     problem = assert_problem(unknown, 404, "tool_not_found")

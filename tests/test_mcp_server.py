@@ -26,6 +26,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 
+from codemode import CodeMode, Tool
+from codemode import build_mcp_server as build_server
 from codemode._cli import main as codemode_main
 from codemode._sandbox.wasm import WasmBackend
 from tests.fixtures.helpers import stdio_entry
@@ -107,6 +109,27 @@ async def test_stdio_server_offers_three_tools_that_teach_the_code_contract(stdi
     assert tools["search_tools"].annotations is not None and tools["search_tools"].annotations.read_only_hint
     # The instructions carry the compact index of namespaces.
     assert re.search(r"^- demo \(\d+ tools\): add, ", stdio_client.instructions or "", re.M)
+    # The fixture's stubs fit the default budget: execute_code carries them, so a model needs no search.
+    assert "async def weather(*, city: str)" in (execute.description or "")
+    assert "call execute_code directly" in (stdio_client.instructions or "")
+
+
+async def test_the_stubs_budget_decides_between_inline_stubs_and_search_with_stubs() -> None:
+    async def double(n: int) -> int:
+        return 2 * n
+
+    tool = Tool(name="double", fn=double, input_schema={"type": "object", "properties": {"n": {"type": "integer"}}})
+    async with CodeMode(tools=[tool], stubs_budget=0) as cm, Client(build_server(cm)) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert "async def" not in (tools["execute_code"].description or "")
+        assert "search_tools" in (client.instructions or "")
+        plain = text_of(await client.call_tool("search_tools", {"query": "double a number"}))
+        assert plain == "tools.double(*, n: int | None = None) -> Content  # Calls the tool 'double'."
+        found = text_of(await client.call_tool("search_tools", {"query": "double a number", "with_stubs": True}))
+        assert found.startswith(plain + "\n\n```python\n") and "    async def double(" in found
+    async with CodeMode(tools=[tool]) as cm, Client(build_server(cm)) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert cm.stubs().rstrip() in (tools["execute_code"].description or "")
 
 
 async def test_execute_code_returns_only_the_final_value(stdio_client: Client) -> None:

@@ -542,7 +542,9 @@ def _add_catalog_routes(app: FastAPI, cm: CodeMode) -> None:
     async def search(
         q: Annotated[str, Query(min_length=1, max_length=1_000, description="What the tool does.")],
         limit: Annotated[int, Query(ge=1, le=100)] = 10,
+        with_stubs: Annotated[bool, Query(description="Also return the stubs of the best few hits.")] = False,
     ) -> dict[str, Any]:
+        found = cm.search_tools(q, limit=limit, with_stubs=with_stubs)
         hits = [
             {
                 "name": h.qualified_name,
@@ -552,9 +554,9 @@ def _add_catalog_routes(app: FastAPI, cm: CodeMode) -> None:
                 "signature": h.signature,
                 "summary": h.summary,
             }
-            for h in cm.search_tools(q, limit=limit)
+            for h in found
         ]
-        return {"hits": hits}
+        return {"hits": hits, "stubs": found.stubs}
 
     @app.get(
         "/v1/stubs",

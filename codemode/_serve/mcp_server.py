@@ -44,7 +44,7 @@ from pydantic import Field
 from .._core import CodeMode
 from .._errors import CodemodeError, CodeSyntaxError, ConfigError, ExecutionError, SandboxUnavailable, UncaughtException
 from .._limits import Limits
-from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION
+from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION, with_stubs
 from .._result import RunResult, ToolCallRecord
 from .settings import McpSettings
 
@@ -68,6 +68,11 @@ _WORKFLOW = (
     "Find tools with search_tools, read the typed stubs of the few you need with get_tool_stubs, then run the "
     "program with execute_code; only its final value comes back."
 )
+_WORKFLOW_INLINE = (
+    "codemode: do multi-step work with tools by writing one Python program instead of calling tools one by one. "
+    "execute_code's description holds the typed stubs of every tool: write the program and call execute_code "
+    "directly; only its final value comes back."
+)
 
 
 def server_instructions(cm: CodeMode) -> str:
@@ -75,7 +80,8 @@ def server_instructions(cm: CodeMode) -> str:
 
     The code contract itself lives in execute_code's description, which every
     client shows the model; instructions are not always shown, so they stay short."""
-    lines = [_WORKFLOW, "", "Namespaces (call as `await namespace.tool(...)`):"]
+    workflow = _WORKFLOW_INLINE if cm.inline_stubs() is not None else _WORKFLOW
+    lines = [workflow, "", "Namespaces (call as `await namespace.tool(...)`):"]
     servers = cm.list_servers()
     for server in servers:
         names = ", ".join(server.tools[:_INDEX_TOOLS]) + (", …" if len(server.tools) > _INDEX_TOOLS else "")
@@ -91,6 +97,10 @@ def build_server(
     cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS, limits: Limits | None = None
 ) -> MCPServer:
     """An `MCPServer` whose three tools work on `cm`, which must be open.
+
+    When every tool's stubs fit `cm.stubs_budget`, execute_code's description
+    carries them (as the catalog stood when the server was built), so a model
+    can go straight to execute_code.
 
     Raises `CodemodeError` (e.g. `ToolDefinitionChanged`) if the tool catalog
     cannot be read."""
@@ -109,14 +119,18 @@ def build_server(
     async def search_tools(
         query: Annotated[str, Field(description="What the tool should do, in a few words, e.g. 'read a file'.")],
         limit: Annotated[int, Field(ge=1, le=SEARCH_LIMIT_MAX, description="At most this many tools.")] = 10,
+        with_stubs: Annotated[
+            bool, Field(description="Also return the typed stubs of the best hits, to skip get_tool_stubs.")
+        ] = False,
     ) -> CallToolResult:
         try:
-            hits = cm.search_tools(query, limit=limit)
+            hits = cm.search_tools(query, limit=limit, with_stubs=with_stubs)
         except CodemodeError as exc:
             return _error_result(exc)
         if not hits:
             return _text("No tool matches. Try other words; the server instructions list every namespace.")
-        return _text("\n".join(hit.line for hit in hits))
+        lines = "\n".join(hit.line for hit in hits)
+        return _text(f"{lines}\n\n```python\n{hits.stubs.rstrip()}\n```" if hits.stubs else lines)
 
     @server.tool(
         description=GET_STUBS_DESCRIPTION,
@@ -131,8 +145,11 @@ def build_server(
         except CodemodeError as exc:  # ToolNotFound: its message names close matches
             return _error_result(exc)
 
+    inline = cm.inline_stubs()
+    execute_description = with_stubs(EXECUTE_DESCRIPTION, inline) if inline is not None else EXECUTE_DESCRIPTION
+
     @server.tool(
-        description=EXECUTE_DESCRIPTION, annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True)
+        description=execute_description, annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True)
     )
     async def execute_code(
         code: Annotated[str, Field(description="Python source; the value of its last expression is the result.")],
@@ -287,10 +304,14 @@ async def _serve(options: McpSettings) -> None:
         limits = options.limits
         cm = (
             CodeMode.from_config(
-                options.config, backend=options.backend, limits=limits, observe_shapes=options.observe_shapes
+                options.config,
+                backend=options.backend,
+                limits=limits,
+                observe_shapes=options.observe_shapes,
+                stubs_budget=options.stubs_budget,
             )
             if options.config
-            else CodeMode(backend=options.backend, limits=limits)
+            else CodeMode(backend=options.backend, limits=limits, stubs_budget=options.stubs_budget)
         )
         async with cm:
             for namespace, failure in cm.failures.items():

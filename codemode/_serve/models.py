@@ -191,6 +191,7 @@ class ToolHitOut(BaseModel):
 
 class SearchResponse(BaseModel):
     hits: list[ToolHitOut]
+    stubs: str | None = Field(default=None, description="With `with_stubs=true`: the stubs of the best few hits.")
 
 
 class Health(BaseModel):

@@ -47,6 +47,8 @@ class _CommandSettings(BaseModel):
 
     config: Path | None = Field(default=None, description="an mcpServers JSON file")
     observe_shapes: bool = False
+    stubs_budget: int | None = Field(default=None, ge=0)
+    """Tokens within which every stub goes into execute_code's description; None: the default (4,000)."""
     backend: Literal["wasm", "restricted"] = "wasm"
     timeout: float = Field(default=_DEFAULT_LIMITS.timeout, gt=0)
     memory_mb: int = Field(default=_DEFAULT_LIMITS.memory // _MIB, gt=0)
