@@ -3,13 +3,16 @@
 - `run_direct`: the classic loop. The request carries the system prompt, every
   connected tool's definition (`namespace__tool`, description, input schema:
   what a multi-server MCP client hands a model API) and the task; each turn
-  the model emits one tool call (or several independent ones, as the API
-  allows), the hub runs it against the real server, and the result text is
-  appended. The whole history is sent again next turn.
+  the model emits the tool calls it can make now (all independent ones at
+  once, as the APIs allow), the hub runs them against the real server, and the
+  result texts are appended. The whole history is sent again next turn. With
+  `naive`, the task's naive script runs with one call per turn.
 - `run_code_mode`: the model sees only codemode's three tools, as codemode's
   own MCP server (`build_server`) lists them, reached through the SDK's
-  in-memory client; it calls search_tools, get_tool_stubs, then execute_code
-  once, and answers from the program's value.
+  in-memory client. When every stub fits the budget, execute_code's
+  description holds them and the model calls it at once (2 round trips:
+  execute, answer); otherwise it calls search_tools with `with_stubs`,
+  get_tool_stubs only for a tool the search did not bring, then execute_code.
 
 No model is called: the scripts in `_workloads` are what a competent model
 would emit, and every argument and answer is derived from real results.
@@ -54,6 +57,8 @@ class AgentRun:
     """Measured duration of every upstream tool call."""
     sandbox: dict[str, Any] | None = None
     """Code mode only: the sandbox run's own timings."""
+    codemode_calls: int = 0
+    """Code mode only: calls of codemode's own tools (search, stubs, execute)."""
 
     @property
     def measured_s(self) -> float:
@@ -66,14 +71,19 @@ def _result_text(value: Any) -> str:
 
 
 class _DirectCalls:
-    def __init__(self, hub: Hub, conversation: Conversation) -> None:
-        self.hub, self.conversation = hub, conversation
+    def __init__(self, hub: Hub, conversation: Conversation, *, sequential: bool = False) -> None:
+        self.hub, self.conversation, self.sequential = hub, conversation, sequential
         self.durations: list[float] = []
 
     async def call(self, namespace: str, tool: str, arguments: dict[str, Any]) -> Any:
-        return (await self.parallel([(namespace, tool, arguments)]))[0]
+        return (await self._turn([(namespace, tool, arguments)]))[0]
 
     async def parallel(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
+        if self.sequential:  # one call per turn
+            return [(await self._turn([c]))[0] for c in calls]
+        return await self._turn(calls)
+
+    async def _turn(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
         blocks: list[dict[str, Any]] = [
             {"type": "tool_use", "id": self.conversation.tool_use_id(), "name": f"{ns}__{tool}", "input": args}
             for ns, tool, args in calls
@@ -110,11 +120,12 @@ def direct_tool_definitions(tools: list[Tool]) -> list[dict[str, Any]]:
     ]
 
 
-async def run_direct(task: Task, ws: Workspace, hub: Hub, tools: list[Tool]) -> AgentRun:
+async def run_direct(task: Task, ws: Workspace, hub: Hub, tools: list[Tool], *, naive: bool = False) -> AgentRun:
     conversation = Conversation(system=SYSTEM_PROMPT, tools=direct_tool_definitions(tools))
     conversation.user(task.render(task.prompt, ws))
-    calls = _DirectCalls(hub, conversation)
-    answer = await task.direct(calls, ws)
+    calls = _DirectCalls(hub, conversation, sequential=naive)
+    script = (task.naive or task.direct) if naive else task.direct
+    answer = await script(calls, ws)
     conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
     return AgentRun(
         answer=answer, conversation=conversation, upstream_calls=len(calls.durations), call_durations_s=calls.durations
@@ -143,13 +154,14 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
         system = SYSTEM_PROMPT + "\n\n" + server_instructions(cm)
         conversation = Conversation(system=system, tools=definitions)
         conversation.user(task.render(task.prompt, ws))
-        steps: list[tuple[str, dict[str, Any]]] = [
-            ("search_tools", {"query": task.search}),
-            ("get_tool_stubs", {"names": list(task.stubs)}),
-            ("execute_code", {"code": task.render(task.program, ws)}),
-        ]
+        execute = ("execute_code", {"code": task.render(task.program, ws)})
+        inline = cm.inline_stubs() is not None
+        steps: list[tuple[str, dict[str, Any]]] = (
+            [execute] if inline else [("search_tools", {"query": task.search, "with_stubs": True}), execute]
+        )
         texts: dict[str, str] = {}
-        for name, arguments in steps:
+        while steps:
+            name, arguments = steps.pop(0)
             tool_use_id = conversation.tool_use_id()
             conversation.model_turn([{"type": "tool_use", "id": tool_use_id, "name": name, "input": arguments}])
             t0 = time.perf_counter()
@@ -165,9 +177,13 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
                 unseen = [s for s in task.stubs if s.split(".", 1)[1] not in visible]
                 if unseen:
                     raise BenchmarkError(
-                        f"{task.name}: the script reads stubs of {unseen}, which neither the "
+                        f"{task.name}: the script uses {unseen}, which neither the "
                         "search results nor the system prompt show"
                     )
+                # A tool the search listed but brought no stub for: one more round trip.
+                missing = [s for s in task.stubs if f"async def {s.split('.', 1)[1]}(" not in text]
+                if missing:
+                    steps.insert(0, ("get_tool_stubs", {"names": missing}))
         answer = json.loads(texts["execute_code"])
         conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
         run = cm.last_run
@@ -175,6 +191,7 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
         return AgentRun(
             answer=answer,
             conversation=conversation,
+            codemode_calls=sum(t.tool_calls for t in conversation.turns),
             upstream_calls=len(run.tool_calls),
             call_durations_s=[c.duration_s for c in run.tool_calls],
             sandbox={**run.timings.to_dict(), "batches": len({c.batch for c in run.tool_calls})},

@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["render_markdown", "write_chart", "write_json"]
 
-AGENTS = ("direct", "code_mode")
+AGENTS = ("direct", "direct_naive", "code_mode")
 
 
 def _pct(code: float, direct: float) -> str:
@@ -29,8 +29,10 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# codemode token and latency benchmark ({'quick' if data['quick'] else 'full'} run)",
         "",
-        "Two scripted agents (no model is called; the scripts are what a competent model would emit) do each task "
-        "for real against the same MCP servers; both answers are checked against ground truth.",
+        "Three scripted agents (no model is called; the scripts are what a competent model would emit) do each task "
+        "for real against the same MCP servers, and every answer is checked against ground truth: **direct** "
+        "(the best strategy a good model would use calling tools itself: independent calls in parallel, one call "
+        "where one does the job), **naive** (direct, one call per turn) and **code mode**.",
         "",
         "How the figures are made:",
         f"- **Tokens are counted**, not estimated: {method['tokenizer']}. {method['serialization']}",
@@ -46,28 +48,44 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         "## Tokens per task (counted)",
         "",
-        "| task | what it exercises | tools offered (direct / code mode) | upstream tool calls | model turns "
-        "(direct / code mode) | input tokens (direct / code mode) | output tokens (direct / code mode) | "
-        "total tokens (direct / code mode) | code mode vs direct | total, billed with caching (direct / code mode) "
-        "| code mode pays off? |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| task | what it exercises | tools offered (direct / code mode) | upstream tool calls (direct / code mode) "
+        "| model turns (direct / naive / code mode) | input tokens (direct / code mode) | output tokens "
+        "(direct / code mode) | total tokens (direct / naive / code mode) | code mode vs direct | code mode vs "
+        "naive | total, billed with caching (direct / code mode) | code mode pays off (vs direct)? |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for t in tasks:
-        d, c = t["direct"], t["code_mode"]
+        d, n, c = t["direct"], t["direct_naive"], t["code_mode"]
         lines.append(
-            f"| {t['name']} | {t['shape']} | {t['tools_offered']} / 3 | {d['tool_calls']} | {d['model_turns']} / "
-            f"{c['model_turns']} | {d['input_tokens']:,} / {c['input_tokens']:,} | {d['output_tokens']:,} / "
-            f"{c['output_tokens']:,} | {d['total_tokens']:,} / {c['total_tokens']:,} | "
-            f"{_pct(c['total_tokens'], d['total_tokens'])} | {d['total_tokens_billed_cached']:,.0f} / "
+            f"| {t['name']} | {t['shape']} | {t['tools_offered']} / 3 | {d['tool_calls']} / {c['tool_calls']} | "
+            f"{d['model_turns']} / {n['model_turns']} / {c['model_turns']} | {d['input_tokens']:,} / "
+            f"{c['input_tokens']:,} | {d['output_tokens']:,} / {c['output_tokens']:,} | {d['total_tokens']:,} / "
+            f"{n['total_tokens']:,} / {c['total_tokens']:,} | {_pct(c['total_tokens'], d['total_tokens'])} | "
+            f"{_pct(c['total_tokens'], n['total_tokens'])} | {d['total_tokens_billed_cached']:,.0f} / "
             f"{c['total_tokens_billed_cached']:,.0f} | {_pays_off(t)} |"
         )
-    ad, ac = agg["direct"], agg["code_mode"]
+    ad, an, ac = agg["direct"], agg["direct_naive"], agg["code_mode"]
     lines.append(
-        f"| **all tasks** | | | {ad['tool_calls']} | {ad['model_turns']} / {ac['model_turns']} | "
-        f"{ad['input_tokens']:,} / {ac['input_tokens']:,} | {ad['output_tokens']:,} / {ac['output_tokens']:,} | "
-        f"{ad['total_tokens']:,} / {ac['total_tokens']:,} | {_pct(ac['total_tokens'], ad['total_tokens'])} | "
-        f"{ad['total_tokens_billed_cached']:,.0f} / {ac['total_tokens_billed_cached']:,.0f} | |"
+        f"| **all tasks** | | | {ad['tool_calls']} / {ac['tool_calls']} | {ad['model_turns']} / "
+        f"{an['model_turns']} / {ac['model_turns']} | {ad['input_tokens']:,} / {ac['input_tokens']:,} | "
+        f"{ad['output_tokens']:,} / {ac['output_tokens']:,} | {ad['total_tokens']:,} / {an['total_tokens']:,} / "
+        f"{ac['total_tokens']:,} | {_pct(ac['total_tokens'], ad['total_tokens'])} | "
+        f"{_pct(ac['total_tokens'], an['total_tokens'])} | {ad['total_tokens_billed_cached']:,.0f} / "
+        f"{ac['total_tokens_billed_cached']:,.0f} | |"
     )
+    lines += [
+        "",
+        "## Code mode's token saving, three ways",
+        "",
+        "| against | sum of all tasks | median task | sum without the two biggest tasks (which) |",
+        "|---|---:|---:|---|",
+    ]
+    for base, label in (("direct", "direct, best strategy"), ("direct_naive", "direct, naive")):
+        sv = data["savings"][base]
+        lines.append(
+            f"| {label} | {sv['sum']:.0%} | {sv['median_task']:.0%} | {sv['sum_without_two_biggest']:.0%} "
+            f"({', '.join(sv['two_biggest'])}) |"
+        )
     lines += [
         "",
         f"## Latency per task (measured: median of {runs} run(s); modelled: from the token counts)",
@@ -91,7 +109,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Checks", ""]
     for t in tasks:
         status = "pass" if t["passed"] else "**FAIL**"
-        problems = "; ".join(t["problems"]) if t["problems"] else "both answers equal and correct"
+        problems = "; ".join(t["problems"]) if t["problems"] else "all three answers equal and correct"
         lines.append(f"- {t['name']}: {status} ({problems})")
     lines += ["", "## Where code mode does not pay off", ""]
     for t in tasks:
@@ -99,8 +117,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         if c["total_tokens"] >= d["total_tokens"]:
             lines.append(
                 f"- Tokens, {t['name']} ({d['tool_calls']} upstream call(s), {t['tools_offered']} tools "
-                f"offered): {c['total_tokens']:,} in code mode vs {d['total_tokens']:,} direct. Discovery "
-                "(search, stubs), the program and the extra round trips cost more than the calls they save."
+                f"offered): {c['total_tokens']:,} in code mode vs {d['total_tokens']:,} direct. The code "
+                "contract, the stubs and the program cost more than the calls they save."
             )
         if c["total_s"] >= d["total_s"]:
             lines.append(
@@ -135,12 +153,12 @@ def write_chart(data: dict[str, Any], path: Path) -> None:
     tasks = data["tasks"]
     names = [t["name"] for t in tasks]
     x = range(len(names))
-    width = 0.38
-    colors = {"direct": "#c0504d", "code_mode": "#4f81bd"}
-    labels = {"direct": "direct tool calling", "code_mode": "code mode"}
+    width = 0.27
+    colors = {"direct": "#c0504d", "direct_naive": "#e6a19f", "code_mode": "#4f81bd"}
+    labels = {"direct": "direct, best strategy", "direct_naive": "direct, one call per turn", "code_mode": "code mode"}
     fig, (ax_tokens, ax_time) = plt.subplots(2, 1, figsize=(12, 9), constrained_layout=True)
     for i, agent in enumerate(AGENTS):
-        offset = [p + (i - 0.5) * width for p in x]
+        offset = [p + (i - 1) * width for p in x]
         ax_tokens.bar(
             offset, [t[agent]["total_tokens"] for t in tasks], width, label=labels[agent], color=colors[agent]
         )

@@ -3,9 +3,12 @@
 The servers are the pinned public reference servers (filesystem over a
 generated tree, memory, everything, time) plus `fixtures/shop_server.py` for
 the shapes they lack. Every task carries two scripts, written as a competent
-model would act: `direct` calls tools one turn at a time (parallel calls where
-an API allows them) and derives each call's arguments, and its answer, from
-the real results it got; `program` is the one program code mode runs. The
+model would act: `direct` is the strongest strategy a good model would use
+calling tools itself (independent calls in parallel, in one turn; the shortcut
+where one call does the job, such as listing a directory and reading it with
+`read_multiple_files`), deriving each call's arguments, and its answer, from
+the real results it got; `naive` (default: `direct` with one call per turn) is
+the weaker agent, kept for comparison; `program` is the one program code mode runs. The
 answer is checked against ground truth computed from the generated data, not
 from any tool.
 """
@@ -67,6 +70,8 @@ class Task:
     """Checks side effects (files written, graph stored) after a run."""
     live: bool = False
     """The answer depends on the clock: `expected` is evaluated right after the run."""
+    naive: Callable[[Calls, Workspace], Awaitable[Any]] | None = None
+    """The naive direct script, run one call per turn; None: `direct`, one call per turn."""
 
     def render(self, text: str, ws: Workspace) -> str:
         return text.replace("{root}", str(ws.root))
@@ -354,6 +359,24 @@ async def chain_direct(calls: Calls, ws: Workspace) -> Any:
         path = f"{ws.root}/" + re.search(r"^next: (\S+)", text, re.M).group(1)  # type: ignore[union-attr]
 
 
+async def chain_best(calls: Calls, ws: Workspace) -> Any:
+    """List the directory, read every file in one call, follow the chain in context."""
+    listing = (await calls.call("filesystem", "list_directory", {"path": f"{ws.root}/chain"}))["content"]
+    names = [line.split("] ", 1)[1] for line in listing.splitlines() if line.startswith("[FILE]")]
+    paths = [f"{ws.root}/chain/{n}" for n in names]
+    text = (await calls.call("filesystem", "read_multiple_files", {"paths": paths}))["content"]
+    files = {}
+    for block in text.split("\n---\n"):
+        path, _, body = block.strip().partition(":\n")
+        files[path] = body
+    path, count = f"{ws.root}/chain/start.txt", 0
+    while True:
+        count += 1
+        if secret := re.search(r"^secret: (\S+)", files[path], re.M):
+            return {"secret": secret.group(1), "files": count}
+        path = f"{ws.root}/" + re.search(r"^next: (\S+)", files[path], re.M).group(1)  # type: ignore[union-attr]
+
+
 async def log_direct(calls: Calls, ws: Workspace) -> Any:
     text = (await calls.call("filesystem", "read_text_file", {"path": f"{ws.root}/logs/app.log"}))["content"]
     errors = Counter(line.split()[2] for line in text.splitlines() if line.split()[1:2] == ["ERROR"])
@@ -561,8 +584,9 @@ TASKS: tuple[Task, ...] = (
         servers=("filesystem",),
         prompt="Start at {root}/chain/start.txt. Each file names the next one on its `next:` line (a path "
         "relative to {root}); the last file has a `secret:` line instead. Follow the chain and return "
-        'JSON {"secret": ..., "files": <number of files read>}.',
-        direct=chain_direct,
+        'JSON {"secret": ..., "files": <number of files in the chain>}.',
+        direct=chain_best,
+        naive=chain_direct,
         search="read a text file",
         stubs=("filesystem.read_text_file",),
         program=CHAIN_PROGRAM,

@@ -3,11 +3,12 @@
     python -m benchmarks.tokens [--quick] [--out DIR] [--repeat N] [--task NAME ...]
                                 [--ttft S] [--prefill-tps N] [--decode-tps N]
 
-Runs every task in `_workloads` twice, once per scripted agent (`_agents`),
-against the pinned reference servers and the fixture shop server; counts the
-tokens each conversation costs (`_tokens`); checks both answers; writes
-tokens.md, tokens.json and tokens.png to --out (default benchmarks/results/).
-Exits 1 if any answer is wrong or the two agents disagree.
+Runs every task in `_workloads` three times, once per scripted agent
+(`_agents`: direct with the best strategy per task, direct naive with one call
+per turn, code mode), against the pinned reference servers and the fixture
+shop server; counts the tokens each conversation costs (`_tokens`); checks
+every answer; writes tokens.md, tokens.json and tokens.png to --out (default
+benchmarks/results/). Exits 1 if any answer is wrong or the agents disagree.
 """
 
 from __future__ import annotations
@@ -31,6 +32,28 @@ from tests.reference_servers import Unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("input_tokens", "output_tokens", "total_tokens", "tool_calls", "model_turns", "measured_s", "modelled_s")
+
+
+def _savings(tasks: list[dict[str, Any]], base: str) -> dict[str, Any]:
+    """Code mode's token saving against `base`: over the sum of all tasks, the
+    median task, and the sum without the two tasks where `base` costs most
+    (so that no single big task carries the figure)."""
+
+    def saving(code: float, other: float) -> float:
+        return round((other - code) / other, 4) if other else 0.0
+
+    per_task = [saving(t["code_mode"]["total_tokens"], t[base]["total_tokens"]) for t in tasks]
+    biggest = sorted(tasks, key=lambda t: t[base]["total_tokens"], reverse=True)[:2]
+    rest = [t for t in tasks if t not in biggest]
+    return {
+        "sum": saving(sum(t["code_mode"]["total_tokens"] for t in tasks), sum(t[base]["total_tokens"] for t in tasks)),
+        "median_task": round(statistics.median(per_task), 4) if per_task else 0.0,
+        "sum_without_two_biggest": saving(
+            sum(t["code_mode"]["total_tokens"] for t in rest), sum(t[base]["total_tokens"] for t in rest)
+        ),
+        "two_biggest": [t["name"] for t in biggest],
+        "per_task": {t["name"]: s for t, s in zip(tasks, per_task, strict=True)},
+    }
 
 
 def summarize(runs: list[AgentRun], timing: ModelTiming) -> dict[str, Any]:
@@ -67,13 +90,17 @@ def summarize(runs: list[AgentRun], timing: ModelTiming) -> dict[str, Any]:
 async def _run_agent(
     kind: str, task: Task, ws: Workspace, hub: Hub, sandbox: Sandbox, repeat: int
 ) -> tuple[list[AgentRun], list[str]]:
+    """`kind`: "direct" (best strategy), "naive" (direct, one call per turn) or "code_mode"."""
     tools = [t for t in hub.tools() if t.namespace in task.servers]
     runs, problems = [], []
     for _ in range(repeat):
         if task.setup is not None:
             await task.setup(ws)
         before = task.expected(ws) if task.live else None
-        run = await (run_direct(task, ws, hub, tools) if kind == "direct" else run_code_mode(task, ws, tools, sandbox))
+        if kind == "code_mode":
+            run = await run_code_mode(task, ws, tools, sandbox)
+        else:
+            run = await run_direct(task, ws, hub, tools, naive=kind == "naive")
         expected = [task.expected(ws)] + ([before] if task.live else [])
         if run.answer not in expected:
             problems.append(f"{kind} answered {run.answer!r}, expected {expected[0]!r}")
@@ -102,10 +129,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             for task in tasks:
                 print(f"tokens: {task.name} …", file=sys.stderr, flush=True)
                 direct, direct_problems = await _run_agent("direct", task, ws, hub, sandbox, args.repeat)
+                naive, naive_problems = await _run_agent("naive", task, ws, hub, sandbox, args.repeat)
                 code, code_problems = await _run_agent("code_mode", task, ws, hub, sandbox, args.repeat)
-                problems = direct_problems + code_problems
-                if direct[-1].answer != code[-1].answer:
-                    problems.append(f"the agents disagree: direct {direct[-1].answer!r}, code mode {code[-1].answer!r}")
+                problems = direct_problems + naive_problems + code_problems
+                if not direct[-1].answer == naive[-1].answer == code[-1].answer:
+                    problems.append(
+                        f"the agents disagree: direct {direct[-1].answer!r}, naive {naive[-1].answer!r}, "
+                        f"code mode {code[-1].answer!r}"
+                    )
                 out_tasks.append(
                     {
                         "name": task.name,
@@ -116,7 +147,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         "passed": not problems,
                         "problems": problems,
                         "direct": summarize(direct, timing),
-                        "code_mode": {**summarize(code, timing), "codemode_tool_calls": 3},
+                        "direct_naive": summarize(naive, timing),
+                        "code_mode": {**summarize(code, timing), "codemode_tool_calls": code[-1].codemode_calls},
                     }
                 )
     aggregate = {
@@ -124,8 +156,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             key: round(sum(t[agent][key] for t in out_tasks), 4)
             for key in (*KEYS, "total_s", "total_tokens_billed_cached")
         }
-        for agent in ("direct", "code_mode")
+        for agent in ("direct", "direct_naive", "code_mode")
     }
+    savings = {base: _savings(out_tasks, base) for base in ("direct", "direct_naive")}
     return {
         "quick": args.quick,
         "method": {
@@ -147,6 +180,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "tasks": out_tasks,
         "aggregate": aggregate,
+        "savings": savings,
         "checks_passed": all(t["passed"] for t in out_tasks),
         "expectation_met": all(
             t["code_mode"]["total_tokens"] < t["direct"]["total_tokens"]

@@ -29,7 +29,19 @@ def test_token_benchmark_runs_and_both_agents_reach_the_checked_answer(tmp_path:
     assert len(data["tasks"]) >= 8
     for task in data["tasks"]:
         assert task["passed"], task["problems"]
-        assert task["direct"].keys() >= AGENT_KEYS and task["code_mode"].keys() >= AGENT_KEYS
+        for agent in ("direct", "direct_naive", "code_mode"):
+            assert task[agent].keys() >= AGENT_KEYS, agent
+        # Within the stubs budget code mode goes straight to execute_code: execute, answer.
+        if task["tools_offered"] <= 16:
+            assert task["code_mode"]["model_turns"] == 2 and task["code_mode"]["codemode_tool_calls"] == 1
+    by_name = {t["name"]: t for t in data["tasks"]}
+    # The best direct strategy reads the chain in two calls; the naive one reads file by file.
+    assert by_name["file_chain"]["direct"]["tool_calls"] == 2
+    assert by_name["file_chain"]["direct_naive"]["tool_calls"] == 12
+    # Past the budget (41 tools), one search with stubs, then execute: 3 round trips.
+    assert by_name["weekday_41_tools"]["code_mode"]["model_turns"] == 3
+    for base in ("direct", "direct_naive"):
+        assert data["savings"][base].keys() >= {"sum", "median_task", "sum_without_two_biggest", "two_biggest"}
     assert (tmp_path / "tokens.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "tokens.md").read_text() in proc.stdout
 
