@@ -449,6 +449,23 @@ def _best_name(hints: list[Hint]) -> str:
     return "".join(shared) or names[0]
 
 
+def _option_hint(option: object, hint: Hint, i: int) -> Hint:
+    """The hint for option `i` of a union: named by its tag when a `type` or
+    `kind` key holds one to three fixed strings (`ImageAudioContentItem`,
+    `ResourceContentItem`), else `Option{i}`."""
+    props = option.get("properties") if isinstance(option, Mapping) else None
+    for key in ("type", "kind"):
+        tag = props.get(key) if isinstance(props, Mapping) else None
+        if not isinstance(tag, Mapping):
+            continue
+        values = [tag["const"]] if "const" in tag else tag.get("enum")
+        if isinstance(values, list) and 0 < len(values) <= 3 and all(isinstance(v, str) for v in values):
+            prefix = "".join(type_name_part(v, fallback="") for v in values)
+            if prefix:
+                return Hint(hint.strength, prefix + hint.name, hint.tool)
+    return hint.part(f"Option{i}")
+
+
 @lru_cache(maxsize=1024)
 def _def_name(ref: str) -> str:
     return type_name_part(ref.rsplit("/", 1)[-1], fallback="Def")
@@ -591,7 +608,7 @@ class SchemaTypes:
             if isinstance(options, list) and options:
                 union = _union(
                     [
-                        self._convert(o, root, hint.part(f"Option{i}"), notes, depth + 1, None)
+                        self._convert(o, root, _option_hint(o, hint, i), notes, depth + 1, None)
                         for i, o in enumerate(options, 1)
                     ]
                 )

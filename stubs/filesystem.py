@@ -6,7 +6,7 @@ class Result(TypedDict):
     content: str
 
 
-class ContentItemOption1(TypedDict):
+class ImageAudioContentItem(TypedDict):
     type: Literal['image', 'audio']
     data: str
     mimeType: str
@@ -18,13 +18,13 @@ class Resource(TypedDict):
     blob: str
 
 
-class ContentItemOption2(TypedDict):
+class ResourceContentItem(TypedDict):
     type: Literal['resource']
     resource: Resource
 
 
 class ReadMediaFileResult(TypedDict):
-    content: list[ContentItemOption1 | ContentItemOption2]
+    content: list[ImageAudioContentItem | ResourceContentItem]
 
 
 class Edit(TypedDict):

@@ -358,6 +358,23 @@ def test_types_are_named_by_title_then_defs_name_then_shared_words() -> None:
     assert signature_of(source, "tools", "delete_relations") == "() -> DeleteResult"
 
 
+def test_union_options_are_named_by_their_tag() -> None:
+    def option(tag: dict[str, Any], key: str) -> dict[str, Any]:
+        return {"type": "object", "properties": {"type": tag, key: {"type": "string"}}}
+
+    block = {
+        "anyOf": [
+            option({"enum": ["image", "audio"]}, "data"),
+            option({"const": "resource"}, "uri"),
+            {"type": "object", "properties": {"other": {"type": "integer"}}},
+        ]
+    }
+    source = render_stubs([tool("read", properties={"blocks": {"type": "array", "items": block}})]).source
+    assert signature_of(source, "tools", "read") == (
+        "(blocks: list[ImageAudioBlock | ResourceBlock | BlockOption3] | None = None) -> Content"
+    )
+
+
 def test_a_description_that_only_repeats_the_names_is_left_out() -> None:
     entity = {
         "type": "object",
