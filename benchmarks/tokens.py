@@ -14,10 +14,14 @@ benchmarks/results/). Exits 1 if any answer is wrong or the agents disagree.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,27 @@ from tests.reference_servers import Unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("input_tokens", "output_tokens", "total_tokens", "tool_calls", "model_turns", "measured_s", "modelled_s")
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    """A fixed directory (`$TMPDIR/codemode-bench`), so the paths in every
+    request, and so the token counts, repeat exactly from run to run. Another
+    run holding it (a lock, never waited on) sends this one to a fresh
+    temporary directory, whose path changes the counts by a few tokens."""
+    fixed = Path(tempfile.gettempdir()) / "codemode-bench"
+    fixed.mkdir(exist_ok=True)
+    with open(fixed / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            with tempfile.TemporaryDirectory(prefix="codemode-bench-") as tmp:
+                yield Path(tmp)
+            return
+        for child in fixed.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        yield fixed
 
 
 def _savings(tasks: list[dict[str, Any]], base: str) -> dict[str, Any]:
@@ -113,8 +138,8 @@ async def _run_agent(
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     timing = ModelTiming(ttft_s=args.ttft, prefill_tps=args.prefill_tps, decode_tps=args.decode_tps)
     tasks = [t for t in TASKS if not args.task or t.name in args.task]
-    with tempfile.TemporaryDirectory(prefix="codemode-bench-") as tmp:
-        ws = Workspace(Path(tmp) / "workspace", Path(tmp) / "memory.jsonl")
+    with _workdir() as tmp:
+        ws = Workspace(tmp / "workspace", tmp / "memory.jsonl")
         t0 = time.perf_counter()
         async with Hub(server_config(ws.root, ws.memory_file)) as hub:
             if hub.failures:
