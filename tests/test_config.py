@@ -194,6 +194,13 @@ def test_invalid_json_is_reported_with_the_file_and_position(tmp_path: Path) -> 
     assert "line 1" in info.value.message
 
 
+def test_a_file_starting_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Editors on Windows write UTF-8 with a BOM.
+    path = tmp_path / "mcp.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"mcpServers": {"x": {"command": "x"}}}).encode())
+    assert list(load_config(path).servers) == ["x"]
+
+
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_config(tmp_path / "nope.json")

@@ -205,6 +205,13 @@ async def test_bad_code_is_refused_before_it_runs(backend: str, code: str | byte
     assert result.tool_calls == []
 
 
+@pytest.mark.parametrize("code", ["\ufeffx = 2\nx * 21", "\ufeffx = 2\nx * 21".encode()])
+async def test_a_leading_byte_order_mark_is_accepted(backend: str, code: str | bytes) -> None:
+    # Editors on Windows start UTF-8 files with one; CPython's file reader accepts it.
+    result = await run(backend, code)
+    assert result.error is None and result.value == 42
+
+
 async def test_wrong_argument_types_are_refused_before_the_tool_runs(backend: str) -> None:
     calls: list[dict[str, Any]] = []
     code = "try:\n    await tools.sleepy(ms='soon')\nexcept ToolError as e:\n    r = e.code\nr"

@@ -327,6 +327,9 @@ def _check_code(code: object, limits: Limits) -> str | ExecutionError:
             return InvalidEncoding(f"the code is not valid UTF-8: {exc}")
     if not isinstance(code, str):
         return InvalidEncoding(f"the code must be text, not {type(code).__name__}")
+    # Editors on Windows start UTF-8 files with a byte-order mark; CPython's own
+    # file reader drops it, so do the same (only at the very start).
+    code = code.removeprefix("\ufeff")
     try:
         size = len(code.encode("utf-8"))
     except UnicodeEncodeError as exc:

@@ -182,7 +182,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     read, is not JSON, or does not validate."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: editors on Windows start the file with a byte-order mark.
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read the file: {exc.strerror or type(exc).__name__}") from None
     except UnicodeDecodeError:
