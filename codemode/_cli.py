@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -299,7 +300,6 @@ def _print_result(result: RunResult, args: argparse.Namespace) -> int:
 async def _run(code: bytes | str, args: argparse.Namespace, tools: list[Any]) -> RunResult:
     cm = _code_mode(args, tools=tools, backend=args.backend, limits=_limits(args))
     async with cm:
-        _report_failures(cm)
         result: RunResult = await cm.execute(code)
         return result
 
@@ -315,11 +315,6 @@ def _code_mode(args: argparse.Namespace, **kwargs: Any) -> Any:
     return CodeMode(**kwargs)
 
 
-def _report_failures(cm: Any) -> None:
-    for namespace, failure in cm.failures.items():
-        print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._core import CodeMode
     from ._demo import DEMO_PROGRAM, demo_config
@@ -329,7 +324,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         async with CodeMode(
             config=parse_config(demo_config(), source="<built-in demo>"), backend=args.backend, limits=_limits(args)
         ) as cm:
-            _report_failures(cm)
             if not args.json:
                 print("# stubs the model reads (two MCP servers, started over stdio):", file=sys.stderr)
                 print(cm.stubs(), file=sys.stderr)
@@ -356,7 +350,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_stubs(args: argparse.Namespace) -> int:
     async def go() -> str:
         async with _code_mode(args) as cm:
-            _report_failures(cm)
             return str(cm.stubs(args.tools or None))
 
     print(anyio.run(go), end="")
@@ -366,7 +359,6 @@ def _cmd_stubs(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     async def go() -> list[Any]:
         async with _code_mode(args) as cm:
-            _report_failures(cm)
             return list(cm.search_tools(args.query, limit=args.limit))
 
     hits = anyio.run(go)
@@ -403,8 +395,6 @@ def _cmd_pin(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         async with Hub(load_config(args.config)) as hub:
-            for namespace, failure in hub.failures.items():
-                print(f"codemode: server {namespace!r} is unavailable: {failure.message}", file=sys.stderr)
             store, tools = PinStore.load(lock), hub.tools()
             store.python_names(tools)  # names for pins from an older lock file, before any new tool's
             if args.update:
@@ -474,8 +464,18 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_logging() -> None:
+    # The library reports what the user should see (a server that failed to
+    # start, ...) as warnings on the `codemode` logger; this shows them once, on
+    # stderr (stdout is the result, or `codemode mcp`'s protocol).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("codemode: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _configure_logging()
     handlers = {
         "demo": _cmd_demo,
         "run": _cmd_run,

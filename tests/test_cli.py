@@ -128,3 +128,15 @@ def test_json_output_of_a_failed_run_has_the_error_code() -> None:
     error = json.loads(proc.stdout)["error"]
     assert error["code"] == "uncaught_exception" and error["exc_type"] == "NameError"
     assert error["traceback"][0]["line"] == 2
+
+
+def test_an_unavailable_server_is_reported_once(tmp_path: Path) -> None:
+    config = demo_config()
+    config["mcpServers"]["broken"] = {"command": str(tmp_path / "no-such-server")}
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps(config))
+    proc = codemode("run", "--config", str(path), stdin="len(await weather.list_cities())")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "5"
+    assert proc.stderr.count("is unavailable") == 1, proc.stderr
+    assert "'broken'" in proc.stderr

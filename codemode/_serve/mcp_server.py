@@ -313,9 +313,7 @@ async def _serve(options: McpSettings) -> None:
             if options.config
             else CodeMode(backend=options.backend, limits=limits, stubs_budget=options.stubs_budget)
         )
-        async with cm:
-            for namespace, failure in cm.failures.items():
-                logger.warning("server %r is unavailable: %s", namespace, failure.message)
+        async with cm:  # a server that failed to start is logged by the hub
             server = build_server(cm)
             logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))
             if options.http:
