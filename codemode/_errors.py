@@ -183,6 +183,15 @@ class _HasTraceback(ExecutionError):
         super().__init__(message)
         self.traceback = traceback or []
 
+    def __str__(self) -> str:
+        # The model's own lines, so whoever prints the error sees where it came from.
+        lines = [self._head()]
+        lines += [f"  line {f.line}, in {f.name}: {f.text}" for f in self.traceback]
+        return "\n".join(lines)
+
+    def _head(self) -> str:
+        return self.message
+
     def to_dict(self) -> dict[str, Any]:
         frames = [{"line": f.line, "name": f.name, "text": f.text} for f in self.traceback]
         return {**super().to_dict(), "traceback": frames}
@@ -198,10 +207,8 @@ class UncaughtException(_HasTraceback):
         super().__init__(message, traceback=traceback)
         self.exc_type = exc_type
 
-    def __str__(self) -> str:
-        lines = [f"{self.exc_type}: {self.message}"]
-        lines += [f"  line {f.line}, in {f.name}: {f.text}" for f in self.traceback]
-        return "\n".join(lines)
+    def _head(self) -> str:
+        return f"{self.exc_type}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "exc_type": self.exc_type}

@@ -140,3 +140,11 @@ def test_an_unavailable_server_is_reported_once(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "5"
     assert proc.stderr.count("is unavailable") == 1, proc.stderr
     assert "'broken'" in proc.stderr
+
+
+def test_plain_output_of_an_uncaught_tool_error_names_its_line(demo_config_file: Path) -> None:
+    program = "cities = await weather.list_cities()\nawait weather.forecast(city='Atlantis')\n"
+    proc = codemode("run", "--config", str(demo_config_file), stdin=program)
+    assert proc.returncode == 1
+    assert "error [tool_error]" in proc.stderr
+    assert "line 2, in <module>: await weather.forecast(city='Atlantis')" in proc.stderr, proc.stderr
