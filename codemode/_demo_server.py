@@ -14,6 +14,7 @@ import sys
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from typing_extensions import TypedDict
 
@@ -49,7 +50,9 @@ def weather_server() -> MCPServer:
         """Daily high temperatures in °C for a city, one value per day."""
         await asyncio.sleep(DELAY_S)  # a slow upstream: calls in a gather overlap
         if city not in CITIES:
-            raise ValueError(f"unknown city {city!r}; call list_cities()")
+            # The SDK's ToolError reaches the model with its text; any other
+            # exception is masked as "Error executing tool forecast".
+            raise ToolError(f"unknown city {city!r}; call list_cities()")
         base = 30 - abs(CITIES[city]) / 2
         return {"city": city, "highs_c": [round(base + (i * 7 % 5) - 2, 1) for i in range(days)]}
 

@@ -148,3 +148,10 @@ def test_plain_output_of_an_uncaught_tool_error_names_its_line(demo_config_file:
     assert proc.returncode == 1
     assert "error [tool_error]" in proc.stderr
     assert "line 2, in <module>: await weather.forecast(city='Atlantis')" in proc.stderr, proc.stderr
+
+
+def test_the_demo_weather_server_tells_the_model_what_to_do_about_an_unknown_city(demo_config_file: Path) -> None:
+    program = "try:\n    await weather.forecast(city='Atlantis')\nexcept ToolError as e:\n    r = str(e)\nr\n"
+    proc = codemode("run", "--config", str(demo_config_file), stdin=program)
+    assert proc.returncode == 0, proc.stderr
+    assert "unknown city 'Atlantis'; call list_cities()" in proc.stdout
