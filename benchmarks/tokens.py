@@ -8,7 +8,9 @@ Runs every task in `_workloads` three times, once per scripted agent
 per turn, code mode), against the pinned reference servers and the fixture
 shop server; counts the tokens each conversation costs (`_tokens`); checks
 every answer; writes tokens.md, tokens.json and tokens.png to --out (default
-benchmarks/results/). Exits 1 if any answer is wrong or the agents disagree.
+benchmarks/results/, or a new temporary directory with --quick, so a quick run
+never overwrites the committed results). Exits 1 if any answer is wrong or the
+agents disagree.
 """
 
 from __future__ import annotations
@@ -218,7 +220,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tokens", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run per agent and task (proves it works)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where tokens.md/.json/.png go")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where tokens.md/.json/.png go (default benchmarks/results/; with --quick, a new temporary directory)",
+    )
     parser.add_argument("--repeat", type=int, help="runs per agent and task for measured times (default 5; 1 quick)")
     parser.add_argument("--task", action="append", choices=[t.name for t in TASKS], help="only these tasks")
     parser.add_argument("--ttft", type=float, default=ModelTiming.ttft_s, help="modelled time to first token, s")
@@ -230,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 5)
+    if args.out is None:  # quick figures are rough: keep them away from the committed ones
+        args.out = Path(tempfile.mkdtemp(prefix="codemode-bench-tokens-")) if args.quick else RESULTS
     try:
         data = anyio.run(measure, args)
     except (BenchmarkError, Unavailable) as exc:

@@ -4,6 +4,7 @@ checkers pass. Benchmarks are not tests: nothing here asserts a timing."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,22 @@ def test_blocking_benchmark_reports_each_wait_and_the_flood() -> None:
     proc = run_benchmark("benchmarks.blocking", "--quick")
     assert proc.stdout.count("| `") == 7
     assert "then `1 + 1` x 10" in proc.stdout
+
+
+def test_a_quick_token_run_leaves_the_committed_results_alone() -> None:
+    committed = {p.name: p.read_bytes() for p in (REPO / "benchmarks" / "results").glob("tokens.*")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "codemode", "bench", "tokens", "--quick", "--task", "weekday_2_tools"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = Path(proc.stdout.rsplit("wrote ", 1)[1].split(",", 1)[0])
+    try:
+        assert written.is_file() and REPO not in written.parents
+        assert {p.name: p.read_bytes() for p in (REPO / "benchmarks" / "results").glob("tokens.*")} == committed
+    finally:
+        if REPO not in written.parents:
+            shutil.rmtree(written.parent, ignore_errors=True)
