@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,25 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     )
     _add_run_limits(p)
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    p.add_argument("--trace", action="store_true", help="with --json: include the tool-call log")
+    p.add_argument("--trace", action="store_true", help="the tool-call log: in the JSON with --json, else on stderr")
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: a finite number above zero. argparse names the flag the
+    user typed in its message (`argument --timeout: ...`) and exits 2."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(
+                f"must be a positive {'whole ' if kind is int else ''}number, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def _env(text: str, field: str, env: bool) -> str:
@@ -56,19 +75,19 @@ def _add_run_limits(p: argparse.ArgumentParser, *, env: bool = False) -> None:
     d = Limits()
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_positive(float),
         default=None if env else d.timeout,
         help=_env(f"seconds for the whole run (default {d.timeout:g})", "timeout", env),
     )
     p.add_argument(
         "--memory-mb",
-        type=int,
+        type=_positive(int),
         default=None if env else d.memory // (1024 * 1024),
         help=_env(f"guest memory cap in MiB (default {d.memory // (1024 * 1024)})", "memory_mb", env),
     )
     p.add_argument(
         "--max-tool-calls",
-        type=int,
+        type=_positive(int),
         default=None if env else d.max_tool_calls,
         help=_env(f"tool calls per run (default {d.max_tool_calls})", "max_tool_calls", env),
     )
@@ -179,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_flag(search, required=True)
     search.add_argument("query", help="what the tool should do, in words")
-    search.add_argument("--limit", type=int, default=10, help="at most this many hits (default 10)")
+    search.add_argument("--limit", type=_positive(int), default=10, help="at most this many hits (default 10)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
 
     pin = sub.add_parser(
@@ -289,6 +308,15 @@ def _print_result(result: RunResult, args: argparse.Namespace) -> int:
         return EXIT_OK if result.ok else EXIT_RUN_FAILED
     if result.stdout:
         sys.stderr.write(result.stdout if result.stdout.endswith("\n") else result.stdout + "\n")
+    if args.trace:
+        for call in result.tool_calls:
+            status = "ok" if call.ok else f"failed [{call.error_code}]: {call.error_message}"
+            arguments = json.dumps(call.arguments, ensure_ascii=False, default=repr)
+            print(
+                f"[batch {call.batch}] {call.namespace}.{call.tool}({arguments}) {status} "
+                f"at {call.started_s:.3f} s, took {call.duration_s:.3f} s",
+                file=sys.stderr,
+            )
     if result.error is not None:
         print(f"error [{result.error.code}]: {result.error}", file=sys.stderr)
         return EXIT_RUN_FAILED
@@ -348,9 +376,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_stubs(args: argparse.Namespace) -> int:
+    from ._discovery import ToolNotFound
+
     async def go() -> str:
         async with _code_mode(args) as cm:
-            return str(cm.stubs(args.tools or None))
+            try:
+                return str(cm.stubs(args.tools or None))
+            except ToolNotFound as exc:  # the names the user typed
+                raise _UsageError(str(exc)) from exc
 
     print(anyio.run(go), end="")
     return EXIT_OK

@@ -155,3 +155,34 @@ def test_the_demo_weather_server_tells_the_model_what_to_do_about_an_unknown_cit
     proc = codemode("run", "--config", str(demo_config_file), stdin=program)
     assert proc.returncode == 0, proc.stderr
     assert "unknown city 'Atlantis'; call list_cities()" in proc.stdout
+
+
+def test_trace_without_json_prints_the_tool_call_log_on_stderr(demo_config_file: Path) -> None:
+    proc = codemode("run", "--trace", "--config", str(demo_config_file), stdin="len(await weather.list_cities())")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "5"  # the result alone on stdout, as without --trace
+    assert "weather.list_cities({}) ok" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["run", "--timeout", "-1"], "--timeout"),
+        (["run", "--timeout", "nan"], "--timeout"),
+        (["run", "--memory-mb", "0"], "--memory-mb"),
+        (["run", "--max-tool-calls", "0"], "--max-tool-calls"),
+        (["search", "--config", "CONFIG", "weather", "--limit", "0"], "--limit"),
+    ],
+)
+def test_a_bad_number_is_a_usage_error_naming_the_flag_typed(
+    args: list[str], flag: str, demo_config_file: Path
+) -> None:
+    proc = codemode(*[str(demo_config_file) if a == "CONFIG" else a for a in args], stdin="1")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert flag in proc.stderr and "Limits." not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stubs_for_an_unknown_tool_is_a_usage_error_with_suggestions(demo_config_file: Path) -> None:
+    proc = codemode("stubs", "--config", str(demo_config_file), "weather.forcast")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "weather.forecast" in proc.stderr and "Traceback" not in proc.stderr
