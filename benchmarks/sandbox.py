@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -65,6 +66,25 @@ def _stats(samples: list[float]) -> dict[str, float]:
     }
 
 
+def per_call(chain: dict[str, float], start: dict[str, float], calls: int) -> dict[str, Any]:
+    """One call's cost from a chain of `calls` calls and the bare start, both
+    `_stats`: (chain median - start median) / calls.
+
+    Each median is only known to within about (p95 - median) / sqrt(n) of its
+    samples. When the difference is no larger than that scatter, the figure is
+    noise (a quick run once printed a negative cost per call for `python -c`,
+    whose start varies by tens of ms): it is then None, with a note saying why."""
+    diff_ms = chain["median_ms"] - start["median_ms"]
+    scatter_ms = sum(max(0.0, s["p95_ms"] - s["median_ms"]) / math.sqrt(max(1, s["n"])) for s in (chain, start))
+    if diff_ms <= scatter_ms:
+        return {
+            "per_call_us": None,
+            "per_call_note": f"below resolution: {calls} calls added {diff_ms:.1f} ms to the start's median, "
+            f"within the {scatter_ms:.1f} ms the two medians scatter by",
+        }
+    return {"per_call_us": diff_ms / calls * 1e3}
+
+
 async def _timed(fn: Callable[[], Awaitable[Any]], n: int, pause_s: float = 0.0) -> list[float]:
     samples = []
     for _ in range(n):
@@ -99,7 +119,8 @@ async def crossing(sandbox: Sandbox, calls: int, reps: int, tools: list[Tool] = 
 
     base = statistics.median([await chain(0) for _ in range(reps)])
     full = statistics.median([await chain(calls) for _ in range(reps)])
-    return {"per_call_us": (full - base) / calls * 1e6, "calls": calls, "reps": reps}
+    # Thousands of calls stand far above the noise; a cost that is not is not a cost.
+    return {"per_call_us": (full - base) / calls * 1e6 if full > base else None, "calls": calls, "reps": reps}
 
 
 SHORT_RUN = "sum(i * i for i in range(2000))"
@@ -345,7 +366,7 @@ async def measure(quick: bool) -> dict[str, Any]:
             **s["chain"],
             "calls": CHAIN_CALLS,
             "mechanism": MECHANISMS[name],
-            "per_call_us": (s["chain"]["median_ms"] - base["median_ms"]) / CHAIN_CALLS * 1e3,
+            **per_call(s["chain"], base, CHAIN_CALLS),
         }
     out["coverage"] = {name: s.get("coverage", s) for name, s in systems.items()}
     probes = {
@@ -409,6 +430,10 @@ def _unavailable(s: dict[str, Any]) -> str | None:
     return s.get("unavailable") if isinstance(s, dict) else None
 
 
+def _us(per_call_us: float | None) -> str:
+    return "below resolution" if per_call_us is None else f"{per_call_us:.1f}"
+
+
 def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else "n/a"
 
@@ -467,7 +492,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"Tool chain: {CHAIN_CALLS} sequential calls of a no-op host tool, each taking the previous "
         "result, through each system's own external-function mechanism; start included. Per call = "
-        "(chain median - start median) / 100.",
+        '(chain median - start median) / 100, or "below resolution" when that difference is within the '
+        "scatter of the two medians ((p95 - median) / sqrt(runs) each).",
         "| system | mechanism | chain median ms | p95 ms | runs | µs per call | chain vs wasm |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -478,7 +504,7 @@ def render(data: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {name} | {s['mechanism']} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | {s['n']} | "
-            f"{s['per_call_us']:.1f} | {_ratio(s['median_ms'], chain_base)} |"
+            f"{_us(s['per_call_us'])} | {_ratio(s['median_ms'], chain_base)} |"
         )
     lines += [
         "",
@@ -523,7 +549,7 @@ def render(data: dict[str, Any]) -> str:
         "|---|---:|---:|",
     ]
     for name, s in cross.items():
-        lines.append(f"| {name} | {s['per_call_us']:.1f} | {s['calls']} x {s['reps']} |")
+        lines.append(f"| {name} | {_us(s['per_call_us'])} | {s['calls']} x {s['reps']} |")
     lines += [
         "",
         f"Throughput, runs per second: short runs (`{SHORT_RUN}`); long runs (`{LONG_RUN}`)",
