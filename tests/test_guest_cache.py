@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,29 @@ async def test_first_build_is_cached_reused_and_rebuilt_when_corrupt(
     rebuilt.load(progress=messages.append)
     assert any("corrupt" in m for m in messages) and any("building" in m for m in messages)
     await _works(rebuilt)
+
+
+@pytest.mark.slow
+def test_first_runs_at_once_on_an_empty_cache_build_the_guest_once(tmp_path: Path) -> None:
+    # Three processes, as three first `codemode` commands started together: one
+    # builds, the others wait for it and load its build (a file lock in the cache).
+    env = {**os.environ, "CODEMODE_CACHE_DIR": str(tmp_path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "codemode", "sandbox", "build"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [proc.communicate(timeout=600)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+    everything = "".join(outputs)
+    assert everything.count("building the sandbox guest") == 1, outputs
+    assert everything.count("compiling the sandbox guest") == 1, outputs
+    assert [p.name for p in (tmp_path / "sandbox").iterdir()] == [build_key()]
 
 
 def _copy_of_the_suites_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -7,6 +7,10 @@ hashes the guest sources and the componentize-py and wasmtime versions, so a
 change to any of them builds afresh. A manifest records each artifact's sha256;
 an artifact that does not match is rebuilt, never deserialized (wasmtime trusts
 serialized code completely).
+
+Several processes may start on an empty cache at once (three `codemode`
+commands, a test run's workers): a lock file in the build's directory lets one
+build while the others wait, bounded, and then load what it built.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +210,63 @@ def _run_componentize(src: Path, guest: Path, out: Path) -> None:
         raise SandboxUnavailable(f"building the sandbox guest failed{hint}:\n{detail}")
 
 
+@contextmanager
+def _build_lock(directory: Path, progress: Progress, timeout_s: float) -> Iterator[None]:
+    """Hold the build's lock file, shared by every process using this cache.
+    The operating system drops the lock when its holder exits, so a crashed
+    build never leaves the others waiting beyond it.
+
+    Raises `SandboxUnavailable` if the lock is not free within `timeout_s`."""
+    path = directory / "build.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot create the lock file {path}: {exc}") from exc
+    try:
+        deadline, told = time.monotonic() + timeout_s, False
+        while not _try_lock(fd):
+            if not told:
+                progress("waiting for another process to build the sandbox guest…")
+                told = True
+            if time.monotonic() > deadline:
+                raise SandboxUnavailable(f"another process held {path} for over {timeout_s:.0f} s")
+            time.sleep(0.1)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def ensure_built(
     *, compile_wasm: Callable[[bytes], bytes], progress: Progress | None = None, force: bool = False
 ) -> GuestArtifacts:
@@ -223,27 +285,38 @@ def ensure_built(
             raise SandboxUnavailable(f"cannot create the cache directory {artifacts.directory}: {exc}") from exc
         if not force and artifacts.verified("cwasm", artifacts.cwasm):
             return artifacts
-        if force or not artifacts.verified("wasm", artifacts.wasm):
-            if artifacts.wasm.exists() and not force:
-                progress(f"the cached sandbox guest in {artifacts.directory} is corrupt; rebuilding it")
-            progress("building the sandbox guest (first use; this takes about 15 s)…")
-            t0 = time.monotonic()
-            tmp = artifacts.directory / f"build-{os.getpid()}.wasm"
-            try:
-                _componentize(src, tmp)
-                os.replace(tmp, artifacts.wasm)
-            finally:
-                tmp.unlink(missing_ok=True)
-            artifacts.record("wasm", artifacts.wasm)
-            progress(f"built the sandbox guest in {time.monotonic() - t0:.1f} s")
-        progress("compiling the sandbox guest (about 10 s)…")
+        # Build and compile are bounded by their own timeouts; the wait covers both.
+        with _build_lock(artifacts.directory, progress, timeout_s=_BUILD_TIMEOUT_S + 120):
+            if not force and artifacts.verified("cwasm", artifacts.cwasm):
+                return artifacts  # another process built it while this one waited
+            return _build(src, artifacts, compile_wasm, progress, force)
+
+
+def _build(
+    src: Path, artifacts: GuestArtifacts, compile_wasm: Callable[[bytes], bytes], progress: Progress, force: bool
+) -> GuestArtifacts:
+    """Build what is missing or stale, then compile it; the caller holds the build lock."""
+    if force or not artifacts.verified("wasm", artifacts.wasm):
+        if artifacts.wasm.exists() and not force:
+            progress(f"the cached sandbox guest in {artifacts.directory} is corrupt; rebuilding it")
+        progress("building the sandbox guest (first use; this takes about 15 s)…")
         t0 = time.monotonic()
+        tmp = artifacts.directory / f"build-{os.getpid()}.wasm"
         try:
-            serialized = compile_wasm(artifacts.wasm.read_bytes())
-        except Exception as exc:  # wasmtime rejected the component: rebuild next time
-            artifacts.wasm.unlink(missing_ok=True)
-            raise SandboxUnavailable(f"compiling the sandbox guest failed: {exc}") from exc
-        _write_atomic(artifacts.cwasm, serialized)
-        artifacts.record("cwasm", artifacts.cwasm)
-        progress(f"compiled the sandbox guest in {time.monotonic() - t0:.1f} s; cached in {artifacts.directory}")
-        return artifacts
+            _componentize(src, tmp)
+            os.replace(tmp, artifacts.wasm)
+        finally:
+            tmp.unlink(missing_ok=True)
+        artifacts.record("wasm", artifacts.wasm)
+        progress(f"built the sandbox guest in {time.monotonic() - t0:.1f} s")
+    progress("compiling the sandbox guest (about 10 s)…")
+    t0 = time.monotonic()
+    try:
+        serialized = compile_wasm(artifacts.wasm.read_bytes())
+    except Exception as exc:  # wasmtime rejected the component: rebuild next time
+        artifacts.wasm.unlink(missing_ok=True)
+        raise SandboxUnavailable(f"compiling the sandbox guest failed: {exc}") from exc
+    _write_atomic(artifacts.cwasm, serialized)
+    artifacts.record("cwasm", artifacts.cwasm)
+    progress(f"compiled the sandbox guest in {time.monotonic() - t0:.1f} s; cached in {artifacts.directory}")
+    return artifacts
