@@ -174,6 +174,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_limit_flags(demo)
 
+    demo_server = sub.add_parser(
+        "demo-server",
+        help="serve one of the demo's MCP servers over stdio",
+        description="Serve a bundled demo MCP server over stdio, e.g. from a config: "
+        '{"command": "codemode", "args": ["demo-server", "weather"]}.',
+    )
+    demo_server.add_argument("name", choices=["weather", "notes"], help="which server")
+
     run = sub.add_parser(
         "run",
         help="run a program (file or stdin) in the sandbox",
@@ -371,6 +379,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_demo_server(args: argparse.Namespace) -> int:
+    from ._demo_server import main as serve
+
+    return serve([args.name])
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     return _print_result(anyio.run(_run, _read_program(args.program), args, []), args)
 
@@ -511,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging()
     handlers = {
         "demo": _cmd_demo,
+        "demo-server": _cmd_demo_server,
         "run": _cmd_run,
         "stubs": _cmd_stubs,
         "search": _cmd_search,

@@ -186,3 +186,24 @@ def test_stubs_for_an_unknown_tool_is_a_usage_error_with_suggestions(demo_config
     proc = codemode("stubs", "--config", str(demo_config_file), "weather.forcast")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "weather.forecast" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_example_demo_servers_start_from_a_launcher_without_the_venv_on_path(tmp_path: Path) -> None:
+    # An MCP client starts codemode by its absolute path, with a PATH of its own
+    # where `python3` (if any) lacks codemode's dependencies and `codemode` is absent.
+    example = json.loads((REPO / "examples" / "mcp.json").read_text())
+    servers = {name: example["mcpServers"][name] for name in ("weather", "notes")}
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": servers}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "codemode", "run", "--config", str(config)],
+        input="(len(await weather.list_cities()), await notes.add_note(text='hi'))",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [5, 1]
+    assert "unavailable" not in proc.stderr

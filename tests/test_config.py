@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,13 @@ def test_allow_and_deny_patterns_decide_which_tools_are_permitted() -> None:
     assert not options.permits("write_file")  # not allowed
     assert CodemodeOptions(deny=("rm",)).permits("anything")
     assert not CodemodeOptions(deny=("rm",)).permits("rm")
+
+
+def test_the_command_codemode_runs_this_codemode_whatever_the_path() -> None:
+    config = parse_config({"mcpServers": {"notes": {"command": "codemode", "args": ["demo-server", "notes"]}}})
+    notes = config.servers["notes"]
+    assert isinstance(notes, StdioServer)
+    assert (notes.command, notes.args) == (sys.executable, ("-m", "codemode", "demo-server", "notes"))
 
 
 def test_disabled_servers_are_skipped() -> None:

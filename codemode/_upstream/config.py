@@ -27,6 +27,10 @@ A Claude Desktop, Cursor, Claude Code or VS Code file works unchanged::
   unknown keys there are errors, since they can only be typos.
 - The namespace model code uses is `codemode.alias`, else the server's key made an
   identifier (`server-filesystem` -> `server_filesystem`).
+- A `command` of exactly `codemode` runs this codemode: the Python running it,
+  with `-m codemode`. A client that starts codemode by absolute path, without its
+  venv on PATH, would find no `codemode` (nor a `python3` with its dependencies)
+  there; e.g. `{"command": "codemode", "args": ["demo-server", "weather"]}`.
 
 `env` and `headers` values are `SecretStr`: they never show in reprs or errors.
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -264,7 +269,11 @@ def _parse_server(name: str, entry: Any, environ: Mapping[str, str]) -> ServerCo
         if field in entry:
             expanded[field] = _expand(entry[field], f".{field}", environ)
     model: type[ServerConfig] = StdioServer if has_command else HttpServer
-    return model.model_validate(expanded)
+    server = model.model_validate(expanded)
+    if isinstance(server, StdioServer) and server.command == "codemode" and sys.executable:
+        # This codemode, whatever the launcher's PATH holds.
+        return server.model_copy(update={"command": sys.executable, "args": ("-m", "codemode", *server.args)})
+    return server
 
 
 def _expand(value: Any, field: str, environ: Mapping[str, str]) -> Any:
