@@ -1,7 +1,9 @@
 """The built-in demo's MCP servers, run over stdio by `codemode demo`.
 
-    python -m codemode._demo_server weather    # list_cities, forecast (each call takes 0.2 s)
-    python -m codemode._demo_server notes      # add_note, list_notes (kept in memory)
+    codemode demo-server weather    # list_cities, forecast (each call takes 0.2 s)
+    codemode demo-server notes      # add_note, list_notes (kept in memory)
+
+(`python -m codemode._demo_server NAME` does the same.)
 
 Real MCP servers written with the official SDK, so the demo exercises the whole
 path: hub, stubs, sandbox, and calls proxied back over MCP.

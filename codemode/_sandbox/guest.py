@@ -299,7 +299,7 @@ def _build(
     if force or not artifacts.verified("wasm", artifacts.wasm):
         if artifacts.wasm.exists() and not force:
             progress(f"the cached sandbox guest in {artifacts.directory} is corrupt; rebuilding it")
-        progress("building the sandbox guest (first use; this takes about 15 s)…")
+        progress("building the sandbox guest (first use; about 15 s)…")
         t0 = time.monotonic()
         tmp = artifacts.directory / f"build-{os.getpid()}.wasm"
         try:
@@ -309,7 +309,7 @@ def _build(
             tmp.unlink(missing_ok=True)
         artifacts.record("wasm", artifacts.wasm)
         progress(f"built the sandbox guest in {time.monotonic() - t0:.1f} s")
-    progress("compiling the sandbox guest (about 10 s)…")
+    progress("compiling the sandbox guest…")
     t0 = time.monotonic()
     try:
         serialized = compile_wasm(artifacts.wasm.read_bytes())
