@@ -164,6 +164,8 @@ class CodeMode:
                 tools = with_python_names(filter_pinned(tools, self._pins, self._policy), self._pins)
             # After pinning: what was observed never changes a pinned definition.
             tools = [self._with_observed_output(t) for t in tools]
+            # codemode's own read_resource definitions: nothing a server could change, so not pinned.
+            tools += self._hub.resource_tools() if self._hub is not None else []
             self._tools, self._index, self._cache_key = tools, None, key
         return self._tools
 

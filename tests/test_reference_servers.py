@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from codemode import CodeMode, parse_config
+from codemode import CodeMode, Hub, ToolCallFailed, ToolError, parse_config
 from tests.reference_servers import Unavailable, npm_bin, time_server
 
 pytestmark = pytest.mark.anyio
@@ -149,3 +149,50 @@ node = (await memory.open_nodes(names=["report"]))["entities"][0]
     assert result.value["observation"] == f"report for {stamp}"
     assert (_root(cm) / "report.txt").read_text() == f"report for {stamp}\n"
     assert {c.namespace for c in result.tool_calls} == {"time", "filesystem", "memory"}
+
+
+async def test_a_program_follows_resource_links_in_the_namespace_that_returned_them(cm: CodeMode) -> None:
+    result = await run(
+        cm,
+        """
+import base64
+links = [b for b in await everything.get_resource_links(count=2) if isinstance(b, dict) and b["type"] == "resource_link"]
+out = []
+for link in links:
+    for part in await everything.read_resource(uri=link["uri"]):
+        text = part["text"] if "text" in part else base64.b64decode(part["blob"]).decode()
+        out.append((link["uri"], part["uri"], text.split(":")[0]))
+out
+""",
+    )
+    assert result.value == [
+        ["demo://resource/dynamic/blob/1", "demo://resource/dynamic/blob/1", "Resource 1"],
+        ["demo://resource/dynamic/text/2", "demo://resource/dynamic/text/2", "Resource 2"],
+    ]
+    assert [(c.namespace, c.tool) for c in result.tool_calls][1:] == [("everything", "read_resource")] * 2
+    stubs = cm.stubs(["everything.read_resource"])
+    assert "async def read_resource(*, uri: str) -> list[" in stubs
+    # Offered only where the server serves resources: the filesystem server lacks the
+    # capability; the time server declares it (as every official Python SDK server does)
+    # but lists no resource nor template.
+    readers = {t.namespace for t in cm.tools() if t.name == "read_resource"}
+    assert "everything" in readers and not readers & {"filesystem", "time"}
+    missing = await cm.execute("await everything.read_resource(uri='demo://no/such/resource')")
+    assert isinstance(missing.error, ToolCallFailed) and "demo://no/such/resource" in missing.error.message
+
+
+async def test_read_resource_obeys_the_servers_deny_list(tmp_path: Path) -> None:
+    entry = reference_config(tmp_path)["mcpServers"]["everything"]
+    config = parse_config({"mcpServers": {"everything": {**entry, "codemode": {"deny": ["read_*"]}}}})
+    async with CodeMode(config=config) as cm:
+        assert not any(t.name == "read_resource" for t in cm.tools())
+        # Not in the stubs, and refused on the host when called anyway.
+        result = await cm.execute(
+            "await _call_tool('everything', 'read_resource', {'uri': 'demo://resource/static/document/architecture.md'})"
+        )
+        assert isinstance(result.error, ToolCallFailed)
+        assert result.error.code == "unknown_tool"
+    async with Hub(config) as hub:
+        assert hub.resource_tools() == []
+        with pytest.raises(ToolError, match="not allowed"):
+            await hub.read_resource("everything", "demo://resource/dynamic/text/1")

@@ -63,6 +63,7 @@ from .._tools import Tool
 from . import stdio
 from .config import Config, HttpServer, ServerConfig, StdioServer
 from .logs import open_server_log, server_log_path
+from .resources import READ_RESOURCE, contents_value, read_resource_tool
 from .results import to_value
 
 __all__ = ["Hub", "ServerFailure", "ServerStatus"]
@@ -276,6 +277,38 @@ class Hub:
             raise ToolError("the MCP hub is closed")
         return await upstream.call(name, dict(arguments or {}))
 
+    def resource_tools(self) -> list[Tool]:
+        """A `read_resource` tool for each server that serves resources (see
+        `resources`; decided each time it connects), where its allow/deny lists
+        permit that name and it has no tool of its own by that name. Like
+        `tools()`, kept while the server reconnects; the same `Tool` objects
+        every time."""
+        tools: list[Tool] = []
+        for upstream in self._upstreams.values():
+            tool = upstream.resource_tool
+            if tool is None or not upstream.server.codemode.permits(READ_RESOURCE):
+                continue
+            if not any(t.name == READ_RESOURCE for t in upstream.tools):
+                tools.append(tool)
+        return tools
+
+    async def read_resource(self, namespace: str, uri: str) -> list[dict[str, Any]]:
+        """Read resource `uri` from the server with `namespace`: its contents, as
+        `resources.contents_value` gives them.
+
+        Raises `ServerUnavailable` if the server is not connected (after waiting
+        while it connects), and `ToolError` if the server is unknown, its allow/deny
+        lists do not permit a tool named `read_resource`, or the read fails or
+        times out."""
+        upstream = self._upstreams.get(namespace)
+        if upstream is None:
+            raise ToolError(f"there is no MCP server {namespace!r}")
+        if not upstream.server.codemode.permits(READ_RESOURCE):
+            raise ToolError(f"{namespace}.{READ_RESOURCE} is not allowed by the codemode configuration")
+        if self._closed or self._tg is None:
+            raise ToolError("the MCP hub is closed")
+        return await upstream.read_resource(uri)
+
     def redact(self, text: str) -> str:
         """`text` with every configured secret, in every form `Redactor` knows, replaced by `***`."""
         return self._redactor.text(text)
@@ -295,6 +328,8 @@ class _Upstream:
         self.hub = hub
         self.namespace = server.namespace
         self.tools: list[Tool] = []
+        self.resource_tool: Tool | None = None
+        """Its `read_resource`, if it serves resources (see `_probe_resources`)."""
         self.state: State = "connecting"
         self.failure: ServerFailure | None = None
         self._schemas: dict[str, Mapping[str, Any] | None] = {}
@@ -385,6 +420,7 @@ class _Upstream:
                 with scope:
                     async with self._connect() as client:
                         await self._refresh(client)
+                        await self._probe_resources(client)
                         scope.deadline = math.inf
                         marker.cancel()
                         self._client = client
@@ -532,6 +568,26 @@ class _Upstream:
             output_schema=inner if inner is not None else tool.output_schema,
         )
 
+    async def _probe_resources(self, client: Client) -> None:
+        """Decide whether the server serves resources: it declares the capability
+        and lists at least one resource or resource template. (The official
+        Python SDK declares the capability for every server, so the capability
+        alone would give servers without a single resource a `read_resource`.)
+        Bounded by half the connect timeout; a probe that fails or runs out
+        leaves the server without the tool, and connected."""
+        serves = False
+        if client.server_capabilities.resources:
+            with anyio.move_on_after(self.server.codemode.connect_timeout / 2):
+                try:
+                    serves = bool((await client.list_resources()).resources)
+                    if not serves:
+                        serves = bool((await client.list_resource_templates()).resource_templates)
+                except Exception:  # an optional probe of an untrusted server must not fail its connection
+                    logger.info("MCP server %r: listing its resources failed", self.server.name, exc_info=True)
+        if serves != (self.resource_tool is not None):
+            self.resource_tool = read_resource_tool(self.namespace, self.hub.read_resource) if serves else None
+            self.hub._tools_changed()
+
     # -- calls -------------------------------------------------------------
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
@@ -564,6 +620,27 @@ class _Upstream:
         except ToolError as exc:
             # A server may echo what it was configured with; the model must not see it.
             raise ToolError(self.hub.redact(exc.message)) from None
+
+    async def read_resource(self, uri: str) -> list[dict[str, Any]]:
+        client = await self._ready_client()
+        where = f"{self.namespace}.{READ_RESOURCE}({uri[:200]!r})"
+        timeout = self.server.codemode.timeout
+        try:
+            with anyio.fail_after(timeout):
+                result = await client.read_resource(uri)
+        except TimeoutError:
+            raise ToolError(f"{where} timed out after {timeout:g} s") from None
+        except MCPError as exc:
+            raise self._call_error(where, client, exc) from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            self._lost()
+            raise ToolError(
+                f"{where} failed: the connection to the MCP server was lost "
+                f"({type(exc).__name__}); it is reconnected in the background"
+            ) from None
+        except pydantic.ValidationError as exc:  # the SDK's model of the result refused it
+            raise ToolError(f"{where} failed: the server's answer is malformed: {_describe(exc)}") from None
+        return contents_value(result)
 
     def _call_error(self, where: str, client: Client, exc: MCPError) -> ToolError:
         marker = exc.data.get("codemode") if isinstance(exc.data, dict) else None

@@ -11,7 +11,8 @@
    - image / audio: `{"type", "mimeType", "data" (base64), "size" (bytes)}`;
    - embedded resource: `{"type": "resource", "uri", "mimeType", "text"}` or with
      `"blob"` (base64) and `"size"` instead of `"text"`;
-   - resource link: `{"type": "resource_link", "uri", "name", ...}`;
+   - resource link: `{"type": "resource_link", "uri", "name", ...}`, which model
+     code follows with the server's `read_resource` (see `resources`);
    - anything else: the block minus `annotations`/`_meta`. Nothing is dropped.
 
 The mapping reads the wire shape (camelCase JSON), so it does not depend on the
