@@ -135,7 +135,9 @@ def test_an_unavailable_server_is_reported_once(tmp_path: Path) -> None:
     config["mcpServers"]["broken"] = {"command": str(tmp_path / "no-such-server")}
     path = tmp_path / "mcp.json"
     path.write_text(json.dumps(config))
-    proc = codemode("run", "--config", str(path), stdin="len(await weather.list_cities())")
+    # Long enough for the hub to retry the broken server in the background (after 1 s, then 2 s).
+    program = "import asyncio\nawait asyncio.sleep(3.5)\nlen(await weather.list_cities())"
+    proc = codemode("run", "--config", str(path), stdin=program)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "5"
     assert proc.stderr.count("is unavailable") == 1, proc.stderr

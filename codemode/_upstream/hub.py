@@ -442,7 +442,10 @@ class _Upstream:
             self._client = None
             if ready_at is None:
                 failure = self._failure(exc)
-                logger.warning("MCP server %r is unavailable: %s", self.server.name, failure.message)
+                # Each retry that fails the same way is not news: shown once, then at info.
+                repeated = self.failure is not None and self.failure.message == failure.message
+                level = logging.INFO if repeated else logging.WARNING
+                logger.log(level, "MCP server %r is unavailable: %s", self.server.name, failure.message)
                 self._set_settled("unavailable", failure)
                 return None
             # The session died under us (a crashed child, a dropped HTTP session).
