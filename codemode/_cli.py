@@ -257,6 +257,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_backend_flag(serve)
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help=_env(
+            "where background runs live: 'memory' (this process, the default) or redis://HOST:PORT/DB, shared "
+            "by every replica of a fleet (needs pip install 'codemode[redis]')",
+            "store",
+            True,
+        ),
+    )
+    serve.add_argument(
+        "--replica-id", help=_env("this replica's name in a fleet (default hostname-pid)", "replica_id", True)
+    )
+    serve.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help=_env(
+            "with --store redis: a replica silent this long is taken for dead; its running runs fail "
+            "with replica_lost (default 5)",
+            "lease",
+            True,
+        ),
+    )
+    serve.add_argument(
         "--shutdown-grace",
         type=float,
         help=_env(

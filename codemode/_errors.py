@@ -3,6 +3,7 @@
     CodemodeError
     ├── SandboxUnavailable        sandbox_unavailable   the guest could not be built or loaded
     ├── ConfigError               config_error          a bad configuration (by path and field)
+    ├── StoreUnavailable          store_unavailable     the shared run store (Redis) cannot be reached
     ├── ToolError                 tool_error            raised by a tool to fail a call cleanly
     │   ├── ServerUnavailable     server_unavailable    the tool's MCP server is down (retried in the background)
     │   └── UpstreamResultTooLarge tool_result_too_large an MCP server's answer was over the host's cap
@@ -68,6 +69,7 @@ __all__ = [
     "ServiceBusy",
     "ServiceError",
     "ServiceUnreachable",
+    "StoreUnavailable",
     "ToolCallFailed",
     "ToolCallLimitExceeded",
     "ToolError",
@@ -106,6 +108,12 @@ class ConfigError(CodemodeError):
     """A configuration is invalid."""
 
     code = "config_error"
+
+
+class StoreUnavailable(CodemodeError):
+    """The shared run store (Redis) could not be reached or refused a command."""
+
+    code = "store_unavailable"
 
 
 class ToolError(CodemodeError):

@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -61,8 +63,9 @@ from .models import (
     SearchResponse,
     ServersResponse,
 )
-from .runs import Admission, Busy, Executor, Run, RunStore, Ticket
+from .runs import Admission, Busy, Executor, RunStore, Ticket
 from .settings import ServeSettings
+from .store import Runs
 
 __all__ = ["HttpSettings", "cli_main", "create_app"]
 
@@ -115,6 +118,14 @@ class HttpSettings:
     max_store_bytes: int = 256 * 2**20
     retry_after_s: int = 1
     sse_ping_s: float = 15.0
+    store: str | None = None
+    """Where background runs live: None (or "memory") for this process's memory,
+    `redis://…` (or `rediss://`, `unix://`) for a Redis shared by a fleet of replicas."""
+    replica_id: str | None = None
+    """This replica's name in a fleet (default: hostname-pid)."""
+    lease_s: float = 5.0
+    """A replica that has not renewed its lease for this long is taken for dead:
+    its running runs fail with `replica_lost`, its unstarted ones go back to the queue."""
     cancel_wait_s: float = 5.0
     """How long DELETE waits for a cancelled run to wind down before answering."""
 
@@ -151,6 +162,10 @@ class HttpSettings:
             out.append("--max-body-bytes must be at least 1")
         if self.max_store_bytes < 1:
             out.append("--max-store-mb (or $CODEMODE_MAX_STORE_MB) must be a positive number of MB")
+        if self.store not in (None, "", "memory") and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            out.append(f"--store must be 'memory' or a redis://, rediss:// or unix:// URL, not {self.store!r}")
+        if self.lease_s <= 0:
+            out.append("the replica lease must be a positive number of seconds")
         if not 0 <= self.port <= 65535:
             out.append("--port must be between 0 and 65535")
         return out
@@ -296,12 +311,15 @@ class Drain:
     """A stopping service: `begin()` refuses new runs, `expire()` cancels those
     still running; both answer 503 `shutting_down` in the usual problem shape."""
 
-    def __init__(self) -> None:
+    def __init__(self, runs: Runs | None = None) -> None:
         self.stopping = False
         self.expired = anyio.Event()
+        self._runs = runs
 
     def begin(self) -> None:
         self.stopping = True
+        if self._runs is not None:
+            self._runs.stop_intake()
 
     def expire(self) -> None:
         self.stopping = True
@@ -326,14 +344,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
     executor = Executor(cm, metrics)
-    runs = RunStore(
-        executor,
-        admission,
-        ttl_s=settings.run_ttl_s,
-        max_finished=settings.max_finished_runs,
-        max_events=settings.max_events_per_run,
-        max_bytes=settings.max_store_bytes,
-    )
+    runs = _open_store(settings, executor, admission)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -355,7 +366,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         responses=_PROBLEMS,
     )
     app.state.metrics = metrics
-    drain = app.state.drain = Drain()
+    drain = app.state.drain = Drain(runs)
     app.state.runs = runs
     _install_error_handlers(app)
 
@@ -393,18 +404,20 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     async def start_run(body: ExecuteRequest, request: Request) -> Response:
         drain.refuse_if_stopping()
-        run = runs.start(body.code, limits_for(body), trace=body.trace, owner=_client(request))
+        info = await runs.submit(body.code, limits_for(body), trace=body.trace, owner=_client(request))
         return JSONResponse(
-            {"id": run.id, "status": run.status}, status_code=202, headers={"Location": f"/v1/runs/{run.id}"}
+            {"id": info["id"], "status": info["status"]},
+            status_code=202,
+            headers={"Location": f"/v1/runs/{info['id']}"},
         )
 
-    def find_run(run_id: str, request: Request) -> Run:
+    async def find_run(run_id: str, request: Request) -> dict[str, Any]:
         # Another client's run answers exactly as a run that never existed.
         client = _client(request)
-        run = runs.get(run_id, client)
-        if run is not None:
-            return run
-        why = runs.forgotten(run_id, client)
+        info = await runs.info(run_id, client)
+        if info is not None:
+            return info
+        why = await runs.why_forgotten(run_id, client)
         if why is not None:
             detail = f"run {run_id!r} has finished and is no longer kept: {why}"
             raise ApiError(404, "run_expired", detail, title="Run no longer kept")
@@ -416,7 +429,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
 
     @app.get("/v1/runs/{run_id}", response_model=RunInfo, tags=["runs"], summary="A run's status and result")
     async def get_run(run_id: str, request: Request) -> Response:
-        return JSONResponse(find_run(run_id, request).info())
+        return JSONResponse(await find_run(run_id, request))
 
     @app.get(
         "/v1/runs/{run_id}/events",
@@ -435,9 +448,9 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     async def run_events(
         run_id: str, request: Request, last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None
     ) -> Response:
-        run = find_run(run_id, request)
+        await find_run(run_id, request)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        stream = (_sse(name, seq, data) async for name, seq, data in run.subscribe(after, settings.sse_ping_s))
+        stream = (_sse(name, seq, data) async for name, seq, data in runs.events(run_id, after, settings.sse_ping_s))
         return StreamingResponse(
             stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -451,12 +464,10 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         "state (`cancelled`, or its final status if it had already finished).",
     )
     async def cancel_run(run_id: str, request: Request) -> Response:
-        run = find_run(run_id, request)
-        if not run.finished:
-            run.cancel()
-            with anyio.move_on_after(settings.cancel_wait_s):
-                await run.done.wait()
-        return JSONResponse(run.info())
+        info = await find_run(run_id, request)
+        if info["status"] in ("queued", "running"):
+            info = await runs.cancel(run_id, settings.cancel_wait_s) or info
+        return JSONResponse(info)
 
     _add_catalog_routes(app, cm)
     _add_ops_routes(app, cm, metrics)
@@ -475,6 +486,36 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     app.add_middleware(Guard, settings=settings.guard(), on_reject=lambda code: metrics.rejected.inc(reason=code))
     return app
+
+
+def _open_store(settings: HttpSettings, executor: Executor, admission: Admission) -> Runs:
+    """The run store `settings.store` names (this process's memory by default).
+
+    Raises `ImportError` naming the extra to install if Redis is asked for without its client."""
+    if settings.store in (None, "", "memory"):
+        return RunStore(
+            executor,
+            admission,
+            ttl_s=settings.run_ttl_s,
+            max_finished=settings.max_finished_runs,
+            max_events=settings.max_events_per_run,
+            max_bytes=settings.max_store_bytes,
+        )
+    from .redis_store import RedisRunStore
+
+    return RedisRunStore(
+        settings.store,
+        executor,
+        admission,
+        replica_id=settings.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+        ttl_s=settings.run_ttl_s,
+        max_finished=settings.max_finished_runs,
+        max_events=settings.max_events_per_run,
+        max_bytes=settings.max_store_bytes,
+        max_queued=settings.queue,
+        lease_s=settings.lease_s,
+        retry_after_s=settings.retry_after_s,
+    )
 
 
 def _client(request: Request) -> str:
@@ -619,6 +660,9 @@ def cli_main(options: ServeSettings) -> int:
         queue=options.queue,
         max_body_bytes=options.max_body_bytes,
         max_store_bytes=int(options.max_store_mb * 2**20),
+        store=options.store,
+        replica_id=options.replica_id,
+        lease_s=options.lease,
     )
     for message in settings.problems():
         print(f"codemode: {message}", file=sys.stderr)
@@ -630,6 +674,9 @@ def cli_main(options: ServeSettings) -> int:
         print("codemode: stopped", file=sys.stderr)
         return EXIT_OK
     except (ConfigError, SandboxUnavailable) as exc:
+        print(f"codemode: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ImportError as exc:  # an optional extra, e.g. the Redis client for --store redis://
         print(f"codemode: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
 

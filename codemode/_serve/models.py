@@ -148,6 +148,9 @@ class RunInfo(BaseModel):
     finished_at: float | None
     result: ExecuteResponse | None = Field(description="Once the run succeeded or failed.")
     error: Problem | None = Field(default=None, description="Set if the service itself could not carry out the run.")
+    replica: str | None = Field(
+        default=None, description="The replica carrying out the run, in a fleet (`--store redis://…`); else null."
+    )
 
 
 class ServerOut(BaseModel):

@@ -129,6 +129,7 @@ class Admission:
     """A bounded queue in front of the runner; everything runs on one event loop."""
 
     def __init__(self, *, max_running: int, max_waiting: int, retry_after_s: int = 1) -> None:
+        self.max_running = max_running
         self.capacity = max_running + max_waiting
         self.retry_after_s = retry_after_s
         self.admitted = 0
@@ -139,11 +140,18 @@ class Admission:
     def waiting(self) -> int:
         return self.admitted - self.running
 
-    def reserve(self) -> Ticket:
+    @property
+    def has_room(self) -> bool:
+        """A running slot is free and nobody here waits for one."""
+        return self.admitted < self.max_running
+
+    def reserve(self, *, queued_elsewhere: bool = False) -> Ticket:
         """A place in the queue, taken now (no await, so no race on the loop).
+        `queued_elsewhere`: the run was admitted by a shared queue (a fleet's),
+        so this one's bound does not apply.
 
         Raises `Busy` when the queue is full."""
-        if self.admitted >= self.capacity:
+        if self.admitted >= self.capacity and not queued_elsewhere:
             raise Busy(self.retry_after_s)
         self.admitted += 1
         return Ticket(self)
@@ -319,6 +327,7 @@ class Run:
             "finished_at": self.finished_at,
             "result": self.result.to_dict(trace=self.trace) if self.result is not None else None,
             "error": self.failure,
+            "replica": None,
         }
 
 
@@ -386,6 +395,40 @@ class RunStore:
         # run's span is a child of the request's `traceparent`.
         self._tg.start_soon(self._drive, run, ticket)
         return run
+
+    # -- `store.Runs`, the seam the app uses ------------------------------------------------------------------------
+
+    async def submit(self, code: str, limits: Limits, *, trace: bool, owner: str) -> dict[str, Any]:
+        return self.start(code, limits, trace=trace, owner=owner).info()
+
+    async def info(self, run_id: str, owner: str) -> dict[str, Any] | None:
+        run = self.get(run_id, owner)
+        return run.info() if run is not None else None
+
+    async def why_forgotten(self, run_id: str, owner: str) -> str | None:
+        return self.forgotten(run_id, owner)
+
+    async def events(self, run_id: str, after: int, ping_s: float) -> AsyncIterator[tuple[str, int | None, Any]]:
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        async for item in run.subscribe(after, ping_s):
+            yield item
+
+    async def cancel(self, run_id: str, wait_s: float) -> dict[str, Any] | None:
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        if not run.finished:
+            run.cancel()
+            with anyio.move_on_after(wait_s):
+                await run.done.wait()
+        return run.info()
+
+    def stop_intake(self) -> None:
+        pass  # runs start where they are submitted, and the app refuses new ones while stopping
+
+    # -- the in-process API ------------------------------------------------------------------------------------------
 
     def get(self, run_id: str, owner: str = "anonymous") -> Run | None:
         """The run, if it is kept and `owner` started it."""

@@ -107,6 +107,12 @@ class ServeSettings(_CommandSettings):
     """Memory for background runs' results and events; the oldest finished runs are forgotten beyond it."""
     shutdown_grace: float = Field(default=10.0, ge=0)
     """Seconds runs in flight may take to finish after SIGTERM before they are answered 503."""
+    store: str | None = None
+    """Where background runs live: "memory" (the default) or a redis:// URL shared by a fleet."""
+    replica_id: str | None = None
+    """This replica's name in a fleet (default hostname-pid)."""
+    lease: float = Field(default=5.0, gt=0)
+    """Seconds a silent replica of a fleet is given before it is taken for dead."""
 
 
 class McpSettings(_CommandSettings):

@@ -1,0 +1,643 @@
+"""Runs kept in Redis, so that any replica of a fleet answers for any run.
+
+Every replica of `codemode serve --store redis://…` is equal: it enqueues the
+runs it is sent, carries out runs it takes from the shared queue, and reads,
+streams and cancels any run. One Redis (or Valkey) holds, under `prefix`:
+
+    run:{id}        hash     owner, status, code until it ran, limits, times, result, error
+    ev:{id}         stream   the run's events; entry ids are 0-1, 0-2, … (`XADD 0-*`), so the
+                             SSE `id:` and `Last-Event-ID` stay the small integers they are in
+                             memory; the last entry ({end: 1}) says the run finished
+    queue           list     ids of runs no replica has taken
+    taken:{replica} list     ids a replica took (`BLMOVE` from `queue`): running or about to
+    lease:{replica} string   set with a TTL of `lease_s`, renewed three times a lease
+    replicas        set      replicas that hold or held a lease
+    finished        zset     finished run ids by finish time (server clock): retention
+    bytes, sizes    int/hash what all runs hold, and what each holds: the byte budget
+    gone:{id}       string   owner and why a forgotten run is gone (kept 24 h)
+    cancel          channel  ids of runs to cancel
+
+The queue is the "reliable queue" pattern (`BLMOVE` into a per-replica list),
+not a stream consumer group: a consumer group's pending list is built to
+re-deliver unacknowledged work (at-least-once), and a run's tool calls have
+side effects, so a run must never be carried out twice. With one list per
+replica, whoever finds a dead replica decides, in one Lua script, run by run:
+a run it had started fails with `replica_lost`; a run it had only taken goes
+back to the queue. A replica takes a run only when it has a free slot, so runs
+wait in the shared queue, where any replica with room takes them; `POST
+/v1/runs` answers 429 only when that queue holds `max_queued` runs. Task
+engines (arq, rq, saq, taskiq) were not used: they retry or re-deliver on
+worker loss, keep their own result format, and would add a dependency for a
+queue that is three Redis commands here.
+
+Every state change of a run is one Lua script, so two replicas never both
+finish, reap or start the same run; a replica that was taken for dead (it
+missed its lease) finds its runs no longer its own and stops them, and its
+late result is not written.
+
+Cancel: `DELETE` on any replica marks the run and publishes its id; the
+replica carrying it out cancels it on the message (sub-millisecond on a LAN),
+and checks the mark at each lease renewal in case the message was missed.
+
+Trust: Redis is trusted like this process's memory (anyone who can write to it
+can run code with the fleet's tools); give it a password and a private network.
+Times used for retention are Redis's clock, so replicas' clocks may differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._errors import CodemodeError, StoreUnavailable
+from .._limits import Limits
+from .runs import Admission, Busy, Executor, _json, _mb, _preview_event, _preview_result
+from .store import Event
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - exercised by installs without the extra
+    raise ImportError(
+        "a Redis run store needs the Redis client: pip install 'codemode[redis]' (or serve with --store memory)"
+    ) from exc
+
+__all__ = ["RedisRunStore"]
+
+logger = logging.getLogger("codemode.http")
+
+_GONE_TTL_S = 86_400
+_BATCH = 200
+
+# Shared by the scripts below: finish run `id` (status, result and error as JSON
+# text, "" for none) if it is `from_status` (and, if `owner_replica` is not "",
+# carried out by that replica). Marks the end of its event stream, records it
+# for retention and drops it from the replica's taken list.
+_FINISH = """
+local P = KEYS[1]
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function finish(id, status, result, err, held)
+  local run = P .. 'run:' .. id
+  local replica = redis.call('HGET', run, 'replica')
+  local code = redis.call('HGET', run, 'code') or ''
+  local at = now()
+  redis.call('HSET', run, 'status', status, 'result', result, 'error', err, 'finished_at', tostring(at))
+  redis.call('HDEL', run, 'code', 'limits')
+  local delta = tonumber(held) - string.len(code)
+  redis.call('HINCRBY', P .. 'sizes', id, delta)
+  redis.call('INCRBY', P .. 'bytes', delta)
+  redis.call('ZADD', P .. 'finished', at, id)
+  redis.call('XADD', P .. 'ev:' .. id, '0-*', 'end', '1')
+  if replica then redis.call('LREM', P .. 'taken:' .. replica, 0, id) end
+  return at
+end
+"""
+
+# KEYS[1]=prefix; ARGV: id owner code limits trace created_at max_queued
+_SUBMIT = """
+local P = KEYS[1]
+if redis.call('LLEN', P .. 'queue') >= tonumber(ARGV[7]) then return 0 end
+local run = P .. 'run:' .. ARGV[1]
+redis.call('HSET', run, 'owner', ARGV[2], 'status', 'queued', 'code', ARGV[3], 'limits', ARGV[4],
+  'trace', ARGV[5], 'created_at', ARGV[6])
+local size = string.len(ARGV[3])
+redis.call('HSET', P .. 'sizes', ARGV[1], size)
+redis.call('INCRBY', P .. 'bytes', size)
+redis.call('LPUSH', P .. 'queue', ARGV[1])
+return 1
+"""
+
+# ARGV: id replica started_at -> {code, limits, trace} if the run was queued (now running), else false
+_CLAIM = """
+local P = KEYS[1]
+local run = P .. 'run:' .. ARGV[1]
+if redis.call('HGET', run, 'status') ~= 'queued' then
+  redis.call('LREM', P .. 'taken:' .. ARGV[2], 0, ARGV[1])
+  return false
+end
+redis.call('HSET', run, 'status', 'running', 'replica', ARGV[2], 'started_at', ARGV[3])
+return redis.call('HMGET', run, 'code', 'limits', 'trace')
+"""
+
+# ARGV: id replica status result error held -> 1 if written, 0 if the run is no longer this replica's
+_COMPLETE = (
+    _FINISH
+    + """
+local run = P .. 'run:' .. ARGV[1]
+if redis.call('HGET', run, 'status') ~= 'running' or redis.call('HGET', run, 'replica') ~= ARGV[2] then
+  redis.call('LREM', P .. 'taken:' .. ARGV[2], 0, ARGV[1])
+  return 0
+end
+finish(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return 1
+"""
+)
+
+# ARGV: id -> the status before: a queued run is cancelled here; a running one is marked and announced
+_CANCEL = (
+    _FINISH
+    + """
+local run = P .. 'run:' .. ARGV[1]
+local status = redis.call('HGET', run, 'status')
+if status == 'queued' then
+  redis.call('LREM', P .. 'queue', 0, ARGV[1])
+  finish(ARGV[1], 'cancelled', '', '', 0)
+elseif status == 'running' then
+  redis.call('HSET', run, 'cancel', '1')
+  redis.call('PUBLISH', P .. 'cancel', ARGV[1])
+end
+return status
+"""
+)
+
+# ARGV: replica error-json -> runs failed, runs requeued; nothing if its lease is back
+_REAP = (
+    _FINISH
+    + """
+if redis.call('EXISTS', P .. 'lease:' .. ARGV[1]) == 1 then return {0, 0} end
+local taken = P .. 'taken:' .. ARGV[1]
+local lost, requeued = 0, 0
+for _, id in ipairs(redis.call('LRANGE', taken, 0, -1)) do
+  local run = P .. 'run:' .. id
+  local status = redis.call('HGET', run, 'status')
+  if status == 'running' and redis.call('HGET', run, 'replica') == ARGV[1] then
+    finish(id, 'failed', '', ARGV[2], string.len(ARGV[2]))
+    lost = lost + 1
+  elseif status == 'queued' then
+    redis.call('RPUSH', P .. 'queue', id)
+    requeued = requeued + 1
+  end
+end
+redis.call('DEL', taken)
+redis.call('SREM', P .. 'replicas', ARGV[1])
+return {lost, requeued}
+"""
+)
+
+# ARGV: ttl max_finished max_bytes gone_ttl why_ttl why_count why_bytes -> runs forgotten (at most 200 a call)
+_PRUNE = (
+    _FINISH
+    + """
+local t = now()
+local n = 0
+while n < 200 do
+  local first = redis.call('ZRANGE', P .. 'finished', 0, 0, 'WITHSCORES')
+  if #first == 0 then break end
+  local id, at = first[1], tonumber(first[2])
+  local why
+  if t - at > tonumber(ARGV[1]) then why = ARGV[5]
+  elseif redis.call('ZCARD', P .. 'finished') > tonumber(ARGV[2]) then why = ARGV[6]
+  elseif tonumber(redis.call('GET', P .. 'bytes') or '0') > tonumber(ARGV[3]) then why = ARGV[7]
+  else break end
+  local run = P .. 'run:' .. id
+  local owner = redis.call('HGET', run, 'owner')
+  redis.call('DECRBY', P .. 'bytes', tonumber(redis.call('HGET', P .. 'sizes', id) or '0'))
+  redis.call('HDEL', P .. 'sizes', id)
+  redis.call('DEL', run, P .. 'ev:' .. id)
+  redis.call('ZREM', P .. 'finished', id)
+  if owner then redis.call('SET', P .. 'gone:' .. id, owner .. '\\n' .. why, 'EX', ARGV[4]) end
+  n = n + 1
+end
+return n
+"""
+)
+
+
+def _problem(code: str, detail: str, status: int) -> dict[str, Any]:
+    return {"code": code, "title": "The run could not be carried out", "detail": detail, "status": status}
+
+
+@dataclass(eq=False)
+class _Local:
+    """A run this replica took: its cancel scope and the events not yet written."""
+
+    id: str
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    cancelled_by_user: bool = False
+    lost: bool = False
+    pending: deque[dict[str, Any]] = field(default_factory=deque)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    sizes: deque[int] = field(default_factory=deque)
+    """Sizes of the events in Redis (the last `max_events`), for the byte budget."""
+    held: int = 0
+
+
+class RedisRunStore:
+    """A `store.Runs` in Redis, shared by every replica; an async context manager
+    that, while open, renews this replica's lease, takes runs from the queue up
+    to the local capacity, listens for cancels and finds dead replicas.
+
+    Raises `StoreUnavailable` (on open, or from any method) if Redis cannot be reached."""
+
+    def __init__(
+        self,
+        url: str,
+        executor: Executor,
+        admission: Admission,
+        *,
+        replica_id: str,
+        ttl_s: float = 600.0,
+        max_finished: int = 200,
+        max_events: int = 1_000,
+        max_bytes: int = 256 * 2**20,
+        max_queued: int = 16,
+        lease_s: float = 5.0,
+        retry_after_s: int = 1,
+        prefix: str = "codemode:",
+    ) -> None:
+        self.url = url
+        self.executor = executor
+        self.admission = admission
+        self.replica_id = replica_id
+        # This process's name in Redis: a restarted replica with the same id is another
+        # incarnation, so its predecessor's runs are still found dead.
+        self.me = f"{replica_id}~{secrets.token_hex(4)}"
+        self.ttl_s = ttl_s
+        self.max_finished = max_finished
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_queued = max_queued
+        self.lease_s = lease_s
+        self.retry_after_s = retry_after_s
+        self.prefix = prefix
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, decode_responses=True, encoding_errors="surrogatepass", health_check_interval=30
+        )
+        self._scripts = {
+            name: self.redis.register_script(text)
+            for name, text in [
+                ("submit", _SUBMIT),
+                ("claim", _CLAIM),
+                ("complete", _COMPLETE),
+                ("cancel", _CANCEL),
+                ("reap", _REAP),
+                ("prune", _PRUNE),
+            ]
+        }
+        self._local: dict[str, _Local] = {}
+        self._intake = True
+        self._room = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._runs_tg: TaskGroup | None = None
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + "".join(parts)
+
+    async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
+        """The answer (as redis-py gives it: untyped), or `StoreUnavailable`."""
+        try:
+            return await awaitable
+        except RedisError as exc:
+            raise StoreUnavailable(f"the run store (Redis) failed to {what}: {exc}") from exc
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        return await self._call(f"run {name}", self._scripts[name](keys=[self.prefix], args=list(args)))
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._call("answer a ping", self.redis.ping())
+        await self._renew()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._runs_tg = anyio.create_task_group()
+        await self._runs_tg.__aenter__()
+        self._tg.start_soon(self._keep_lease)
+        self._tg.start_soon(self._listen_for_cancels)
+        self._tg.start_soon(self._take_runs)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        """Stop taking runs, stop those running here (they fail with `shutting_down`),
+        hand back runs taken but not started, and give up the lease."""
+        self._intake = False
+        runs_tg, self._runs_tg = self._runs_tg, None
+        tg, self._tg = self._tg, None
+        if runs_tg is not None:
+            runs_tg.cancel_scope.cancel()
+            await runs_tg.__aexit__(None, None, None)
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self.redis.delete(self._key("lease:", self.me))
+                await self._reap(self.me)
+            except (RedisError, StoreUnavailable) as exc:
+                logger.warning("could not hand back this replica's runs on stopping: %s", exc)
+            await self.redis.aclose()
+        return None
+
+    def stop_intake(self) -> None:
+        self._intake = False
+        self._room.set()
+
+    # -- the `store.Runs` seam ----------------------------------------------------------------------------------------
+
+    async def submit(self, code: str, limits: Limits, *, trace: bool, owner: str) -> dict[str, Any]:
+        run_id = "run_" + secrets.token_urlsafe(12)
+        created = time.time()
+        limits_json = json.dumps(dataclasses.asdict(limits))
+        accepted = await self._script(
+            "submit", run_id, owner, code, limits_json, "1" if trace else "", repr(created), self.max_queued
+        )
+        if not accepted:
+            raise Busy(self.retry_after_s)
+        return {
+            "id": run_id,
+            "status": "queued",
+            "created_at": created,
+            "started_at": None,
+            "finished_at": None,
+            "result": None,
+            "error": None,
+            "replica": None,
+        }
+
+    async def info(self, run_id: str, owner: str) -> dict[str, Any] | None:
+        fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+        if not fields or fields.get("owner") != owner:
+            return None
+        return self._info(run_id, fields)
+
+    @staticmethod
+    def _info(run_id: str, fields: dict[str, str]) -> dict[str, Any]:
+        def number(name: str) -> float | None:
+            value = fields.get(name)
+            return float(value) if value else None
+
+        return {
+            "id": run_id,
+            "status": fields.get("status", "queued"),
+            "created_at": number("created_at") or 0.0,
+            "started_at": number("started_at"),
+            "finished_at": number("finished_at"),
+            "result": json.loads(fields["result"]) if fields.get("result") else None,
+            "error": json.loads(fields["error"]) if fields.get("error") else None,
+            "replica": fields.get("replica", "").split("~")[0] or None,
+        }
+
+    async def why_forgotten(self, run_id: str, owner: str) -> str | None:
+        entry = await self._call("read a forgotten run", self.redis.get(self._key("gone:", run_id)))
+        if not entry:
+            return None
+        who, _, why = entry.partition("\n")
+        return why if who == owner else None
+
+    async def events(self, run_id: str, after: int, ping_s: float) -> AsyncIterator[Event]:
+        stream = self._key("ev:", run_id)
+        first = True
+        while True:
+            entries = await self._call("read events", self.redis.xrange(stream, f"(0-{after}", "+", count=_BATCH))
+            if first and entries:
+                lost = int(entries[0][0].split("-")[1]) - (after + 1)
+                if lost > 0:
+                    yield "events_dropped", None, {"count": lost}
+            first = False
+            for entry_id, data in entries:
+                seq = int(entry_id.split("-")[1])
+                after = seq
+                if "end" in data:
+                    fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+                    if fields:
+                        yield "result", None, self._info(run_id, fields)
+                    return
+                event = json.loads(data["e"])
+                yield str(event.get("type", "event")), seq, event
+            if len(entries) == _BATCH:
+                continue
+            got = await self._call(
+                "wait for events", self.redis.xread({stream: f"0-{after}"}, count=1, block=max(1, int(ping_s * 1000)))
+            )
+            if not got:
+                if not await self._call("read a run", self.redis.exists(self._key("run:", run_id))):
+                    return  # forgotten while we waited
+                yield "ping", None, None
+
+    async def cancel(self, run_id: str, wait_s: float) -> dict[str, Any] | None:
+        await self._script("cancel", run_id)
+        stream = self._key("ev:", run_id)
+        with anyio.move_on_after(wait_s):
+            while True:
+                fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+                if not fields:
+                    return None
+                if fields.get("status") not in ("queued", "running"):
+                    return self._info(run_id, fields)
+                # Woken by the run's next event (its end, most likely), or in 0.1 s.
+                await self._call("wait for a run", self.redis.xread({stream: "$"}, count=1, block=100))
+        fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+        return self._info(run_id, fields) if fields else None
+
+    # -- carrying out runs --------------------------------------------------------------------------------------------
+
+    async def _take_runs(self) -> None:
+        """Take a run from the queue whenever a local slot is free."""
+        blocking = aioredis.Redis.from_url(self.url, decode_responses=True, encoding_errors="surrogatepass")
+        try:
+            while self._intake:
+                if not self.admission.has_room:
+                    self._room = anyio.Event()
+                    with anyio.move_on_after(0.5):
+                        await self._room.wait()
+                    continue
+                try:
+                    run_id = await blocking.blmove(self._key("queue"), self._key("taken:", self.me), 1, "RIGHT", "LEFT")
+                except RedisError as exc:
+                    logger.warning("could not take runs from the store: %s; retrying", exc)
+                    await anyio.sleep(1)
+                    continue
+                if run_id is None:
+                    continue
+                if not self._intake or self._runs_tg is None:
+                    break  # left in our taken list: handed back when the store closes
+                local = self._local[str(run_id)] = _Local(str(run_id))
+                ticket = self.admission.reserve(queued_elsewhere=True)
+                self._runs_tg.start_soon(self._drive, local, ticket)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await blocking.aclose()
+
+    async def _drive(self, local: _Local, ticket: Any) -> None:
+        status, result_json, error_json = "cancelled", "", ""
+        started = False
+        try:
+            with local.scope:
+                async with ticket:
+                    claimed = await self._script("claim", local.id, self.me, repr(time.time()))
+                    if not claimed:
+                        return  # cancelled while it waited in the queue
+                    started = True
+                    code, limits_json, trace = claimed
+                    limits = Limits(**json.loads(limits_json))
+                    async with anyio.create_task_group() as writers:
+                        writers.start_soon(self._write_events, local)
+                        try:
+                            result = await self.executor.run(code, limits, lambda e: self._publish(local, e))
+                        finally:
+                            await self._flush(local)
+                            writers.cancel_scope.cancel()
+                    status = "succeeded" if result.ok else "failed"
+                    result_json = _json(_preview_result(result).to_dict(trace=bool(trace)))
+        except (StoreUnavailable, RedisError) as exc:
+            logger.error("run %s: the run store failed: %s", local.id, exc)
+            status, error_json = "failed", _json(_problem("store_unavailable", str(exc), 503))
+        except Exception as exc:  # top level of a background task: becomes the run's typed failure
+            logger.exception("run %s failed inside the service", local.id)
+            if isinstance(exc, CodemodeError):
+                problem = _problem(exc.code, exc.message, 503)
+            else:
+                problem = _problem("internal_error", "an unexpected error; see the server log", 500)
+            status, error_json = "failed", _json(problem)
+        finally:
+            ticket.release()
+            self._room.set()
+            self._local.pop(local.id, None)
+            if started and not local.lost:
+                if status == "cancelled" and not local.cancelled_by_user:
+                    status = "failed"
+                    error_json = _json(
+                        _problem("shutting_down", "the replica carrying out the run stopped before it finished", 503)
+                    )
+                held = len(result_json) + len(error_json) + local.held
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    try:
+                        written = await self._script(
+                            "complete", local.id, self.me, status, result_json, error_json, held
+                        )
+                        if not written:
+                            logger.warning("run %s was taken from this replica (lease lost); result dropped", local.id)
+                        await self._prune()
+                    except (StoreUnavailable, RedisError) as exc:
+                        logger.error("run %s: could not record its end: %s", local.id, exc)
+
+    def _publish(self, local: _Local, event: dict[str, Any]) -> None:
+        local.pending.append(_preview_event(event))
+        if len(local.pending) > self.max_events:
+            local.pending.popleft()  # it would be trimmed from the stream anyway
+        local.wake.set()
+
+    async def _write_events(self, local: _Local) -> None:
+        while True:
+            await local.wake.wait()
+            local.wake = anyio.Event()
+            await self._flush(local)
+
+    async def _flush(self, local: _Local) -> None:
+        """Write the pending events, in order, in one round trip."""
+        if not local.pending:
+            return
+        batch = list(local.pending)
+        local.pending.clear()
+        stream = self._key("ev:", local.id)
+        delta = 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in batch:
+                text = _json(event)
+                pipe.xadd(stream, {"e": text}, id="0-*", maxlen=self.max_events, approximate=False)
+                local.sizes.append(len(text))
+                delta += len(text)
+                if len(local.sizes) > self.max_events:
+                    delta -= local.sizes.popleft()
+            pipe.hincrby(self._key("sizes"), local.id, delta)
+            pipe.incrby(self._key("bytes"), delta)
+            await self._call("write events", pipe.execute())
+        local.held += delta
+
+    # -- leases, cancels, retention -----------------------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key("lease:", self.me), str(time.time()), px=max(1, int(self.lease_s * 1000)))
+            pipe.sadd(self._key("replicas"), self.me)
+            await self._call("renew the lease", pipe.execute())
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease three times a lease; then reap dead replicas, check this
+        replica's runs are still its own (and not cancelled), and prune."""
+        while True:
+            await anyio.sleep(self.lease_s / 3)
+            try:
+                await self._renew()
+                replicas = await self._call("list replicas", self.redis.smembers(self._key("replicas")))
+                for replica in replicas:
+                    if replica != self.me:
+                        await self._reap(replica)
+                await self._check_local()
+                await self._prune()
+            except StoreUnavailable as exc:
+                logger.warning("%s; retrying", exc)
+
+    async def _reap(self, replica: str) -> None:
+        lost = _json(
+            _problem(
+                "replica_lost",
+                f"the replica carrying out the run ({replica}) stopped answering; the run was not retried, "
+                "since its tool calls may have had effects",
+                503,
+            )
+        )
+        failed, requeued = await self._script("reap", replica, lost)
+        if failed or requeued:
+            logger.warning("replica %s is gone: %d runs failed, %d handed back to the queue", replica, failed, requeued)
+
+    async def _check_local(self) -> None:
+        ids = list(self._local)
+        if not ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hmget(self._key("run:", run_id), ["status", "replica", "cancel"])
+            rows = await self._call("check runs", pipe.execute())
+        for run_id, (status, replica, cancel) in zip(ids, rows):
+            local = self._local.get(run_id)
+            if local is None or status == "queued":
+                continue
+            if status != "running" or replica != self.me:
+                local.lost = True
+                local.scope.cancel()
+            elif cancel:
+                local.cancelled_by_user = True
+                local.scope.cancel()
+
+    async def _listen_for_cancels(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._key("cancel"))
+                    async for message in pubsub.listen():
+                        local = self._local.get(str(message.get("data")))
+                        if local is not None:
+                            local.cancelled_by_user = True
+                            local.scope.cancel()
+            except RedisError as exc:
+                logger.warning("lost the cancel channel: %s; resubscribing", exc)
+                await anyio.sleep(0.5)
+
+    async def _prune(self) -> None:
+        await self._script(
+            "prune",
+            self.ttl_s,
+            self.max_finished,
+            self.max_bytes,
+            _GONE_TTL_S,
+            f"finished runs are kept {self.ttl_s:g} s",
+            f"only the {self.max_finished} most recent finished runs are kept",
+            f"finished runs are forgotten, oldest first, to keep the run store within {_mb(self.max_bytes)}",
+        )

@@ -1,0 +1,178 @@
+"""The Redis run store behind two apps in one process (real uvicorn, real wasm,
+one real redis-server): work goes where there is room, 429 only when the
+fleet's queue is full, the same retention, byte budget and owners as in
+memory, a dead replica's unstarted runs run elsewhere, and an unreachable
+Redis is a typed 503.
+
+Skipped, with the reason, where redis-server or the redis client is absent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from codemode import CodeMode, HttpSettings, Tool, create_app
+from tests.test_http import _Server, assert_problem
+from tests.test_run_store import _FLOOD, SHOUT, SINK
+
+pytestmark = pytest.mark.anyio
+pytest_plugins = ["tests.fixtures.redis"]  # the `redis_url` fixture
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.opened = anyio.Event()
+        self.entered = 0
+
+    def tool(self) -> Tool:
+        async def gated() -> str:
+            self.entered += 1
+            await self.opened.wait()
+            return "opened"
+
+        return Tool(name="gated", fn=gated, description="Wait until the test opens the gate.")
+
+
+@contextlib.asynccontextmanager
+async def replica(tools: list[Tool], **settings: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with CodeMode(tools=tools) as cm:
+        app = create_app(cm, HttpSettings(**settings))
+        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            with anyio.fail_after(30):
+                await server.ready.wait()
+            port = server.servers[0].sockets[0].getsockname()[1]
+            try:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                    yield app, client
+            finally:
+                server.should_exit = True
+
+
+async def finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    with anyio.fail_after(30):
+        while True:
+            info: dict[str, Any] = (await client.get(f"/v1/runs/{run_id}")).json()
+            if info.get("status") in ("succeeded", "failed", "cancelled"):
+                return info
+            await anyio.sleep(0.02)
+
+
+async def test_a_full_replica_does_not_refuse_while_another_has_room_and_429_only_when_the_fleet_queue_is_full(
+    redis_url: str,
+) -> None:
+    gate_a, gate_b = Gate(), Gate()
+    common = {"store": redis_url, "max_concurrency": 1, "queue": 2}
+    async with (
+        replica([gate_a.tool()], replica_id="a", **common) as (_, a),
+        replica([gate_b.tool()], replica_id="b", **common) as (_, b),
+    ):
+        code = {"code": "await tools.gated()"}
+        ids = [(await a.post("/v1/runs", json=code)).json()["id"]]
+        with anyio.fail_after(10):
+            while gate_a.entered + gate_b.entered < 1:
+                await anyio.sleep(0.01)
+        # Sent to the same replica again: taken by the one with room.
+        ids.append((await a.post("/v1/runs", json=code)).json()["id"])
+        with anyio.fail_after(10):
+            while gate_a.entered + gate_b.entered < 2:
+                await anyio.sleep(0.01)
+        # Both busy: two wait in the fleet's queue, the next is refused by either replica.
+        queued = [await a.post("/v1/runs", json=code), await b.post("/v1/runs", json=code)]
+        refused = [await a.post("/v1/runs", json=code), await b.post("/v1/runs", json=code)]
+        waiting = [(await b.get(f"/v1/runs/{r.json()['id']}")).json()["status"] for r in queued]
+        gate_a.opened.set()
+        gate_b.opened.set()
+        infos = [await finished(b, r) for r in [*ids, *(q.json()["id"] for q in queued)]]
+
+    assert (gate_a.entered, gate_b.entered) >= (1, 1)
+    assert [r.status_code for r in queued] == [202, 202] and waiting == ["queued", "queued"]
+    for response in refused:
+        assert_problem(response, 429, "busy")
+        assert int(response.headers["retry-after"]) >= 1
+    assert [info["result"]["value"] for info in infos] == ["opened"] * 4
+    assert {info["replica"] for info in infos} == {"a", "b"}
+
+
+async def test_the_redis_store_keeps_the_same_byte_budget_retention_and_owners(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    budget = 2**18
+    tokens = {"alpha-token": "alice", "beta-token": "bob"}
+    async with replica([SINK, SHOUT], store=redis_url, max_store_bytes=budget, tokens=tokens) as (_, client):
+        client.headers["Authorization"] = "Bearer alpha-token"
+        db = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        ids, peak = [], 0
+        for _ in range(30):
+            ids.append((await client.post("/v1/runs", json={"code": _FLOOD, "trace": True})).json()["id"])
+            info = await finished(client, ids[-1])
+            assert info["status"] == "succeeded" and info["result"]["value"] == 100_000, info
+            peak = max(peak, int(await db.get("codemode:bytes") or 0))
+        first = await client.get(f"/v1/runs/{ids[0]}")
+        async with client.stream("GET", f"/v1/runs/{ids[-1]}/events") as response:
+            replay = [line async for line in response.aiter_lines() if line.startswith("data:")]
+        kept = [r for r in ids if (await client.get(f"/v1/runs/{r}")).status_code == 200]
+        as_bob = await client.get(f"/v1/runs/{ids[-1]}", headers={"Authorization": "Bearer beta-token"})
+        gone_for_bob = await client.get(f"/v1/runs/{ids[0]}", headers={"Authorization": "Bearer beta-token"})
+        held = int(await db.get("codemode:bytes") or 0)
+        await db.aclose()
+
+    assert peak <= budget and held <= budget, (peak, held)
+    assert 1 < len(kept) < 30 and kept == ids[-len(kept) :], "the oldest finished runs went first"
+    body = assert_problem(first, 404, "run_expired")
+    assert "0.25 MB" in body["detail"], body["detail"]
+    started = [json.loads(line[5:]) for line in replay if '"tool_call_started"' in line]
+    assert len(started) == 21 and started[0]["arguments_truncated"] is True
+    assert sum(len(line) for line in replay) < 100_000
+    assert_problem(as_bob, 404, "run_not_found")
+    assert_problem(gone_for_bob, 404, "run_not_found")
+
+
+async def test_a_run_taken_by_a_replica_that_died_before_starting_it_runs_elsewhere(redis_url: str) -> None:
+    """The moment between taking a run (BLMOVE) and starting it is microseconds
+    long, too short to kill a process in; so the dead replica's state is written
+    into Redis as it would be left, and the live replica must find it."""
+    import redis.asyncio as aioredis
+
+    async with replica([SINK], store=redis_url, replica_id="live", lease_s=0.6) as (_, client):
+        db = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        limits = json.dumps({"timeout": 10.0})
+        await db.hset(
+            "codemode:run:run_orphan",
+            mapping={"owner": "anonymous", "status": "queued", "code": "21 * 2", "limits": limits, "trace": ""},
+        )
+        await db.hset("codemode:run:run_orphan", "created_at", "1")
+        await db.lpush("codemode:taken:dead~0000", "run_orphan")
+        await db.sadd("codemode:replicas", "dead~0000")  # and no lease: it is gone
+        info = await finished(client, "run_orphan")
+        left = await db.exists("codemode:taken:dead~0000")
+        await db.aclose()
+
+    assert info["status"] == "succeeded" and info["result"]["value"] == 42 and info["replica"] == "live", info
+    assert left == 0
+
+
+async def test_an_unreachable_redis_is_a_typed_503_and_the_replica_stays_up(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    async with replica([SINK], store=redis_url) as (_, client):
+        created = await client.post("/v1/runs", json={"code": "1"})
+        db = aioredis.Redis.from_url(redis_url)
+        with contextlib.suppress(Exception):
+            await db.shutdown(nosave=True)  # the server goes away for good
+        down = [await client.post("/v1/runs", json={"code": "1"}), await client.get(f"/v1/runs/{created.json()['id']}")]
+        health = await client.get("/healthz")
+        execute = await client.post("/v1/execute", json={"code": "2"})
+
+    for response in down:
+        assert_problem(response, 503, "store_unavailable")
+    assert health.status_code == 200 and execute.json()["value"] == 2
