@@ -78,6 +78,7 @@ __all__ = ["RedisRunStore"]
 logger = logging.getLogger("codemode.http")
 
 _GONE_TTL_S = 86_400
+_FIELDS = ["owner", "status", "created_at", "started_at", "finished_at", "result", "error", "replica"]
 _BATCH = 200
 
 # Shared by the scripts below: finish run `id` (status, result and error as JSON
@@ -234,6 +235,8 @@ class _Local:
     sizes: deque[int] = field(default_factory=deque)
     """Sizes of the events in Redis (the last `max_events`), for the byte budget."""
     held: int = 0
+    writing: anyio.Lock = field(default_factory=anyio.Lock)
+    """One batch of events in flight at a time, so they reach the stream in order."""
 
 
 class RedisRunStore:
@@ -371,10 +374,15 @@ class RedisRunStore:
         }
 
     async def info(self, run_id: str, owner: str) -> dict[str, Any] | None:
-        fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+        fields = await self._read(run_id)
         if not fields or fields.get("owner") != owner:
             return None
         return self._info(run_id, fields)
+
+    async def _read(self, run_id: str) -> dict[str, str]:
+        """The run's fields but its code (empty if the run is not kept)."""
+        values = await self._call("read a run", self.redis.hmget(self._key("run:", run_id), _FIELDS))
+        return {name: value for name, value in zip(_FIELDS, values) if value is not None}
 
     @staticmethod
     def _info(run_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -414,7 +422,7 @@ class RedisRunStore:
                 seq = int(entry_id.split("-")[1])
                 after = seq
                 if "end" in data:
-                    fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+                    fields = await self._read(run_id)
                     if fields:
                         yield "result", None, self._info(run_id, fields)
                     return
@@ -435,14 +443,14 @@ class RedisRunStore:
         stream = self._key("ev:", run_id)
         with anyio.move_on_after(wait_s):
             while True:
-                fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+                fields = await self._read(run_id)
                 if not fields:
                     return None
                 if fields.get("status") not in ("queued", "running"):
                     return self._info(run_id, fields)
                 # Woken by the run's next event (its end, most likely), or in 0.1 s.
                 await self._call("wait for a run", self.redis.xread({stream: "$"}, count=1, block=100))
-        fields = await self._call("read a run", self.redis.hgetall(self._key("run:", run_id)))
+        fields = await self._read(run_id)
         return self._info(run_id, fields) if fields else None
 
     # -- carrying out runs --------------------------------------------------------------------------------------------
@@ -541,6 +549,10 @@ class RedisRunStore:
 
     async def _flush(self, local: _Local) -> None:
         """Write the pending events, in order, in one round trip."""
+        async with local.writing:
+            await self._write(local)
+
+    async def _write(self, local: _Local) -> None:
         if not local.pending:
             return
         batch = list(local.pending)
