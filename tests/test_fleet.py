@@ -255,7 +255,9 @@ async def test_a_replica_killed_mid_run_fails_its_run_and_the_queued_runs_finish
 async def test_many_runs_through_replicas_in_turn_are_all_found_and_right(tmp_path: Path, redis_url: str) -> None:
     count = int(os.environ.get("CODEMODE_FLEET_RUNS", "1000"))
     with fleet(tmp_path, redis_url, ["a", "b", "c"], "--queue", str(count)) as replicas:
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+        # Idle connections are dropped before uvicorn's 5 s keep-alive ends, so none is reused as it closes.
+        limits = httpx.Limits(max_connections=64, keepalive_expiry=2)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             members = list(replicas.values())
             for replica in members:
                 await wait_ready(client, replica)
@@ -283,6 +285,9 @@ async def test_many_runs_through_replicas_in_turn_are_all_found_and_right(tmp_pa
                 async with anyio.create_task_group() as tg:
                     for i in range(count):
                         tg.start_soon(bounded, i)
+            alive = [r.name for r in members if r.proc.poll() is None]
+
+    assert alive == ["a", "b", "c"], replicas.logs()
 
     wrong = {
         i: info
@@ -292,3 +297,28 @@ async def test_many_runs_through_replicas_in_turn_are_all_found_and_right(tmp_pa
     assert len(answers) == count, f"{count - len(answers)} runs lost"
     assert not wrong, list(wrong.items())[:3]
     assert {info["replica"] for _, info in answers.values()} == {"a", "b", "c"}
+
+
+async def test_a_replica_stopped_with_sigterm_fails_its_run_hands_back_the_queue_and_exits_0(
+    tmp_path: Path, redis_url: str
+) -> None:
+    with fleet(tmp_path, redis_url, ["a"], "--max-concurrency", "1", "--shutdown-grace", "1") as replicas:
+        async with httpx.AsyncClient(timeout=30) as client:
+            a = replicas["a"]
+            await wait_ready(client, a)
+            long = (await client.post(f"{a.url}/v1/runs", json={"code": "await raw.slow(seconds=60)"})).json()["id"]
+            await running_on(client, [a])
+            waiting = (await client.post(f"{a.url}/v1/runs", json={"code": "await raw.echo(text='later')"})).json()
+            a.proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                while a.proc.poll() is None:
+                    await anyio.sleep(0.05)
+            b = replicas.start("b")
+            await wait_ready(client, b)
+            stopped = await finished(client, b.url, long)
+            later = await finished(client, b.url, waiting["id"])
+
+    assert a.proc.returncode == 0, a.log.read_text()
+    assert stopped["status"] == "failed" and stopped["error"]["code"] == "shutting_down", stopped
+    assert waiting["status"] == "queued"
+    assert later["status"] == "succeeded" and later["result"]["value"] == "later" and later["replica"] == "b"

@@ -412,12 +412,22 @@ class RedisRunStore:
         stream = self._key("ev:", run_id)
         first = True
         while True:
-            entries = await self._call("read events", self.redis.xrange(stream, f"(0-{after}", "+", count=_BATCH))
-            if first and entries:
+            # Answers at once with what is there after `after`, else waits for it up to `ping_s`.
+            got = await self._call(
+                "read events",
+                self.redis.xread({stream: f"0-{after}"}, count=_BATCH, block=max(1, int(ping_s * 1000))),
+            )
+            entries = got[0][1] if got else []
+            if not entries:
+                if not await self._call("read a run", self.redis.exists(self._key("run:", run_id))):
+                    return  # forgotten while we waited
+                yield "ping", None, None
+                continue
+            if first:
                 lost = int(entries[0][0].split("-")[1]) - (after + 1)
                 if lost > 0:
                     yield "events_dropped", None, {"count": lost}
-            first = False
+                first = False
             for entry_id, data in entries:
                 seq = int(entry_id.split("-")[1])
                 after = seq
@@ -428,15 +438,6 @@ class RedisRunStore:
                     return
                 event = json.loads(data["e"])
                 yield str(event.get("type", "event")), seq, event
-            if len(entries) == _BATCH:
-                continue
-            got = await self._call(
-                "wait for events", self.redis.xread({stream: f"0-{after}"}, count=1, block=max(1, int(ping_s * 1000)))
-            )
-            if not got:
-                if not await self._call("read a run", self.redis.exists(self._key("run:", run_id))):
-                    return  # forgotten while we waited
-                yield "ping", None, None
 
     async def cancel(self, run_id: str, wait_s: float) -> dict[str, Any] | None:
         await self._script("cancel", run_id)
@@ -476,22 +477,28 @@ class RedisRunStore:
                 if not self._intake or self._runs_tg is None:
                     break  # left in our taken list: handed back when the store closes
                 local = self._local[str(run_id)] = _Local(str(run_id))
+                # Started here, before the next BLMOVE, so that it starts at once.
+                try:
+                    claimed = await self._script("claim", local.id, self.me, repr(time.time()))
+                except StoreUnavailable as exc:
+                    # Left in our taken list: requeued (or failed, if it did start) when this replica stops.
+                    logger.error("could not start run %s: %s", local.id, exc)
+                    claimed = None
+                if not claimed:  # cancelled while it waited in the queue
+                    self._local.pop(local.id, None)
+                    continue
                 ticket = self.admission.reserve(queued_elsewhere=True)
-                self._runs_tg.start_soon(self._drive, local, ticket)
+                self._runs_tg.start_soon(self._drive, local, ticket, claimed)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await blocking.aclose()
 
-    async def _drive(self, local: _Local, ticket: Any) -> None:
+    async def _drive(self, local: _Local, ticket: Any, claimed: list[str]) -> None:
+        """Carry out a run this replica has marked running, and record its end."""
         status, result_json, error_json = "cancelled", "", ""
-        started = False
         try:
             with local.scope:
                 async with ticket:
-                    claimed = await self._script("claim", local.id, self.me, repr(time.time()))
-                    if not claimed:
-                        return  # cancelled while it waited in the queue
-                    started = True
                     code, limits_json, trace = claimed
                     limits = Limits(**json.loads(limits_json))
                     async with anyio.create_task_group() as writers:
@@ -517,7 +524,7 @@ class RedisRunStore:
             ticket.release()
             self._room.set()
             self._local.pop(local.id, None)
-            if started and not local.lost:
+            if not local.lost:
                 if status == "cancelled" and not local.cancelled_by_user:
                     status = "failed"
                     error_json = _json(
