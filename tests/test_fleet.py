@@ -322,3 +322,33 @@ async def test_a_replica_stopped_with_sigterm_fails_its_run_hands_back_the_queue
     assert stopped["status"] == "failed" and stopped["error"]["code"] == "shutting_down", stopped
     assert waiting["status"] == "queued"
     assert later["status"] == "succeeded" and later["result"]["value"] == "later" and later["replica"] == "b"
+
+
+async def test_a_replica_that_stalls_past_its_lease_loses_its_run_and_does_not_write_it_back(
+    tmp_path: Path, redis_url: str
+) -> None:
+    lease = 1.5
+    with fleet(tmp_path, redis_url, ["a", "b"], "--max-concurrency", "1", "--lease", str(lease)) as replicas:
+        async with httpx.AsyncClient(timeout=30) as client:
+            a, b = replicas["a"], replicas["b"]
+            for replica in (a, b):
+                await wait_ready(client, replica)
+            # b is kept busy, so the run goes to a.
+            busy = (await client.post(f"{b.url}/v1/runs", json={"code": "await raw.slow(seconds=60)"})).json()["id"]
+            await running_on(client, [b])
+            run_id = (await client.post(f"{b.url}/v1/runs", json={"code": "await raw.slow(seconds=3)\n'late'"})).json()[
+                "id"
+            ]
+            await running_on(client, [a])
+            a.proc.send_signal(signal.SIGSTOP)  # a frozen VM, a long pause: alive, but silent
+            lost = await finished(client, b.url, run_id, timeout=30)
+            a.proc.send_signal(signal.SIGCONT)
+            # a wakes, finds the run no longer its own, and stops it; its slot frees for other work.
+            await client.delete(f"{b.url}/v1/runs/{busy}")
+            after = (await client.post(f"{b.url}/v1/runs", json={"code": "await raw.echo(text='next')"})).json()["id"]
+            nxt = await finished(client, a.url, after)
+            later = (await client.get(f"{a.url}/v1/runs/{run_id}")).json()
+
+    assert lost["status"] == "failed" and lost["error"]["code"] == "replica_lost", lost
+    assert later == lost, "the stalled replica's late result was not written over the verdict"
+    assert nxt["status"] == "succeeded" and nxt["result"]["value"] == "next"

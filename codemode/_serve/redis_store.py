@@ -629,6 +629,7 @@ class RedisRunStore:
             if local is None or status == "queued":
                 continue
             if status != "running" or replica != self.me:
+                logger.warning("run %s is no longer this replica's (its lease lapsed); stopping it", run_id)
                 local.lost = True
                 local.scope.cancel()
             elif cancel:
