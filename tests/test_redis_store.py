@@ -176,3 +176,41 @@ async def test_an_unreachable_redis_is_a_typed_503_and_the_replica_stays_up(redi
     for response in down:
         assert_problem(response, 503, "store_unavailable")
     assert health.status_code == 200 and execute.json()["value"] == 2
+
+
+def test_a_redis_store_without_the_client_says_which_extra_to_install() -> None:
+    """The client is made unimportable in a fresh process, as on an install without the extra."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    program = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from codemode._cli import main\n"
+        "sys.exit(main(['serve', '--store', 'redis://127.0.0.1:1/0', '--port', '0']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=root, check=False
+    )
+
+    assert done.returncode == 3, done.stderr
+    assert "pip install 'codemode[redis]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_with_an_unreachable_redis_exits_3_saying_so_before_opening_its_port() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.fixtures.helpers import _free_port
+
+    pytest.importorskip("redis", reason="the redis client is not installed (pip install 'codemode[redis]')")
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "codemode", "serve", "--store", f"redis://127.0.0.1:{_free_port()}/0", "--port", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=root, check=False)
+
+    assert done.returncode == 3, done.stderr
+    assert "the run store (Redis) failed to answer a ping" in done.stderr
+    assert "Traceback" not in done.stderr and "Uvicorn running" not in done.stderr

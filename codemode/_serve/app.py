@@ -45,7 +45,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .._core import CodeMode
 from .._discovery import ToolNotFound
-from .._errors import CodemodeError, ConfigError, SandboxUnavailable
+from .._errors import CodemodeError, ConfigError, SandboxUnavailable, StoreUnavailable
 from .._limits import Limits
 from .._result import RunResult
 from .._tracing import TraceContextMiddleware
@@ -163,7 +163,8 @@ class HttpSettings:
         if self.max_store_bytes < 1:
             out.append("--max-store-mb (or $CODEMODE_MAX_STORE_MB) must be a positive number of MB")
         if self.store not in (None, "", "memory") and not self.store.startswith(("redis://", "rediss://", "unix://")):
-            out.append(f"--store must be 'memory' or a redis://, rediss:// or unix:// URL, not {self.store!r}")
+            # Not echoed: the URL may hold Redis's password.
+            out.append("--store must be 'memory' or a redis://, rediss:// or unix:// URL")
         if self.lease_s <= 0:
             out.append("the replica lease must be a positive number of seconds")
         if not 0 <= self.port <= 65535:
@@ -673,7 +674,7 @@ def cli_main(options: ServeSettings) -> int:
     except KeyboardInterrupt:
         print("codemode: stopped", file=sys.stderr)
         return EXIT_OK
-    except (ConfigError, SandboxUnavailable) as exc:
+    except (ConfigError, SandboxUnavailable, StoreUnavailable) as exc:
         print(f"codemode: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except ImportError as exc:  # an optional extra, e.g. the Redis client for --store redis://
@@ -702,6 +703,7 @@ async def _serve(options: ServeSettings, settings: HttpSettings) -> int:
     await cm.open(wait_for_servers=False)
     try:
         app = create_app(cm, settings)
+        await app.state.runs.ping()  # an unreachable store is a clear exit 3, before the port opens
         config = uvicorn.Config(
             app,
             host=settings.host,

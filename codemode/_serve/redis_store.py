@@ -273,7 +273,8 @@ class RedisRunStore:
         self.max_finished = max_finished
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self.max_queued = max_queued
+        # Every run passes through the queue, so it holds at least one (`--queue 0` still serves).
+        self.max_queued = max(1, max_queued)
         self.lease_s = lease_s
         self.retry_after_s = retry_after_s
         self.prefix = prefix
@@ -313,7 +314,7 @@ class RedisRunStore:
     # -- lifecycle ----------------------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await self._call("answer a ping", self.redis.ping())
+        await self.ping()
         await self._renew()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -346,6 +347,9 @@ class RedisRunStore:
                 logger.warning("could not hand back this replica's runs on stopping: %s", exc)
             await self.redis.aclose()
         return None
+
+    async def ping(self) -> None:
+        await self._call("answer a ping", self.redis.ping())
 
     def stop_intake(self) -> None:
         self._intake = False

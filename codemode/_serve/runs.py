@@ -425,6 +425,9 @@ class RunStore:
                 await run.done.wait()
         return run.info()
 
+    async def ping(self) -> None:
+        pass  # this process's memory
+
     def stop_intake(self) -> None:
         pass  # runs start where they are submitted, and the app refuses new ones while stopping
 

@@ -62,6 +62,10 @@ class Runs(Protocol):
         answer its `RunInfo` (None if it is gone). The caller has checked the owner."""
         ...
 
+    async def ping(self) -> None:
+        """Check the store can be reached. Raises `StoreUnavailable` if not."""
+        ...
+
     def stop_intake(self) -> None:
         """Take no more runs to carry out here (the service is stopping)."""
         ...
