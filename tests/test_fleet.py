@@ -321,7 +321,7 @@ async def test_a_replica_stopped_with_sigterm_fails_its_run_hands_back_the_queue
     assert a.proc.returncode == 0, a.log.read_text()
     assert stopped["status"] == "failed" and stopped["error"]["code"] == "shutting_down", stopped
     assert waiting["status"] == "queued"
-    assert later["status"] == "succeeded" and later["result"]["value"] == "later" and later["replica"] == "b"
+    assert later["status"] == "succeeded" and later["result"]["value"] == "later" and later["replica"] == "b", later
 
 
 async def test_a_replica_that_stalls_past_its_lease_loses_its_run_and_does_not_write_it_back(

@@ -4,10 +4,11 @@ Every replica of `codemode serve --store redis://…` is equal: it enqueues the
 runs it is sent, carries out runs it takes from the shared queue, and reads,
 streams and cancels any run. One Redis (or Valkey) holds, under `prefix`:
 
-    run:{id}        hash     owner, status, code until it ran, limits, times, result, error
+    run:{id}        hash     owner, status, code until it ran, limits, times, error, replica
     ev:{id}         stream   the run's events; entry ids are 0-1, 0-2, … (`XADD 0-*`), so the
                              SSE `id:` and `Last-Event-ID` stay the small integers they are in
-                             memory; the last entry ({end: 1}) says the run finished
+                             memory; the last entry ({end: 1, result, status, …}) says the run
+                             finished and holds its result, so a subscriber reads nothing more
     queue           list     ids of runs no replica has taken
     taken:{replica} list     ids a replica took (`BLMOVE` from `queue`): running or about to
     lease:{replica} string   set with a TTL of `lease_s`, renewed three times a lease
@@ -78,7 +79,7 @@ __all__ = ["RedisRunStore"]
 logger = logging.getLogger("codemode.http")
 
 _GONE_TTL_S = 86_400
-_FIELDS = ["owner", "status", "created_at", "started_at", "finished_at", "result", "error", "replica"]
+_FIELDS = ["owner", "status", "created_at", "started_at", "finished_at", "error", "replica"]
 _BATCH = 200
 
 # Shared by the scripts below: finish run `id` (status, result and error as JSON
@@ -96,28 +97,72 @@ local function finish(id, status, result, err, held)
   local replica = redis.call('HGET', run, 'replica')
   local code = redis.call('HGET', run, 'code') or ''
   local at = now()
-  redis.call('HSET', run, 'status', status, 'result', result, 'error', err, 'finished_at', tostring(at))
+  redis.call('HSET', run, 'status', status, 'error', err, 'finished_at', tostring(at))
   redis.call('HDEL', run, 'code', 'limits')
   local delta = tonumber(held) - string.len(code)
   redis.call('HINCRBY', P .. 'sizes', id, delta)
   redis.call('INCRBY', P .. 'bytes', delta)
   redis.call('ZADD', P .. 'finished', at, id)
-  redis.call('XADD', P .. 'ev:' .. id, '0-*', 'end', '1')
+  -- The end entry holds the result (kept only here) and the rest of the run's info,
+  -- so a subscriber has the whole answer without reading the run again.
+  local entry = {P .. 'ev:' .. id, '0-*', 'end', '1', 'status', status, 'finished_at', tostring(at),
+    'result', result, 'error', err}
+  local rest = redis.call('HMGET', run, 'created_at', 'started_at', 'replica')
+  for i, name in ipairs({'created_at', 'started_at', 'replica'}) do
+    if rest[i] then table.insert(entry, name); table.insert(entry, rest[i]) end
+  end
+  redis.call('XADD', unpack(entry))
   if replica then redis.call('LREM', P .. 'taken:' .. replica, 0, id) end
   return at
 end
 """
 
-# KEYS[1]=prefix; ARGV: id owner code limits trace created_at max_queued
+# Forget finished runs past `ttl`, then the oldest beyond `max_finished`, then the
+# oldest while all runs hold more than `max_bytes`; at most 200 a call.
+_PRUNE_FN = """
+local function prune(ttl, max_finished, max_bytes, gone_ttl, why_ttl, why_count, why_bytes)
+  local t = now()
+  local n = 0
+  while n < 200 do
+    local first = redis.call('ZRANGE', P .. 'finished', 0, 0, 'WITHSCORES')
+    if #first == 0 then break end
+    local id, at = first[1], tonumber(first[2])
+    local why
+    if t - at > tonumber(ttl) then why = why_ttl
+    elseif redis.call('ZCARD', P .. 'finished') > tonumber(max_finished) then why = why_count
+    elseif tonumber(redis.call('GET', P .. 'bytes') or '0') > tonumber(max_bytes) then why = why_bytes
+    else break end
+    local run = P .. 'run:' .. id
+    local owner = redis.call('HGET', run, 'owner')
+    redis.call('DECRBY', P .. 'bytes', tonumber(redis.call('HGET', P .. 'sizes', id) or '0'))
+    redis.call('HDEL', P .. 'sizes', id)
+    redis.call('DEL', run, P .. 'ev:' .. id)
+    redis.call('ZREM', P .. 'finished', id)
+    if owner then redis.call('SET', P .. 'gone:' .. id, owner .. '\\n' .. why, 'EX', gone_ttl) end
+    n = n + 1
+  end
+  return n
+end
+"""
+
+# KEYS[1]=prefix; ARGV: id owner code limits trace created_at max_queued here -> 0 if the queue is
+# full; 2 if started at once by replica `here` (it has room: "" if not) as nobody waits; else 1, queued
 _SUBMIT = """
 local P = KEYS[1]
-if redis.call('LLEN', P .. 'queue') >= tonumber(ARGV[7]) then return 0 end
+local waiting = redis.call('LLEN', P .. 'queue')
+local here = ARGV[8] ~= '' and waiting == 0
+if not here and waiting >= tonumber(ARGV[7]) then return 0 end
 local run = P .. 'run:' .. ARGV[1]
 redis.call('HSET', run, 'owner', ARGV[2], 'status', 'queued', 'code', ARGV[3], 'limits', ARGV[4],
   'trace', ARGV[5], 'created_at', ARGV[6])
 local size = string.len(ARGV[3])
 redis.call('HSET', P .. 'sizes', ARGV[1], size)
 redis.call('INCRBY', P .. 'bytes', size)
+if here then
+  redis.call('HSET', run, 'status', 'running', 'replica', ARGV[8], 'started_at', ARGV[6])
+  redis.call('LPUSH', P .. 'taken:' .. ARGV[8], ARGV[1])
+  return 2
+end
 redis.call('LPUSH', P .. 'queue', ARGV[1])
 return 1
 """
@@ -134,9 +179,20 @@ redis.call('HSET', run, 'status', 'running', 'replica', ARGV[2], 'started_at', A
 return redis.call('HMGET', run, 'code', 'limits', 'trace')
 """
 
-# ARGV: id replica status result error held -> 1 if written, 0 if the run is no longer this replica's
+# ARGV: id replica -> 1 if the queued run went back to the head of the queue
+_GIVE_BACK = """
+local P = KEYS[1]
+if redis.call('HGET', P .. 'run:' .. ARGV[1], 'status') ~= 'queued' then return 0 end
+redis.call('LREM', P .. 'taken:' .. ARGV[2], 0, ARGV[1])
+redis.call('RPUSH', P .. 'queue', ARGV[1])
+return 1
+"""
+
+# ARGV: id replica status result error held, then the seven of `prune` (run once the
+# run is recorded: one round trip for both) -> 1 if written, 0 if the run is no longer this replica's
 _COMPLETE = (
     _FINISH
+    + _PRUNE_FN
     + """
 local run = P .. 'run:' .. ARGV[1]
 if redis.call('HGET', run, 'status') ~= 'running' or redis.call('HGET', run, 'replica') ~= ARGV[2] then
@@ -144,6 +200,7 @@ if redis.call('HGET', run, 'status') ~= 'running' or redis.call('HGET', run, 're
   return 0
 end
 finish(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+prune(unpack(ARGV, 7, 13))
 return 1
 """
 )
@@ -189,33 +246,8 @@ return {lost, requeued}
 """
 )
 
-# ARGV: ttl max_finished max_bytes gone_ttl why_ttl why_count why_bytes -> runs forgotten (at most 200 a call)
-_PRUNE = (
-    _FINISH
-    + """
-local t = now()
-local n = 0
-while n < 200 do
-  local first = redis.call('ZRANGE', P .. 'finished', 0, 0, 'WITHSCORES')
-  if #first == 0 then break end
-  local id, at = first[1], tonumber(first[2])
-  local why
-  if t - at > tonumber(ARGV[1]) then why = ARGV[5]
-  elseif redis.call('ZCARD', P .. 'finished') > tonumber(ARGV[2]) then why = ARGV[6]
-  elseif tonumber(redis.call('GET', P .. 'bytes') or '0') > tonumber(ARGV[3]) then why = ARGV[7]
-  else break end
-  local run = P .. 'run:' .. id
-  local owner = redis.call('HGET', run, 'owner')
-  redis.call('DECRBY', P .. 'bytes', tonumber(redis.call('HGET', P .. 'sizes', id) or '0'))
-  redis.call('HDEL', P .. 'sizes', id)
-  redis.call('DEL', run, P .. 'ev:' .. id)
-  redis.call('ZREM', P .. 'finished', id)
-  if owner then redis.call('SET', P .. 'gone:' .. id, owner .. '\\n' .. why, 'EX', ARGV[4]) end
-  n = n + 1
-end
-return n
-"""
-)
+# ARGV: the seven arguments of `prune` -> runs forgotten
+_PRUNE = _FINISH + _PRUNE_FN + "return prune(unpack(ARGV, 1, 7))\n"
 
 
 def _problem(code: str, detail: str, status: int) -> dict[str, Any]:
@@ -286,6 +318,7 @@ class RedisRunStore:
             for name, text in [
                 ("submit", _SUBMIT),
                 ("claim", _CLAIM),
+                ("give_back", _GIVE_BACK),
                 ("complete", _COMPLETE),
                 ("cancel", _CANCEL),
                 ("reap", _REAP),
@@ -361,20 +394,43 @@ class RedisRunStore:
         run_id = "run_" + secrets.token_urlsafe(12)
         created = time.time()
         limits_json = json.dumps(dataclasses.asdict(limits))
-        accepted = await self._script(
-            "submit", run_id, owner, code, limits_json, "1" if trace else "", repr(created), self.max_queued
-        )
-        if not accepted:
+        # With a free slot here and nobody waiting, the run starts here: two round trips fewer.
+        runs_tg = self._runs_tg
+        here = self._intake and runs_tg is not None and self.admission.has_room
+        ticket = self.admission.reserve(queued_elsewhere=True) if here else None  # the slot, held from now
+        local = self._local[run_id] = _Local(run_id)
+        answer: Any = None
+        try:
+            answer = await self._script(
+                "submit",
+                run_id,
+                owner,
+                code,
+                limits_json,
+                "1" if trace else "",
+                repr(created),
+                self.max_queued,
+                self.me if here else "",
+            )
+        finally:
+            if ticket is not None and answer != 2:
+                ticket.release()
+                self._room.set()
+            if answer != 2:
+                self._local.pop(run_id, None)
+        if not answer:
             raise Busy(self.retry_after_s)
+        if answer == 2 and ticket is not None and runs_tg is not None:
+            runs_tg.start_soon(self._drive, local, ticket, [code, limits_json, "1" if trace else ""])
         return {
             "id": run_id,
-            "status": "queued",
+            "status": "running" if answer == 2 else "queued",
             "created_at": created,
-            "started_at": None,
+            "started_at": created if answer == 2 else None,
             "finished_at": None,
             "result": None,
             "error": None,
-            "replica": None,
+            "replica": self.replica_id if answer == 2 else None,
         }
 
     async def info(self, run_id: str, owner: str) -> dict[str, Any] | None:
@@ -384,9 +440,16 @@ class RedisRunStore:
         return self._info(run_id, fields)
 
     async def _read(self, run_id: str) -> dict[str, str]:
-        """The run's fields but its code (empty if the run is not kept)."""
-        values = await self._call("read a run", self.redis.hmget(self._key("run:", run_id), _FIELDS))
-        return {name: value for name, value in zip(_FIELDS, values) if value is not None}
+        """The run's fields but its code, with the result from the end of its
+        event stream (empty if the run is not kept)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._key("run:", run_id), _FIELDS)
+            pipe.xrevrange(self._key("ev:", run_id), "+", "-", count=1)
+            values, last = await self._call("read a run", pipe.execute())
+        fields = {name: value for name, value in zip(_FIELDS, values) if value is not None}
+        if fields and last and "end" in last[0][1]:
+            fields["result"] = last[0][1].get("result", "")
+        return fields
 
     @staticmethod
     def _info(run_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -436,9 +499,7 @@ class RedisRunStore:
                 seq = int(entry_id.split("-")[1])
                 after = seq
                 if "end" in data:
-                    fields = await self._read(run_id)
-                    if fields:
-                        yield "result", None, self._info(run_id, fields)
+                    yield "result", None, self._info(run_id, data)
                     return
                 event = json.loads(data["e"])
                 yield str(event.get("type", "event")), seq, event
@@ -480,6 +541,13 @@ class RedisRunStore:
                     continue
                 if not self._intake or self._runs_tg is None:
                     break  # left in our taken list: handed back when the store closes
+                if not self.admission.has_room:
+                    # A run submitted here took the slot while we waited: the run goes back, first in line.
+                    try:
+                        await self._script("give_back", str(run_id), self.me)
+                    except StoreUnavailable as exc:  # left in our taken list: handed back when we stop
+                        logger.error("could not hand back run %s: %s", run_id, exc)
+                    continue
                 local = self._local[str(run_id)] = _Local(str(run_id))
                 # Started here, before the next BLMOVE, so that it starts at once.
                 try:
@@ -538,11 +606,10 @@ class RedisRunStore:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     try:
                         written = await self._script(
-                            "complete", local.id, self.me, status, result_json, error_json, held
+                            "complete", local.id, self.me, status, result_json, error_json, held, *self._prune_args()
                         )
                         if not written:
                             logger.warning("run %s was taken from this replica (lease lost); result dropped", local.id)
-                        await self._prune()
                     except (StoreUnavailable, RedisError) as exc:
                         logger.error("run %s: could not record its end: %s", local.id, exc)
 
@@ -655,8 +722,10 @@ class RedisRunStore:
                 await anyio.sleep(0.5)
 
     async def _prune(self) -> None:
-        await self._script(
-            "prune",
+        await self._script("prune", *self._prune_args())
+
+    def _prune_args(self) -> list[Any]:
+        return [
             self.ttl_s,
             self.max_finished,
             self.max_bytes,
@@ -664,4 +733,4 @@ class RedisRunStore:
             f"finished runs are kept {self.ttl_s:g} s",
             f"only the {self.max_finished} most recent finished runs are kept",
             f"finished runs are forgotten, oldest first, to keep the run store within {_mb(self.max_bytes)}",
-        )
+        ]
