@@ -26,7 +26,9 @@ replica, whoever finds a dead replica decides, in one Lua script, run by run:
 a run it had started fails with `replica_lost`; a run it had only taken goes
 back to the queue. A replica takes a run only when it has a free slot, so runs
 wait in the shared queue, where any replica with room takes them; `POST
-/v1/runs` answers 429 only when that queue holds `max_queued` runs. Task
+/v1/runs` answers 429 only when that queue holds `max_queued` runs. A run sent
+to a replica that has a free slot while nobody waits starts there at once,
+skipping the queue (two round trips fewer). Task
 engines (arq, rq, saq, taskiq) were not used: they retry or re-deliver on
 worker loss, keep their own result format, and would add a dependency for a
 queue that is three Redis commands here.
