@@ -121,7 +121,10 @@ async def test_the_redis_store_keeps_the_same_byte_budget_retention_and_owners(r
         async with client.stream("GET", f"/v1/runs/{ids[-1]}/events") as response:
             replay = [line async for line in response.aiter_lines() if line.startswith("data:")]
         kept = [r for r in ids if (await client.get(f"/v1/runs/{r}")).status_code == 200]
-        as_bob = await client.get(f"/v1/runs/{ids[-1]}", headers={"Authorization": "Bearer beta-token"})
+        bob = {"Authorization": "Bearer beta-token"}
+        as_bob = await client.get(f"/v1/runs/{ids[-1]}", headers=bob)
+        bob_streams = await client.get(f"/v1/runs/{ids[-1]}/events", headers=bob)
+        bob_cancels = await client.delete(f"/v1/runs/{ids[-1]}", headers=bob)
         gone_for_bob = await client.get(f"/v1/runs/{ids[0]}", headers={"Authorization": "Bearer beta-token"})
         held = int(await db.get("codemode:bytes") or 0)
         await db.aclose()
@@ -133,7 +136,8 @@ async def test_the_redis_store_keeps_the_same_byte_budget_retention_and_owners(r
     started = [json.loads(line[5:]) for line in replay if '"tool_call_started"' in line]
     assert len(started) == 21 and started[0]["arguments_truncated"] is True
     assert sum(len(line) for line in replay) < 100_000
-    assert_problem(as_bob, 404, "run_not_found")
+    for response in (as_bob, bob_streams, bob_cancels):
+        assert_problem(response, 404, "run_not_found")
     assert_problem(gone_for_bob, 404, "run_not_found")
 
 
@@ -214,3 +218,25 @@ def test_serve_with_an_unreachable_redis_exits_3_saying_so_before_opening_its_po
     assert done.returncode == 3, done.stderr
     assert "the run store (Redis) failed to answer a ping" in done.stderr
     assert "Traceback" not in done.stderr and "Uvicorn running" not in done.stderr
+
+
+async def test_a_run_keeps_its_last_events_and_a_late_subscriber_is_told_how_many_it_missed(redis_url: str) -> None:
+    code = "for i in range(30):\n    await tools.sink(data=str(i))\n'done'"
+    async with replica([SINK], store=redis_url, max_events_per_run=10) as (_, client):
+        run_id = (await client.post("/v1/runs", json={"code": code})).json()["id"]
+        info = await finished(client, run_id)
+        async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+            names, ids = [], []
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    names.append(line[6:].strip())
+                elif line.startswith("id:"):
+                    ids.append(int(line[3:]))
+        async with client.stream("GET", f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": "58"}) as response:
+            tail = [line[6:].strip() async for line in response.aiter_lines() if line.startswith("event:")]
+
+    assert info["status"] == "succeeded" and info["result"]["value"] == "done"
+    # 60 events were published; the stream keeps the last 10 (ids 51-60) and says 50 were dropped.
+    assert names[0] == "events_dropped" and names[-1] == "result" and len(names) == 12
+    assert ids == list(range(51, 61))
+    assert tail == ["tool_call_started", "tool_call_finished", "result"]

@@ -5,7 +5,8 @@ runs it is sent, carries out runs it takes from the shared queue, and reads,
 streams and cancels any run. One Redis (or Valkey) holds, under `prefix`:
 
     run:{id}        hash     owner, status, code until it ran, limits, times, error, replica
-    ev:{id}         stream   the run's events; entry ids are 0-1, 0-2, … (`XADD 0-*`), so the
+    ev:{id}         stream   the run's events; entry ids are 0-1, 0-2, … (the running replica
+                             numbers them; the end entry is `XADD 0-*`), so the
                              SSE `id:` and `Last-Event-ID` stay the small integers they are in
                              memory; the last entry ({end: 1, result, status, …}) says the run
                              finished and holds its result, so a subscriber reads nothing more
@@ -264,7 +265,9 @@ class _Local:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cancelled_by_user: bool = False
     lost: bool = False
-    pending: deque[dict[str, Any]] = field(default_factory=deque)
+    pending: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
+    """(seq, event) not yet written; seq counts every event, written or not."""
+    next_seq: int = 1
     wake: anyio.Event = field(default_factory=anyio.Event)
     sizes: deque[int] = field(default_factory=deque)
     """Sizes of the events in Redis (the last `max_events`), for the byte budget."""
@@ -616,9 +619,12 @@ class RedisRunStore:
                         logger.error("run %s: could not record its end: %s", local.id, exc)
 
     def _publish(self, local: _Local, event: dict[str, Any]) -> None:
-        local.pending.append(_preview_event(event))
+        local.pending.append((local.next_seq, _preview_event(event)))
+        local.next_seq += 1
         if len(local.pending) > self.max_events:
-            local.pending.popleft()  # it would be trimmed from the stream anyway
+            # It would be trimmed from the stream anyway; its seq stays spent, so the
+            # gap before the first event kept is what a late subscriber is told it missed.
+            local.pending.popleft()
         local.wake.set()
 
     async def _write_events(self, local: _Local) -> None:
@@ -640,9 +646,9 @@ class RedisRunStore:
         stream = self._key("ev:", local.id)
         delta = 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for event in batch:
+            for seq, event in batch:
                 text = _json(event)
-                pipe.xadd(stream, {"e": text}, id="0-*", maxlen=self.max_events, approximate=False)
+                pipe.xadd(stream, {"e": text}, id=f"0-{seq}", maxlen=self.max_events, approximate=False)
                 local.sizes.append(len(text))
                 delta += len(text)
                 if len(local.sizes) > self.max_events:
