@@ -91,6 +91,21 @@ def _add_run_limits(p: argparse.ArgumentParser, *, env: bool = False) -> None:
         default=None if env else d.max_tool_calls,
         help=_env(f"tool calls per run (default {d.max_tool_calls})", "max_tool_calls", env),
     )
+    p.add_argument(
+        "--pool-warm",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sandbox instances kept resident between runs, ~17 MiB each; 0: all on demand "
+        "(default $CODEMODE_POOL_WARM, else 3)",
+    )
+    p.add_argument(
+        "--pool-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sandbox instances alive at once (default $CODEMODE_POOL_MAX, else 256)",
+    )
 
 
 def _add_config_flag(p: argparse.ArgumentParser, *, required: bool = False, env: bool = False) -> None:
@@ -150,6 +165,22 @@ def _add_backend_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", choices=["wasm", "restricted"], help=_env("sandbox backend (default wasm)", "backend", True)
     )
+
+
+def _apply_pool_flags(args: argparse.Namespace) -> None:
+    """`--pool-warm` and `--pool-max` become this process's `$CODEMODE_POOL_*`,
+    which every Sandbox it makes reads."""
+    from ._sandbox.pooling import PoolSettings
+
+    warm, most = getattr(args, "pool_warm", None), getattr(args, "pool_max", None)
+    if warm is None and most is None:
+        return
+    try:
+        pool = PoolSettings.resolve(warm=warm, max=most)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    os.environ["CODEMODE_POOL_WARM"] = str(pool.warm)
+    os.environ["CODEMODE_POOL_MAX"] = str(pool.max)
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -560,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sandbox": _cmd_sandbox,
     }
     try:
+        _apply_pool_flags(args)
         return handlers[args.command](args)
     except _UsageError as exc:
         print(f"codemode: {exc}", file=sys.stderr)

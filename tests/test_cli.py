@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def codemode(
-    *args: str, stdin: str | None = None, timeout: float = 120, cwd: Path = REPO
+    *args: str, stdin: str | None = None, timeout: float = 120, cwd: Path = REPO, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "codemode", *args],
@@ -25,7 +25,7 @@ def codemode(
         text=True,
         timeout=timeout,
         cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
@@ -209,3 +209,12 @@ def test_the_example_demo_servers_start_from_a_launcher_without_the_venv_on_path
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [5, 1]
     assert "unavailable" not in proc.stderr
+
+
+def test_pool_flags_and_variables_are_validated() -> None:
+    bad = codemode("run", "--pool-warm", "5", "--pool-max", "2", "-", stdin="1 + 1")
+    assert bad.returncode == 2 and "cannot exceed" in bad.stderr, bad.stderr
+    env_bad = codemode("run", "-", stdin="1 + 1", env={"CODEMODE_POOL_WARM": "lots"})
+    assert env_bad.returncode == 3 and "CODEMODE_POOL_WARM" in env_bad.stderr, env_bad.stderr
+    on_demand = codemode("run", "--pool-warm", "0", "--pool-max", "1", "-", stdin="sum(range(10))")
+    assert on_demand.returncode == 0 and on_demand.stdout.strip() == "45", on_demand.stderr

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from codemode import Limits, MemoryLimitExceeded, RunTimeout, Sandbox, Tool
-from codemode._sandbox import pooling as _pooling
+from codemode._sandbox.pooling import PoolSettings
 from codemode._sandbox.wasm import WasmBackend
 
 pytestmark = pytest.mark.anyio
@@ -76,9 +76,9 @@ async def test_a_spare_instance_takes_the_limits_and_state_of_a_fresh_one() -> N
     assert isinstance(spinning.error, RunTimeout), spinning.error
 
 
-async def test_runs_past_the_pool_wait_for_a_slot_within_their_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_pooling, "INSTANCES", 2)
-    backend = WasmBackend()  # its own engine: a pool of two slots
+async def test_runs_past_the_pool_wait_for_a_slot_within_their_timeout() -> None:
+    # Its own engines: one resident slot and one more.
+    backend = WasmBackend(pool=PoolSettings(warm=1, max=2))
     sandbox = Sandbox(backend=backend)
     await sandbox.load()
     assert backend.pooled is True
@@ -130,3 +130,123 @@ def test_a_capped_address_space_falls_back_to_on_demand_instances() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "45"], done.stdout
     assert "fall back to on-demand" in done.stderr
+
+
+async def test_trapped_runs_give_their_slot_back_before_it_counts_as_free() -> None:
+    # A trap's traceback keeps the run's Store reachable from reference cycles;
+    # with the cyclic GC off, the store (and its pool slot) lives on. The slot
+    # must still not be handed out twice: a run waits for it, never gets
+    # wasmtime's "maximum concurrent limit" error.
+    import gc
+
+    backend = WasmBackend(pool=PoolSettings(warm=1, max=2))
+    sandbox = Sandbox(backend=backend, max_concurrency=4)
+    await sandbox.load()
+    gc.disable()
+    try:
+        results: list = []
+
+        async def spin() -> None:
+            results.append(await sandbox.run("while True:\n    pass", limits=Limits(timeout=0.2)))
+
+        with anyio.fail_after(120):
+            for _ in range(3):
+                results.clear()
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(spin)
+                assert all(isinstance(r.error, RunTimeout) for r in results), [r.error for r in results]
+            after = await sandbox.run("1 + 1", limits=Limits(timeout=10))
+            assert after.value == 2, after.error
+    finally:
+        gc.enable()
+
+
+_BURST = textwrap.dedent("""
+    import sys, anyio
+    from codemode import Limits, Sandbox, Tool
+
+    def rss_mib():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+
+    async def main(n, budget_mib):
+        sandbox = Sandbox(max_concurrency=n)
+        for _ in range(5):
+            assert (await sandbox.run("1 + 1")).value == 2
+        base = rss_mib()
+        started, release, peak = 0, anyio.Event(), 0
+
+        async def hold():
+            nonlocal started, peak
+            started += 1
+            if started == n:
+                peak = rss_mib()
+                release.set()
+            await release.wait()
+            return 1
+
+        tools = [Tool(name="hold", fn=hold)]
+        results = []
+
+        async def one():
+            code = "x = bytearray(b'x' * (4 << 20))\\nawait tools.hold()"
+            results.append(await sandbox.run(code, tools=tools, limits=Limits(timeout=120)))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+        assert [r.value for r in results] == [1] * n, [r.error for r in results if not r.ok][:3]
+        # Idle: the memory of the slots beyond the warm ones must go back.
+        after = peak
+        with anyio.move_on_after(10):
+            while after - base > budget_mib:
+                await anyio.sleep(0.25)
+                after = rss_mib()
+        print(base, peak, after)
+
+    anyio.run(main, int(sys.argv[1]), int(sys.argv[2]))
+""")
+
+
+def test_memory_of_a_burst_goes_back_to_the_warm_budget_when_idle() -> None:
+    # 24 runs at once, each touching 4 MiB more than the snapshot: each holds a
+    # slot (17 MiB resident, 21 with its growth). Idle again, the process keeps
+    # its warm slots (3 x 20 MiB) and some allocator slack, not 24 slots.
+    n, budget_mib = 24, 100
+    done = subprocess.run(
+        [sys.executable, "-c", _BURST, str(n), str(budget_mib)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    base, peak, after = map(int, done.stdout.split())
+    assert peak - base > budget_mib, (base, peak, after)  # the burst did hold that much
+    assert after - base <= budget_mib, (base, peak, after)
+
+
+@pytest.mark.parametrize(("warm", "most"), [(0, 2), (2, 2)])
+async def test_pool_sizes_come_from_the_sandbox_or_the_environment(
+    warm: int, most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODEMODE_POOL_WARM", str(warm))
+    monkeypatch.setenv("CODEMODE_POOL_MAX", str(most))
+    from_env = Sandbox()
+    assert isinstance(from_env.backend, WasmBackend)
+    assert from_env.backend.pool == PoolSettings(warm=warm, max=most)
+    explicit = Sandbox(pool_warm=1, pool_max=3)
+    assert isinstance(explicit.backend, WasmBackend)
+    assert explicit.backend.pool == PoolSettings(warm=1, max=3)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(from_env.run, "sum(range(10))")
+        result = await from_env.run("sum(range(10))")
+    assert result.value == 45, result.error
+
+
+def test_bad_pool_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="cannot exceed"):
+        Sandbox(pool_warm=4, pool_max=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        Sandbox(pool_max=0)

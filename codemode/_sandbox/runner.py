@@ -40,6 +40,7 @@ from .._stubgen import StubSet, render_stubs
 from .._tools import Tool
 from .dispatch import Dispatcher
 from .epoch import RunGuard
+from .pooling import PoolSettings
 
 if TYPE_CHECKING:
     from .._tracing import RunTrace
@@ -63,20 +64,24 @@ class Backend(Protocol):
     def execute(self, request_json: str, host_call: Any, limits: Limits, guard: RunGuard) -> tuple[str, float]: ...
 
 
-_shared_wasm: Backend | None = None
+_shared_wasm: dict[PoolSettings, Backend] = {}
+_shared_lock = threading.Lock()
 
 
-def _backend(kind: str | Backend) -> Backend:
-    global _shared_wasm
+def _backend(kind: str | Backend, pool_warm: int | None, pool_max: int | None) -> Backend:
     if not isinstance(kind, str):
         return kind
     if kind == "wasm":
-        # One engine and compiled component per process, shared by every Sandbox.
-        if _shared_wasm is None:
-            from .wasm import WasmBackend
+        pool = PoolSettings.resolve(warm=pool_warm, max=pool_max)
+        # One set of engines and compiled components per process and pool
+        # setting, shared by every Sandbox.
+        with _shared_lock:
+            backend = _shared_wasm.get(pool)
+            if backend is None:
+                from .wasm import WasmBackend
 
-            _shared_wasm = WasmBackend()
-        return _shared_wasm
+                backend = _shared_wasm[pool] = WasmBackend(pool=pool)
+        return backend
     if kind == "restricted":
         from .restricted import RestrictedBackend
 
@@ -90,6 +95,14 @@ class Sandbox:
     `backend` is `"wasm"` (default: a fresh WebAssembly instance per run) or
     `"restricted"` (in-process RestrictedPython, faster to start, NOT a security
     boundary). `max_concurrency` bounds the runs executing at once; others wait.
+
+    `pool_warm` and `pool_max` (wasm): sandbox instances kept resident between
+    runs (about 17 MiB each; 0 keeps none, every instance is made on demand) and
+    alive at once. Defaults: `$CODEMODE_POOL_WARM` and `$CODEMODE_POOL_MAX`, else
+    3 and 256. Memory beyond the warm slots is given back as each run ends.
+
+    Raises `ValueError` for pool sizes that do not fit together, `ConfigError`
+    for such environment variables that are not whole numbers.
     """
 
     def __init__(
@@ -98,8 +111,10 @@ class Sandbox:
         backend: Literal["wasm", "restricted"] | Backend = "wasm",
         limits: Limits | None = None,
         max_concurrency: int = 8,
+        pool_warm: int | None = None,
+        pool_max: int | None = None,
     ) -> None:
-        self.backend = _backend(backend)
+        self.backend = _backend(backend, pool_warm, pool_max)
         self.limits = limits or Limits()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._stub_cache: OrderedDict[tuple[int, ...], tuple[list[Tool], StubSet]] = OrderedDict()

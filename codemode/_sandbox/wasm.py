@@ -55,6 +55,8 @@ _REAP_BACKLOG = 2
 _WARM_SLOTS_AT_LOAD = 3
 # While every slot is taken, a run looks for a freed one (or a spare) this often.
 _SLOT_POLL_S = 0.05
+# wasmtime's words when every slot of a pool is taken.
+_POOL_FULL = "concurrent limit"
 
 
 class WasmTrap(Exception):
@@ -74,32 +76,57 @@ class _Loaded:
     pooled: bool
 
 
+@dataclass
+class _Tier:
+    """One engine's instances: `slots` counts the stores alive in it (a slot is
+    free again only once its store is closed, never when a reference is merely
+    dropped). `resident`: its slots stay resident between instances."""
+
+    loaded: _Loaded
+    slots: threading.BoundedSemaphore
+    size: int
+    resident: bool
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return self.slots.acquire(blocking=False)
+        return self.slots.acquire(timeout=timeout)
+
+    def drop(self, store: Store) -> None:
+        """Free `store`'s slot now, whatever still refers to the Python object
+        (a trap's traceback keeps it alive until the cyclic GC)."""
+        store.close()
+        self.slots.release()
+
+
 class _NoPool(Exception):
     """The pooling allocator cannot be used here."""
 
 
-def _make_engine(*, pooled: bool) -> Engine:
+def _make_engine(*, pooled: bool, instances: int = pooling.INSTANCES, keep_resident: bool = True) -> Engine:
     config = Config()
     config.epoch_interruption = True
-    if pooled and not pooling.configure(config):
+    if pooled and not pooling.configure(config, instances=instances, keep_resident=keep_resident):
         raise _NoPool("this wasmtime-py cannot configure it, or the address space is capped")
     return Engine(config)
 
 
 class WasmBackend:
-    """Runs requests in fresh wasm instances. Thread-safe; one per process is enough."""
+    """Runs requests in fresh wasm instances. Thread-safe; one per process and
+    pool setting is enough.
+
+    `pool` sets how many instances stay resident between runs and how many may
+    be alive at once (`pooling.PoolSettings`; default from the environment)."""
 
     name = "wasm"
 
-    def __init__(self, *, direct_host_call: bool = True) -> None:
+    def __init__(self, *, direct_host_call: bool = True, pool: pooling.PoolSettings | None = None) -> None:
         self._direct = direct_host_call
-        self._loaded: _Loaded | None = None
+        self.pool = pool or pooling.PoolSettings.resolve()
+        self._tiers: list[_Tier] = []
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
-        self._graveyard: queue.SimpleQueue[Store] = queue.SimpleQueue()
-        # Stores alive at once, each holding a slot of the pool until dropped:
-        # past that many, a run waits for a slot (within its deadline).
-        self._slots = threading.BoundedSemaphore(pooling.INSTANCES)
+        self._graveyard: queue.SimpleQueue[tuple[Store, _Tier]] = queue.SimpleQueue()
         # An instance made ahead by the housekeeper while it had nothing to drop,
         # never run: the next run takes it instead of instantiating.
         self._spare: tuple[Store, Func] | None = None
@@ -110,22 +137,41 @@ class WasmBackend:
 
         Raises `SandboxUnavailable`."""
         with self._lock:
-            if self._loaded is not None and not force_build:
+            if self._tiers and not force_build:
                 return
             try:
-                self._loaded = self._load(pooled=True, progress=progress, force_build=force_build)
+                self._tiers = self._load_tiers(progress=progress, force_build=force_build)
             except _NoPool as exc:
                 # On-demand instances work the same, only start slower.
                 logger.warning("sandbox instances fall back to on-demand allocation: %s", exc)
-                self._loaded = self._load(pooled=False, progress=progress, force_build=False)
+                loaded = self._load(_make_engine(pooled=False), pooled=False, progress=progress, force_build=False)
+                _prove(loaded, 1, pooled=False)
+                size = self.pool.max
+                self._tiers = [_Tier(loaded, threading.BoundedSemaphore(size), size, resident=False)]
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, name="codemode-epoch", daemon=True)
                 self._ticker.start()
                 threading.Thread(target=self._housekeep, name="codemode-reaper", daemon=True).start()
 
-    def _load(self, *, pooled: bool, progress: guest.Progress | None, force_build: bool) -> _Loaded:
-        engine = _make_engine(pooled=pooled)
+    def _load_tiers(self, *, progress: guest.Progress | None, force_build: bool) -> list[_Tier]:
+        """The resident pool of `warm` slots, then the pool of the rest, whose
+        memory is decommitted when their instance is dropped."""
+        tiers = []
+        warm, rest = self.pool.warm, self.pool.max - self.pool.warm
+        for size, resident in ((warm, True), (rest, False)):
+            if size == 0:
+                continue
+            engine = _make_engine(pooled=True, instances=size, keep_resident=resident)
+            loaded = self._load(engine, pooled=True, progress=progress, force_build=force_build)
+            force_build = False
+            # Instances now, at once and dropped at once: proves the pool fits the
+            # component, and leaves warm slots resident for the first runs,
+            # rather than have them fault in cold slots.
+            _prove(loaded, min(_WARM_SLOTS_AT_LOAD, size) if resident else 1, pooled=True)
+            tiers.append(_Tier(loaded, threading.BoundedSemaphore(size), size, resident))
+        return tiers
 
+    def _load(self, engine: Engine, *, pooled: bool, progress: guest.Progress | None, force_build: bool) -> _Loaded:
         def compile_wasm(wasm: bytes) -> bytes:
             return bytes(Component(engine, wasm).serialize())
 
@@ -151,38 +197,25 @@ class WasmBackend:
                 + ", ".join(unserved[:10])
             )
         wasi.finish(linker, component)  # last: every import left is unreachable, a trap
-        loaded = _Loaded(engine, component, linker, component.get_export_index("run") or "run", pooled)
-        # Instances now, at once and dropped at once: proves the pool fits the
-        # component, and leaves that many slots warm (resident) for the first
-        # runs, rather than have them fault in cold slots.
-        try:
-            warm = min(_WARM_SLOTS_AT_LOAD, pooling.INSTANCES) if pooled else 1
-            stores = [_instantiate(loaded, Limits())[0] for _ in range(warm)]
-        except wasmtime.WasmtimeError as exc:
-            if pooled:
-                raise _NoPool(f"the guest does not fit the pool: {exc}") from exc
-            raise SandboxUnavailable(f"cannot instantiate the sandbox guest: {exc}") from exc
-        del stores
-        return loaded
+        return _Loaded(engine, component, linker, component.get_export_index("run") or "run", pooled)
 
     @property
     def pooled(self) -> bool | None:
-        """Whether instances live in the pooling allocator's resident slots
-        (None until loaded; False where it is unavailable, see `pooling`)."""
-        return self._loaded.pooled if self._loaded is not None else None
+        """Whether instances live in the pooling allocator's slots (None until
+        loaded; False where it is unavailable, see `pooling`)."""
+        return self._tiers[0].loaded.pooled if self._tiers else None
 
     def _tick(self) -> None:
         while True:
             time.sleep(TICK_S)
-            loaded = self._loaded
-            if loaded is not None:
-                loaded.engine.increment_epoch()
+            for tier in self._tiers:
+                tier.loaded.engine.increment_epoch()
 
     def _housekeep(self) -> None:
         while True:
-            store = self._graveyard.get()
-            del store  # dropping the last reference resets its slot
-            self._slots.release()
+            store, tier = self._graveyard.get()
+            tier.drop(store)  # resets its slot (a copy) or decommits it
+            del store
             if self._graveyard.empty():
                 try:
                     self._make_spare()
@@ -191,31 +224,32 @@ class WasmBackend:
 
     def _make_spare(self) -> None:
         """Instantiate the next run's instance now, if nothing else waits. Only
-        with pooled slots: then a run makes no page faults, so this work on a
-        second thread cannot slow a run going on meanwhile (see the docstring)."""
-        loaded = self._loaded
-        if loaded is None or not loaded.pooled or not epoch.AVAILABLE or self._spare is not None:
+        in resident pooled slots: then a run makes no page faults, so this work
+        on a second thread cannot slow a run going on meanwhile (see the docstring)."""
+        tier = self._tiers[0] if self._tiers else None
+        if tier is None or not tier.resident or not epoch.AVAILABLE or self._spare is not None:
             return
-        if not self._slots.acquire(blocking=False):
+        if not tier.acquire():
             return
         try:
-            spare = _instantiate(loaded, Limits())
+            spare = _instantiate(tier.loaded, Limits())
         except BaseException:
-            self._slots.release()
+            tier.slots.release()
             raise
         with self._spare_lock:
             self._spare = spare
 
-    def _take_spare(self, limits: Limits) -> tuple[Store, Func] | None:
+    def _take_spare(self, limits: Limits) -> tuple[Store, Func, _Tier] | None:
         # A limit near the guest's initial memory (16.7 MiB) gets a fresh
         # instantiation, which checks the initial memory against it as ever.
         if limits.memory < pooling.KEEP_RESIDENT:
             return None
         with self._spare_lock:
             spare, self._spare = self._spare, None
-        if spare is not None:
-            spare[0].set_limits(memory_size=limits.memory)
-        return spare
+        if spare is None:
+            return None
+        spare[0].set_limits(memory_size=limits.memory)
+        return spare[0], spare[1], self._tiers[0]
 
     def execute(
         self, request_json: str, host_call: hostcall.Handler, limits: Limits, guard: epoch.RunGuard
@@ -225,17 +259,15 @@ class WasmBackend:
         passes or it is cancelled.
 
         Raises `WasmTrap` if the guest traps, `SandboxUnavailable` if it cannot load."""
-        if self._loaded is None:
+        if not self._tiers:
             self.load()
-        loaded = self._loaded
-        assert loaded is not None
-        return self._execute(loaded, request_json, host_call, limits, guard)
+        return self._execute(request_json, host_call, limits, guard)
 
     def _execute(
-        self, loaded: _Loaded, request_json: str, host_call: hostcall.Handler, limits: Limits, guard: epoch.RunGuard
+        self, request_json: str, host_call: hostcall.Handler, limits: Limits, guard: epoch.RunGuard
     ) -> tuple[str, float]:
         t0 = time.perf_counter()
-        store, run = self._instance(loaded, limits, guard)
+        store, run, tier = self._instance(limits, guard)
         startup = time.perf_counter() - t0
         epoch.bind(guard)
         wasi.bind(guard)
@@ -249,52 +281,84 @@ class WasmBackend:
             wasi.bind(None)
             epoch.bind(None)
             if self._graveyard.qsize() < _REAP_BACKLOG:
-                self._graveyard.put(store)
-                del store
+                self._graveyard.put((store, tier))
             else:  # the housekeeper is behind: drop it here
-                del store
-                self._slots.release()
+                tier.drop(store)
+            del store
         if not isinstance(response, str):
             raise WasmTrap(SandboxCrashed(f"the guest answered {type(response).__name__}, not a string"))
         return response, startup
 
-    def _instance(self, loaded: _Loaded, limits: Limits, guard: epoch.RunGuard) -> tuple[Store, Func]:
-        """The spare if there is one, else a new instance in a free slot; while
-        none is free, wait (polling for a spare too) until the run's deadline."""
+    def _instance(self, limits: Limits, guard: epoch.RunGuard) -> tuple[Store, Func, _Tier]:
+        """The spare if there is one, else a new instance in a free slot (resident
+        ones first); while none is free, wait (polling for a spare too) until the
+        run's deadline."""
         while True:
             spare = self._take_spare(limits)
             if spare is not None:
                 return spare
-            remaining = guard.deadline - time.monotonic()
-            if self._slots.acquire(timeout=max(0.0, min(_SLOT_POLL_S, remaining))):
-                break
-            if remaining <= _SLOT_POLL_S:
-                raise WasmTrap(
-                    RunTimeout(
-                        f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
-                        f"the {pooling.INSTANCES} sandbox slots"
+            tier = next((t for t in self._tiers if t.acquire()), None)
+            if tier is None:
+                remaining = guard.deadline - time.monotonic()
+                last = self._tiers[-1]
+                if last.acquire(timeout=max(0.0, min(_SLOT_POLL_S, remaining))):
+                    tier = last
+                elif remaining <= _SLOT_POLL_S:
+                    raise WasmTrap(
+                        RunTimeout(
+                            f"the run exceeded its {limits.timeout:g} s timeout waiting for one of "
+                            f"the {self.pool.max} sandbox slots"
+                        )
                     )
-                )
-        try:
-            return _instantiate(loaded, limits)
-        except wasmtime.WasmtimeError as exc:
-            self._slots.release()
-            raise WasmTrap(_classify_trap(exc, limits)) from exc
-        except BaseException:
-            self._slots.release()
-            raise
+                else:
+                    continue
+            try:
+                store, run = _instantiate(tier.loaded, limits)
+            except wasmtime.WasmtimeError as exc:
+                tier.slots.release()
+                if _POOL_FULL in str(exc):
+                    # Not ours to see (every store is closed before its slot
+                    # counts as free); should it happen, wait like any full pool.
+                    logger.warning("sandbox pool reported full while a slot was free: %s", exc)
+                    time.sleep(_SLOT_POLL_S)
+                    continue
+                raise WasmTrap(_classify_trap(exc, limits)) from exc
+            except BaseException:
+                tier.slots.release()
+                raise
+            return store, run, tier
+
+
+def _prove(loaded: _Loaded, count: int, *, pooled: bool) -> None:
+    """Make `count` instances at once and drop them: proves the pool fits."""
+    stores: list[Store] = []
+    try:
+        for _ in range(count):
+            stores.append(_instantiate(loaded, Limits())[0])
+    except wasmtime.WasmtimeError as exc:
+        if pooled:
+            raise _NoPool(f"the guest does not fit the pool: {exc}") from exc
+        raise SandboxUnavailable(f"cannot instantiate the sandbox guest: {exc}") from exc
+    finally:
+        for store in stores:
+            store.close()
 
 
 def _instantiate(loaded: _Loaded, limits: Limits) -> tuple[Store, Func]:
-    """A new store and instance of the guest, under `limits`; its `run` export."""
+    """A new store and instance of the guest, under `limits`; its `run` export.
+    A store that fails to instantiate is closed at once (its slot is free)."""
     store = Store(loaded.engine)
-    store.set_limits(memory_size=limits.memory)
-    if not epoch.install(store):
-        store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
-    instance = loaded.linker.instantiate(store, loaded.component)
-    run = instance.get_func(store, loaded.run_export)
-    if run is None:
-        raise SandboxUnavailable("the sandbox guest has no `run` export")
+    try:
+        store.set_limits(memory_size=limits.memory)
+        if not epoch.install(store):
+            store.set_epoch_deadline(max(1, math.ceil(limits.timeout / TICK_S)))
+        instance = loaded.linker.instantiate(store, loaded.component)
+        run = instance.get_func(store, loaded.run_export)
+        if run is None:
+            raise SandboxUnavailable("the sandbox guest has no `run` export")
+    except BaseException:
+        store.close()
+        raise
     return store, run
 
 
