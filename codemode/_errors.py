@@ -25,8 +25,10 @@
     │   │   ├── MemoryLimitExceeded memory_limit
     │   │   ├── ToolCallLimitExceeded tool_call_limit
     │   │   └── BatchLimitExceeded batch_limit
+    │   ├── ResultNotSerializable result_not_serializable the result holds a value JSON cannot (type, path)
     │   ├── RunCancelled          cancelled             the caller cancelled the run
     │   └── SandboxCrashed        sandbox_crashed       the guest trapped or answered garbage
+    │       └── MalformedToolCalls malformed_tool_calls the guest sent tool calls of the wrong shape
     └── ServiceError              service_error         the HTTP service refused a request (`codemode.Client`)
         ├── Unauthorized          unauthorized          no or a wrong bearer token
         ├── Forbidden             forbidden             a Host or Origin the service does not answer
@@ -58,8 +60,10 @@ __all__ = [
     "InvalidArguments",
     "InvalidEncoding",
     "LimitExceeded",
+    "MalformedToolCalls",
     "MemoryLimitExceeded",
     "RequestRejected",
+    "ResultNotSerializable",
     "RunCancelled",
     "RunNotFound",
     "RunTimeout",
@@ -285,6 +289,30 @@ class SandboxCrashed(ExecutionError):
     """The guest trapped (other than by a limit) or answered something unreadable."""
 
     code = "sandbox_crashed"
+
+
+class MalformedToolCalls(SandboxCrashed):
+    """The guest sent the host tool calls of the wrong shape (only a tampered
+    guest runtime can); none of them ran."""
+
+    code = "malformed_tool_calls"
+
+
+class ResultNotSerializable(ExecutionError):
+    """The result (the code's last expression) holds a value JSON cannot
+    represent. `path` says where (`result[0]['k']`), `value_type` its type,
+    `value_repr` a short repr of it."""
+
+    code = "result_not_serializable"
+
+    def __init__(self, message: str, *, path: str, value_type: str, value_repr: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.value_type = value_type
+        self.value_repr = value_repr
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "path": self.path, "value_type": self.value_type, "value_repr": self.value_repr}
 
 
 TOOL_ERRORS_BY_CODE: dict[str, type[ToolCallFailed]] = {

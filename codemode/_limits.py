@@ -23,6 +23,10 @@ class Limits:
     max_tool_calls: int = 1_000
     max_batch: int = 256
     """Tool calls one host crossing may carry (one `asyncio.gather` level)."""
+    max_batch_bytes: int = 4_000_000
+    """Size of one host crossing's tool calls, as UTF-8 JSON, leaving the
+    sandbox. Checked before the host decodes or parses it; reading a crossing
+    costs the host at most three times this."""
     max_code_bytes: int = 200_000
     max_tool_result_bytes: int = 1_000_000
     """Size of one tool result, as JSON, entering the sandbox."""

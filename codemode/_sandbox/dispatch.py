@@ -1,6 +1,7 @@
 """Where the sandbox's tool calls are carried out on the host.
 
-The guest sends a batch of calls as JSON; `Dispatcher.run_batch` resolves each
+The guest sends a batch of calls as JSON, which `frames` checks and parses
+before anything runs; `Dispatcher.run_batch` resolves each
 to its `Tool`, validates the arguments against the tool's input schema, runs the
 batch concurrently in one anyio task group, and answers with one outcome per
 call. Limits that end the run (call count, batch size, deadline) make it answer
@@ -35,6 +36,7 @@ from .._limits import Limits
 from .._result import ToolCallRecord
 from .._stubgen import ToolBinding
 from .._tools import Tool
+from .frames import Call, FrameRefused, log_refusal
 
 if TYPE_CHECKING:
     from .._tracing import RunTrace
@@ -215,7 +217,12 @@ class Dispatcher:
             self.fatal = error
         return json.dumps({"abort": self.fatal.message})
 
-    def _admit(self, batch: list[dict[str, Any]]) -> str | None:
+    def refuse(self, refused: FrameRefused) -> str:
+        """Answer a frame that may not run: nothing of it runs, the run ends."""
+        log_refusal(refused)
+        return self._abort(refused.error)
+
+    def _admit(self, batch: list[Call]) -> str | None:
         """The abort answer if this batch may not run; None if it may."""
         if self.fatal is not None:
             return self._abort(self.fatal)
@@ -230,25 +237,24 @@ class Dispatcher:
         self._batches += 1
         return None
 
-    def try_inline(self, batch_json: str) -> tuple[str | None, list[dict[str, Any]]]:
+    def try_inline(self, batch: list[Call]) -> str | None:
         """On the worker thread: carry out a batch that needs no event loop (one
-        call to a sync tool, or a refusal). (answer or None, the parsed batch)."""
-        batch = json.loads(batch_json)
+        call to a sync tool, or a refusal); None if it needs the loop."""
         if len(batch) != 1:
-            return None, batch
+            return None
         item = batch[0]
         binding = self._binding(item)
         if binding is not None and binding.tool.is_async:
-            return None, batch
+            return None
         refused = self._admit(batch)
         if refused is not None:
-            return refused, batch
+            return refused
         t0 = time.monotonic()
         answer = "[" + self._call_sync(item, self._batches, binding) + "]"
         self.tools_s += time.monotonic() - t0
-        return answer, batch
+        return answer
 
-    async def run_batch(self, batch: list[dict[str, Any]]) -> str:
+    async def run_batch(self, batch: list[Call]) -> str:
         """On the event loop: carry out one batch concurrently; the answer the
         guest receives, as JSON."""
         refused = self._admit(batch)
@@ -270,20 +276,17 @@ class Dispatcher:
             )
         return "[" + ",".join(outcomes) + "]"
 
-    async def _store(self, outcomes: list[str], i: int, item: dict[str, Any], batch: int) -> None:
+    async def _store(self, outcomes: list[str], i: int, item: Call, batch: int) -> None:
         outcomes[i] = await self._call_async(item, batch)
 
-    def _binding(self, item: dict[str, Any]) -> ToolBinding | None:
-        call = item.get("call") or {}
-        return self.bindings.get((str(call.get("ns")), str(call.get("tool"))))
+    def _binding(self, item: Call) -> ToolBinding | None:
+        return self.bindings.get((item.ns, item.tool))
 
-    def _prepare(self, item: dict[str, Any], binding: ToolBinding | None) -> tuple[ToolBinding, dict[str, Any]]:
+    def _prepare(self, item: Call, binding: ToolBinding | None) -> tuple[ToolBinding, dict[str, Any]]:
         """The binding and wire-named arguments of a call. Raises _Failure."""
-        call = item.get("call") or {}
         if binding is None:
-            raise _Failure("unknown_tool", f"there is no tool {call.get('ns')}.{call.get('tool')}")
-        raw_args = call.get("args")
-        py_args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
+            raise _Failure("unknown_tool", f"there is no tool {item.ns}.{item.tool}")
+        py_args = item.args
         unexpected = [k for k in py_args if k not in binding.params]
         if unexpected:
             raise _Failure(
@@ -308,13 +311,13 @@ class Dispatcher:
             )
         return binding, wire_args
 
-    def _call_sync(self, item: dict[str, Any], batch: int, known: ToolBinding | None) -> str:
+    def _call_sync(self, item: Call, batch: int, known: ToolBinding | None) -> str:
         if self.tracing is not None:
             with self.tracing.tool_call():
                 return self._call_sync_untraced(item, batch, known)
         return self._call_sync_untraced(item, batch, known)
 
-    def _call_sync_untraced(self, item: dict[str, Any], batch: int, known: ToolBinding | None) -> str:
+    def _call_sync_untraced(self, item: Call, batch: int, known: ToolBinding | None) -> str:
         started = time.monotonic()
         binding: ToolBinding | None = None
         wire_args: dict[str, Any] = {}
@@ -327,13 +330,13 @@ class Dispatcher:
         except Exception as exc:
             return self._failure(item, binding, wire_args, exc, started, batch)
 
-    async def _call_async(self, item: dict[str, Any], batch: int) -> str:
+    async def _call_async(self, item: Call, batch: int) -> str:
         if self.tracing is not None:
             with self.tracing.tool_call():
                 return await self._call_async_untraced(item, batch)
         return await self._call_async_untraced(item, batch)
 
-    async def _call_async_untraced(self, item: dict[str, Any], batch: int) -> str:
+    async def _call_async_untraced(self, item: Call, batch: int) -> str:
         started = time.monotonic()
         binding: ToolBinding | None = None
         wire_args: dict[str, Any] = {}
@@ -351,7 +354,7 @@ class Dispatcher:
 
     def _success(
         self,
-        item: dict[str, Any],
+        item: Call,
         binding: ToolBinding,
         wire_args: dict[str, Any],
         value: Any,
@@ -371,11 +374,11 @@ class Dispatcher:
         self._record(binding.namespace, binding.name, wire_args, started, batch, tool=binding.tool)
         if self.observe is not None:
             self.observe(binding.tool, value)
-        return '{"id":%d,"ok":true,"value":%s}' % (item["id"], encoded)  # noqa: UP031 (hot path)
+        return '{"id":%d,"ok":true,"value":%s}' % (item.id, encoded)  # noqa: UP031 (hot path)
 
     def _failure(
         self,
-        item: dict[str, Any],
+        item: Call,
         binding: ToolBinding | None,
         wire_args: dict[str, Any],
         exc: Exception,
@@ -387,13 +390,12 @@ class Dispatcher:
         else:  # a tool's own bug becomes a ToolError for the model
             logger.warning("tool %s raised", binding.qualified_name if binding else "?", exc_info=exc)
             code, message = "tool_error", f"{type(exc).__name__}: {exc}"
-        call = item.get("call") or {}
-        namespace = binding.namespace if binding else str(call.get("ns"))
-        name = binding.name if binding else str(call.get("tool"))
+        namespace = binding.namespace if binding else item.ns
+        name = binding.name if binding else item.tool
         tool = binding.tool if binding else None
         self._record(namespace, name, wire_args, started, batch, code=code, message=message, tool=tool)
         error = {"code": code, "message": message, "tool": f"{namespace}.{name}"}
-        return json.dumps({"id": item["id"], "ok": False, "error": error})
+        return json.dumps({"id": item.id, "ok": False, "error": error})
 
     def _record(
         self,

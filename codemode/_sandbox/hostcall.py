@@ -16,20 +16,34 @@ run is looked up per worker thread, since each run executes on its own thread.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import logging
 import threading
-from collections.abc import Callable
+from typing import Protocol
 
 from wasmtime import Store
 from wasmtime.component import Func, Linker
 
-__all__ = ["bind_handler", "call_string_func", "register"]
+from .frames import FrameRefused, check_decode, check_size
+
+__all__ = ["Handler", "bind_handler", "call_string_func", "register"]
 
 logger = logging.getLogger("codemode")
 
 _local = threading.local()
-Handler = Callable[[str], str]
+_NO_RUN = '{"abort": "no run is bound to this thread"}'
+
+
+class Handler(Protocol):
+    """A run's side of `call-tools`: the frame's size cap, what to answer a
+    refused frame, and the answer to a frame that passed the size checks."""
+
+    max_frame_bytes: int
+
+    def __call__(self, frame: str) -> str: ...
+
+    def refuse(self, refused: FrameRefused) -> str: ...
 
 
 def bind_handler(handler: Handler | None) -> None:
@@ -38,11 +52,45 @@ def bind_handler(handler: Handler | None) -> None:
 
 
 def _handle(batch: str) -> str:
-    handler = getattr(_local, "handler", None)
+    handler: Handler | None = getattr(_local, "handler", None)
     if handler is None:
-        return '{"abort": "no run is bound to this thread"}'
-    answer: str = handler(batch)
-    return answer
+        return _NO_RUN
+    try:
+        check_size(len(batch), handler.max_frame_bytes)
+    except FrameRefused as refused:
+        return handler.refuse(refused)
+    return handler(batch)
+
+
+def _decode(vec: ctypes.Structure, cap: int) -> str:
+    """The vector's text, decoded in place (no bytes copy). Raises `FrameRefused`."""
+    address = ctypes.cast(vec.data, ctypes.c_void_p).value
+    with memoryview((ctypes.c_char * vec.size).from_address(address or 0)) as raw:
+        check_decode(raw, cap)
+        text: str = codecs.utf_8_decode(raw, "strict", True)[0]  # wasmtime checked it is UTF-8
+    return text
+
+
+def _handle_vec(vec: ctypes.Structure) -> str:
+    """The answer to a frame still in wasmtime's buffer (`wasm_byte_vec_t`): its
+    size is checked before it is copied, its width before it is decoded, which
+    it is straight from the buffer, freed before the text is parsed."""
+    handler: Handler | None = getattr(_local, "handler", None)
+    owned = True
+    try:
+        if handler is None:
+            return _NO_RUN
+        try:
+            check_size(vec.size, handler.max_frame_bytes)
+            text = _decode(vec, handler.max_frame_bytes) if vec.size else ""
+            ffi.wasm_byte_vec_delete(ctypes.byref(vec))
+            owned = False
+        except FrameRefused as refused:
+            return handler.refuse(refused)
+        return handler(text)
+    finally:
+        if owned:
+            ffi.wasm_byte_vec_delete(ctypes.byref(vec))
 
 
 def _register_public(linker: Linker, name: str) -> None:
@@ -59,9 +107,7 @@ try:
         try:
             if nargs != 1 or nresults != 1 or args[0].kind != ffi.WASMTIME_COMPONENT_STRING.value:
                 raise TypeError("call-tools takes one string")
-            batch = ffi.to_str(args[0].of.string)
-            ffi.wasm_byte_vec_delete(ctypes.byref(args[0].of.string))
-            out = _handle(batch)
+            out = _handle_vec(args[0].of.string)
             results[0].kind = ffi.WASMTIME_COMPONENT_STRING
             results[0].of.string = ffi.str_to_capi(out)
             return 0

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
@@ -40,6 +40,8 @@ from .._stubgen import StubSet, render_stubs
 from .._tools import Tool
 from .dispatch import Dispatcher
 from .epoch import RunGuard
+from .frames import Call, FrameRefused
+from .frames import parse as parse_frame
 from .pooling import PoolSettings
 
 if TYPE_CHECKING:
@@ -213,7 +215,7 @@ class Sandbox:
         # asyncio `task.cancel()` reaches only the awaiting task, not these.
         in_flight: set[anyio.CancelScope] = set()
 
-        async def run_batch(batch: list[dict[str, Any]]) -> str:
+        async def run_batch(batch: list[Call]) -> str:
             with anyio.CancelScope() as scope:
                 in_flight.add(scope)
                 if guard.cancelled.is_set():
@@ -224,13 +226,7 @@ class Sandbox:
                     in_flight.discard(scope)
             return json.dumps({"abort": "the run was cancelled"})
 
-        def host_call(batch_json: str) -> str:
-            # Sync tools are answered right here on the worker thread; async
-            # tools (and gathers) cross to the event loop.
-            answer, batch = dispatcher.try_inline(batch_json)
-            if answer is not None:
-                return answer
-            return anyio.from_thread.run(run_batch, batch)
+        host_call = _HostCalls(dispatcher, run_batch)
 
         startup = 0.0
         response: str | None = None
@@ -315,6 +311,30 @@ class Sandbox:
         )
         calls = list(dispatcher.calls) if dispatcher else []
         return RunResult(timings=timings, tool_calls=calls, backend=self.backend.name, **fields)
+
+
+class _HostCalls:
+    """The run's side of `call-tools`, on the worker thread (`hostcall.Handler`)."""
+
+    def __init__(self, dispatcher: Dispatcher, run_batch: Callable[[list[Call]], Coroutine[Any, Any, str]]) -> None:
+        self.dispatcher = dispatcher
+        self.run_batch = run_batch
+        self.max_frame_bytes = dispatcher.limits.max_batch_bytes
+
+    def refuse(self, refused: FrameRefused) -> str:
+        return self.dispatcher.refuse(refused)
+
+    def __call__(self, frame: str) -> str:
+        try:
+            batch = parse_frame(frame, self.max_frame_bytes)
+        except FrameRefused as refused:
+            return self.refuse(refused)
+        # Sync tools are answered right here on the worker thread; async
+        # tools (and gathers) cross to the event loop.
+        answer = self.dispatcher.try_inline(batch)
+        if answer is not None:
+            return answer
+        return anyio.from_thread.run(self.run_batch, batch)
 
 
 def _on_loop(callback: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
