@@ -161,8 +161,15 @@ _PEAK = textwrap.dedent("""
 
 @pytest.mark.parametrize(
     ("shape", "size"),
-    [("lists", 70_000_000), ("lists", 3_900_000), ("deep", 3_900_000), ("dicts", 3_900_000), ("args", 3_900_000)]
-    + [("wide", 1_000_000), ("wide", 3_900_000)],
+    [
+        ("lists", 70_000_000),
+        ("lists", 3_900_000),
+        ("deep", 3_900_000),
+        ("dicts", 3_900_000),
+        ("args", 3_900_000),
+        ("wide", 1_000_000),
+        ("wide", 3_900_000),
+    ],
 )
 def test_host_memory_for_any_frame_stays_under_three_times_the_cap(shape: str, size: int) -> None:
     # Before the checks, a 70 MB frame of `[],` cost the host 1.75 GB and a

@@ -29,6 +29,7 @@ from .._errors import (
     ExecutionError,
     InvalidEncoding,
     MemoryLimitExceeded,
+    ResultNotSerializable,
     RunTimeout,
     SandboxCrashed,
     TracebackLine,
@@ -70,7 +71,7 @@ _shared_wasm: dict[PoolSettings, Backend] = {}
 _shared_lock = threading.Lock()
 
 
-def _backend(kind: str | Backend, pool_warm: int | None, pool_max: int | None) -> Backend:
+def _backend(kind: str | Backend, pool_warm: int | None = None, pool_max: int | None = None) -> Backend:
     if not isinstance(kind, str):
         return kind
     if kind == "wasm":
@@ -276,9 +277,15 @@ class Sandbox:
         self, response: str, limits: Limits, t0: float, dispatcher: Dispatcher, startup: float, execute_s: float
     ) -> RunResult:
         common: dict[str, Any] = {"dispatcher": dispatcher, "startup": startup, "execute_s": execute_s}
-        # Anything beyond what the limits allow for means the guest's runtime was tampered with.
-        if len(response) > 4 * (limits.max_result + limits.max_stdout) + 65_536:
-            return self._result(t0, error=SandboxCrashed("the guest's answer exceeded every size limit"), **common)
+        # Checked before parsing: an honest guest's answer always fits (see
+        # `_answer_cap`); anything longer means its runtime was tampered with.
+        cap = _answer_cap(limits)
+        if len(response) > cap:
+            return self._result(
+                t0,
+                error=SandboxCrashed(f"the guest's answer is {len(response)} characters; these limits allow {cap}"),
+                **common,
+            )
         try:
             data = json.loads(response)
             if not isinstance(data, dict):
@@ -286,11 +293,12 @@ class Sandbox:
             stdout, stdout_truncated = _cap(str(data.get("stdout", "")), limits.max_stdout)
             common.update(stdout=stdout, stdout_truncated=stdout_truncated or bool(data.get("stdout_truncated")))
             if data.get("ok"):
-                return self._result(
-                    t0, value=data.get("value"), value_truncated=bool(data.get("value_truncated")), **common
-                )
+                value, truncated = data.get("value"), bool(data.get("value_truncated"))
+                if len(response) > limits.max_result + _MARKER_ROOM:
+                    value, truncated = _cap_value(value, truncated, limits.max_result)
+                return self._result(t0, value=value, value_truncated=truncated, **common)
             return self._result(t0, error=_error_from_guest(data.get("error"), limits), **common)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             logger.warning("unreadable answer from the sandbox guest: %r", response[:500])
             return self._result(t0, error=SandboxCrashed(f"the guest's answer could not be read: {exc}"), **common)
 
@@ -378,6 +386,30 @@ def _check_code(code: object, limits: Limits) -> str | ExecutionError:
     return code
 
 
+# What the guest's answer may hold beyond the value and the output: the error's
+# message (4,000 characters), 60 traceback lines of 300, field names; and how
+# far an escaped character can stretch in JSON (`\u0000`: 6).
+_ANSWER_OVERHEAD = 65_536
+_ESCAPE = 6
+_MARKER_ROOM = 64  # runtime.MARKER_ROOM: the truncation marker past max_result
+_encode_result = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _answer_cap(limits: Limits) -> int:
+    """The longest answer an honest guest gives under `limits`: its value's JSON
+    is at most `max_result` (+ marker), its output `max_stdout` characters."""
+    return limits.max_result + _MARKER_ROOM + _ESCAPE * (limits.max_stdout + _MARKER_ROOM) + _ANSWER_OVERHEAD
+
+
+def _cap_value(value: Any, truncated: bool, limit: int) -> tuple[Any, bool]:
+    """`value` if its JSON fits `limit` (+ the marker); else the start of that
+    JSON as a string, with the marker, as the guest should have done."""
+    text = _encode_result(value)
+    if len(text) <= limit + _MARKER_ROOM:
+        return value, truncated
+    return text[:limit] + f"\n…[truncated {len(text) - limit} characters]", True
+
+
 def _cap(text: str, limit: int) -> tuple[str, bool]:
     marker_room = 64
     if len(text) <= limit + marker_room:
@@ -417,6 +449,13 @@ def _error_from_guest(error: object, limits: Limits) -> ExecutionError:
         return cls(message, tool=str(tool) if tool else None, traceback=frames)
     if kind == "deadlock":
         return Deadlock(message, traceback=frames)
+    if kind == "not_serializable":
+        return ResultNotSerializable(
+            message,
+            path=str(error.get("path", "result"))[:500],
+            value_type=str(error.get("type", ""))[:200],
+            value_repr=str(error.get("repr", ""))[:300],
+        )
     if kind == "exception":
         exc_type = str(error.get("type", "Exception"))
         if exc_type == "MemoryError":

@@ -300,23 +300,99 @@ def _replace_unencodable(obj):
 
 _encode_value = json.JSONEncoder(default=_jsonable, allow_nan=False, ensure_ascii=False).encode
 _encode_str = json.encoder.encode_basestring
+_encode_text = json.JSONEncoder(ensure_ascii=False).encode
+# Room for the truncation marker, as JSON, past `max_result` (the host allows this much).
+MARKER_ROOM = 64
+_JSON_KEYS = (str, int, float, bool)
+
+
+class NotSerializable(Exception):
+    """The result holds a value JSON cannot represent, at `path`."""
+
+    def __init__(self, path, obj, reason):
+        super().__init__(reason)
+        self.path = path
+        self.obj = obj
+        self.reason = reason
+
+
+def _locate(obj, path, ancestors):
+    """(path, value, reason) of the first part of `obj` that cannot be encoded
+    the way `_encode_value` does it; None if there is none."""
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return None
+    if id(obj) in ancestors:
+        return path, obj, "it contains itself"
+    if isinstance(obj, dict):
+        ancestors.add(id(obj))
+        for key, item in obj.items():
+            if key is not None and not isinstance(key, _JSON_KEYS):
+                return (
+                    path,
+                    key,
+                    f"it has a key of type {type(key).__name__}; keys must be str, int, float, bool or None",
+                )
+            found = _locate(item, f"{path}[{_safe_repr(key, 60)}]", ancestors)
+            if found:
+                return found
+        ancestors.discard(id(obj))
+        return None
+    if isinstance(obj, (list, tuple)):
+        ancestors.add(id(obj))
+        for i, item in enumerate(obj):
+            found = _locate(item, f"{path}[{i}]", ancestors)
+            if found:
+                return found
+        ancestors.discard(id(obj))
+        return None
+    try:
+        converted = _jsonable(obj)
+    except Exception as exc:
+        return path, obj, f"converting it raised {type(exc).__name__}: {_safe_repr(exc, 200)}"
+    return None if isinstance(converted, str) else _locate(converted, path, ancestors)
+
+
+def _not_serializable(value, error):
+    try:
+        found = _locate(value, "result", set())
+    except RecursionError:
+        found = "result", value, "it is nested too deeply"
+    if found is None:
+        found = "result", value, f"{type(error).__name__}: {_safe_repr(error, 200)}"
+    return NotSerializable(*found)
+
+
+def _truncated(text, limit):
+    """`text` cut to a JSON string of at most `limit + MARKER_ROOM` characters,
+    escapes included, with a visible marker."""
+    cut = limit
+    while True:
+        out = _encode_text(text[:cut] + TRUNCATION_MARKER.format(omitted=len(text) - cut))
+        over = len(out) - limit - MARKER_ROOM
+        if over <= 0 or cut == 0:
+            return out
+        cut = max(0, cut - over)
 
 
 def encode_value(value, limit):
     """(json_text, truncated). Over the limit, the value becomes a string: the
-    start of its JSON text and a visible truncation marker."""
+    start of its JSON text and a visible truncation marker.
+
+    Raises `NotSerializable` if JSON cannot represent some part of it."""
     try:
         text = _encode_str(value) if type(value) is str else _encode_value(value)
-    except ValueError:
-        try:
-            text = _encode_value(_replace_unencodable(value))
-        except ValueError:
-            text = _dumps(_safe_repr(value))
-    except RecursionError:
-        text = _dumps(_safe_repr(value))
+    except Exception as error:  # the value's own methods may raise anything
+        text = None
+        if isinstance(error, ValueError):  # NaN, infinities, ints too long to print
+            try:
+                text = _encode_value(_replace_unencodable(value))
+            except Exception:
+                pass
+        if text is None:
+            raise _not_serializable(value, error) from None
     if len(text) <= limit:
         return text, False
-    return _dumps(text[:limit] + TRUNCATION_MARKER.format(omitted=len(text) - limit)), True
+    return _truncated(text, limit), True
 
 
 def _prepare(code):
@@ -339,14 +415,20 @@ def _compile_default(tree):
     return compile(tree, CODE_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
 
 
+_MAX_FRAMES = 60
+
+
 def _user_frames(tb, code):
     code_lines = code.splitlines()
     frames = []
-    for frame in traceback.extract_tb(tb):
+    extracted = traceback.extract_tb(tb)
+    if len(extracted) > _MAX_FRAMES:  # deep recursion: the outermost and innermost
+        extracted = extracted[: _MAX_FRAMES // 2] + extracted[-_MAX_FRAMES // 2 :]
+    for frame in extracted:
         if frame.filename != CODE_FILENAME:
             continue
         lineno = frame.lineno or 0
-        text = code_lines[lineno - 1].strip() if 0 < lineno <= len(code_lines) else ""
+        text = code_lines[lineno - 1].strip()[:300] if 0 < lineno <= len(code_lines) else ""
         frames.append({"line": lineno, "name": frame.name, "text": text})
     return frames
 
@@ -478,7 +560,17 @@ def execute(request, host_call, *, compile_code=_compile_default, make_globals=_
         except BaseException as exc:  # the model's code may raise anything, SystemExit included
             response["error"] = _exception_error(exc, code)
             return response
-        text, truncated = encode_value(value, max_result)
+        try:
+            text, truncated = encode_value(value, max_result)
+        except NotSerializable as exc:
+            response["error"] = {
+                "kind": "not_serializable",
+                "type": type(exc.obj).__name__,
+                "path": exc.path,
+                "repr": _safe_repr(exc.obj, 200),
+                "message": f"the result cannot be returned as JSON: {exc.path} ({type(exc.obj).__name__}): {exc.reason}",
+            }
+            return response
         response.update({"ok": True, "value_json": text, "value_truncated": truncated})
         return response
     finally:
