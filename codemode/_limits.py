@@ -3,9 +3,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["Limits"]
+__all__ = ["GUEST_MIN_MEMORY", "Limits"]
 
 _MIB = 1024 * 1024
+GUEST_MIN_MEMORY = 267 * 65_536
+"""The sandbox guest's initial linear memory (267 wasm pages, 16.7 MiB): a
+smaller `Limits.memory` could never instantiate it. A test checks this against
+the built guest, whose minimum the wasm backend also reads when it loads."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,7 +18,8 @@ class Limits:
     error in `RunResult.error` (sizes of output are truncated with a visible
     marker instead).
 
-    Raises `ValueError` on construction if a limit is not positive."""
+    Raises `ValueError` on construction if a limit is not a positive number
+    (a whole number but for `timeout`), or `memory` is below `GUEST_MIN_MEMORY`."""
 
     timeout: float = 30.0
     """Wall-clock seconds for the whole run, tool calls included."""
@@ -38,8 +43,15 @@ class Limits:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"Limits.{field.name} must be a positive number, got {value!r}")
+            kinds = (int, float) if field.name == "timeout" else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+                what = "number" if field.name == "timeout" else "whole number"
+                raise ValueError(f"Limits.{field.name} must be a positive {what}, got {value!r}")
+        if self.memory < GUEST_MIN_MEMORY:
+            raise ValueError(
+                f"Limits.memory must be at least {GUEST_MIN_MEMORY} bytes ({GUEST_MIN_MEMORY / _MIB:.1f} MiB), "
+                f"the sandbox guest's initial memory; got {self.memory}"
+            )
 
     def replace(self, **changes: float) -> Limits:
         """A copy with some limits changed."""

@@ -432,3 +432,19 @@ async def test_health_metrics_and_docs() -> None:
     assert docs.status_code == 200
     description = schema["paths"]["/v1/execute"]["post"]["description"]
     assert "still HTTP 200" in description and "`ok: false`" in description
+
+
+async def test_limits_of_the_wrong_type_or_below_the_guest_minimum_are_refused() -> None:
+    from codemode._limits import GUEST_MIN_MEMORY
+
+    async with serving() as client:
+        small = await client.post("/v1/execute", json={"code": "1", "limits": {"memory": 1 << 20}})
+        flag = await client.post("/v1/execute", json={"code": "1", "limits": {"timeout": True}})
+        text = await client.post("/v1/execute", json={"code": "1", "limits": {"timeout": "5"}})
+        fraction = await client.post("/v1/execute", json={"code": "1", "limits": {"max_stdout": 10.5}})
+        fine = await client.post("/v1/execute", json={"code": "1", "limits": {"timeout": 5, "memory": 64 << 20}})
+    body = assert_problem(small, 422, "validation_error")
+    assert str(GUEST_MIN_MEMORY) in json.dumps(body), body
+    for response in (flag, text, fraction):
+        assert_problem(response, 422, "validation_error")
+    assert fine.status_code == 200 and fine.json()["value"] == 1, fine.text

@@ -250,3 +250,19 @@ def test_bad_pool_sizes_are_refused() -> None:
         Sandbox(pool_warm=4, pool_max=2)
     with pytest.raises(ValueError, match="at least 1"):
         Sandbox(pool_max=0)
+
+
+async def test_a_memory_limit_below_the_guests_initial_memory_is_refused_naming_it() -> None:
+    from codemode._limits import GUEST_MIN_MEMORY
+
+    with pytest.raises(ValueError, match=str(GUEST_MIN_MEMORY)):
+        Limits(memory=GUEST_MIN_MEMORY - 1)
+    with pytest.raises(ValueError, match="whole number"):
+        Limits(memory=float(64 << 20))  # type: ignore[arg-type]
+    # The constant is the built guest's real minimum: one page less cannot instantiate.
+    sandbox = Sandbox()
+    await sandbox.load()
+    assert isinstance(sandbox.backend, WasmBackend)
+    assert sandbox.backend.min_memory == GUEST_MIN_MEMORY
+    at_minimum = await sandbox.run("1 + 1", limits=Limits(memory=GUEST_MIN_MEMORY))
+    assert at_minimum.value == 2, at_minimum.error

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import wasmtime
 from wasmtime import Config, Engine, Store
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
-from .._errors import RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
+from .._errors import MemoryLimitExceeded, RunCancelled, RunTimeout, SandboxCrashed, SandboxUnavailable
 from .._limits import Limits
 from . import epoch, guest, hostcall, pooling, wasi
 
@@ -62,7 +63,7 @@ _POOL_FULL = "concurrent limit"
 class WasmTrap(Exception):
     """The guest trapped; `error` is what the run should report."""
 
-    def __init__(self, error: RunTimeout | RunCancelled | SandboxCrashed) -> None:
+    def __init__(self, error: RunTimeout | RunCancelled | SandboxCrashed | MemoryLimitExceeded) -> None:
         super().__init__(error.message)
         self.error = error
 
@@ -131,6 +132,8 @@ class WasmBackend:
         # never run: the next run takes it instead of instantiating.
         self._spare: tuple[Store, Func] | None = None
         self._spare_lock = threading.Lock()
+        self.min_memory: int | None = None
+        """The guest's initial memory in bytes, read when it loads."""
 
     def load(self, *, progress: guest.Progress | None = None, force_build: bool = False) -> None:
         """Load the component (building and compiling it if the cache lacks it).
@@ -148,6 +151,7 @@ class WasmBackend:
                 _prove(loaded, 1, pooled=False)
                 size = self.pool.max
                 self._tiers = [_Tier(loaded, threading.BoundedSemaphore(size), size, resident=False)]
+            self.min_memory = _initial_memory(self._tiers[-1].loaded)
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, name="codemode-epoch", daemon=True)
                 self._ticker.start()
@@ -293,6 +297,13 @@ class WasmBackend:
         """The spare if there is one, else a new instance in a free slot (resident
         ones first); while none is free, wait (polling for a spare too) until the
         run's deadline."""
+        if self.min_memory is not None and limits.memory < self.min_memory:
+            raise WasmTrap(
+                MemoryLimitExceeded(
+                    f"the memory limit ({limits.memory} bytes) is below the sandbox guest's "
+                    f"initial memory of {self.min_memory} bytes"
+                )
+            )
         while True:
             spare = self._take_spare(limits)
             if spare is not None:
@@ -327,6 +338,22 @@ class WasmBackend:
                 tier.slots.release()
                 raise
             return store, run, tier
+
+
+def _initial_memory(loaded: _Loaded) -> int | None:
+    """The guest's initial memory in bytes: what instantiating it under a
+    memory limit of zero says it needs (None if wasmtime words it otherwise)."""
+    store = Store(loaded.engine)
+    try:
+        store.set_wasi(WasiConfig())
+        store.set_limits(memory_size=0)
+        loaded.linker.instantiate(store, loaded.component)
+    except wasmtime.WasmtimeError as exc:
+        match = re.search(r"minimum size of (\d+) pages", str(exc))
+        return int(match.group(1)) * 65_536 if match else None
+    finally:
+        store.close()
+    return 0
 
 
 def _prove(loaded: _Loaded, count: int, *, pooled: bool) -> None:

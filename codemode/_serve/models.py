@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._limits import Limits
+from .._limits import GUEST_MIN_MEMORY, Limits
 
 __all__ = [
     "ExecuteRequest",
@@ -38,14 +38,24 @@ class _Strict(BaseModel):
 
 class LimitsIn(_Strict):
     """Limits for one run. Each omitted field takes the server's default; each
-    given one is capped at the server's maximum (silently: the run still happens)."""
+    given one is capped at the server's maximum (silently: the run still happens).
+    Strict: `true` or `"5"` is not a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     timeout: float | None = Field(
         default=None, gt=0, description="Wall-clock seconds for the whole run, tool calls included."
     )
-    memory: int | None = Field(default=None, gt=0, description="Bytes the guest's memory may grow to.")
+    memory: int | None = Field(
+        default=None,
+        ge=GUEST_MIN_MEMORY,
+        description=f"Bytes the guest's memory may grow to; at least {GUEST_MIN_MEMORY}, its initial memory.",
+    )
     max_tool_calls: int | None = Field(default=None, gt=0, description="Tool calls the run may make.")
     max_batch: int | None = Field(default=None, gt=0, description="Tool calls one `asyncio.gather` level may carry.")
+    max_batch_bytes: int | None = Field(
+        default=None, gt=0, description="Size of one crossing's tool calls, as UTF-8 JSON, leaving the sandbox."
+    )
     max_code_bytes: int | None = Field(default=None, gt=0, description="Size of the code, in UTF-8 bytes.")
     max_tool_result_bytes: int | None = Field(default=None, gt=0, description="Size of one tool result, as JSON.")
     max_stdout: int | None = Field(default=None, gt=0, description="Characters of print output kept.")
