@@ -142,9 +142,9 @@ def _parse_cost(text: str, width: int, budget: int) -> int:
 
 def parse(text: str, cap: int) -> list[Call]:
     """The calls of a frame, validated. Raises `FrameRefused`."""
+    if len(text) > cap:  # the wasm backend checked the bytes already; the restricted one did not
+        raise _too_large("as JSON", len(text), cap)
     if len(text) > _SMALL:
-        if len(text) > cap:
-            raise _too_large("as JSON", len(text), cap)
         width = _text_width(text)
         room = BUDGET_FACTOR * cap - width * len(text)
         cost = _parse_cost(text, width, room)
