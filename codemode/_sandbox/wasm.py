@@ -345,7 +345,6 @@ def _initial_memory(loaded: _Loaded) -> int | None:
     memory limit of zero says it needs (None if wasmtime words it otherwise)."""
     store = Store(loaded.engine)
     try:
-        store.set_wasi(WasiConfig())
         store.set_limits(memory_size=0)
         loaded.linker.instantiate(store, loaded.component)
     except wasmtime.WasmtimeError as exc:
