@@ -27,6 +27,7 @@ the work saved.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import queue
@@ -127,7 +128,11 @@ class WasmBackend:
         self._tiers: list[_Tier] = []
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
-        self._graveyard: queue.SimpleQueue[tuple[Store, _Tier]] = queue.SimpleQueue()
+        self._housekeeper: threading.Thread | None = None
+        # Set at interpreter exit: the threads stop calling into engines that
+        # module teardown is about to delete (a use after free otherwise).
+        self._stopping = threading.Event()
+        self._graveyard: queue.SimpleQueue[tuple[Store, _Tier] | None] = queue.SimpleQueue()
         # An instance made ahead by the housekeeper while it had nothing to drop,
         # never run: the next run takes it instead of instantiating.
         self._spare: tuple[Store, Func] | None = None
@@ -155,7 +160,9 @@ class WasmBackend:
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, name="codemode-epoch", daemon=True)
                 self._ticker.start()
-                threading.Thread(target=self._housekeep, name="codemode-reaper", daemon=True).start()
+                self._housekeeper = threading.Thread(target=self._housekeep, name="codemode-reaper", daemon=True)
+                self._housekeeper.start()
+                atexit.register(self._stop)
 
     def _load_tiers(self, *, progress: guest.Progress | None, force_build: bool) -> list[_Tier]:
         """The resident pool of `warm` slots, then the pool of the rest, whose
@@ -209,15 +216,26 @@ class WasmBackend:
         loaded; False where it is unavailable, see `pooling`)."""
         return self._tiers[0].loaded.pooled if self._tiers else None
 
+    def _stop(self) -> None:
+        """Stop the ticking and housekeeping threads (at interpreter exit)."""
+        self._stopping.set()
+        self._graveyard.put(None)
+        for thread in (self._ticker, self._housekeeper):
+            if thread is not None:
+                thread.join(timeout=2.0)
+
     def _tick(self) -> None:
-        while True:
-            time.sleep(TICK_S)
+        while not self._stopping.wait(TICK_S):
             for tier in self._tiers:
                 tier.loaded.engine.increment_epoch()
 
     def _housekeep(self) -> None:
         while True:
-            store, tier = self._graveyard.get()
+            entry = self._graveyard.get()
+            if entry is None or self._stopping.is_set():
+                return
+            store, tier = entry
+            del entry
             tier.drop(store)  # resets its slot (a copy) or decommits it
             del store
             if self._graveyard.empty():
