@@ -223,6 +223,14 @@ class WasmBackend:
         for thread in (self._ticker, self._housekeeper):
             if thread is not None:
                 thread.join(timeout=2.0)
+        # Delete the linkers now, while the host functions' C callbacks (and
+        # their finalizers) still exist; module teardown frees those first.
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[0].close()
+        for tier in self._tiers:
+            tier.loaded.linker.close()
 
     def _tick(self) -> None:
         while not self._stopping.wait(TICK_S):
