@@ -56,3 +56,25 @@ async def test_asyncio_cancellation_stops_the_run_its_tool_calls_and_threads(how
         await _until(lambda: threading.active_count() <= threads, 5)
         result = await cm.execute("1 + 1")
         assert result.value == 2
+
+
+async def test_a_cancelled_run_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """Cancelling is ordinary: it must not log a traceback and a wasm backtrace
+    (each cancel used to log ~50 lines, so a caller controlled the log's volume)."""
+    started = anyio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    caplog.set_level("DEBUG")
+    async with CodeMode(tools=[Tool(name="hang", namespace="host", fn=hang)]) as cm:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cm.execute, "await host.hang()")
+            with anyio.fail_after(30):
+                await started.wait()
+            tg.cancel_scope.cancel()
+        assert (await cm.execute("1 + 1")).value == 2
+    text = caplog.text
+    assert "Traceback" not in text and "wasm backtrace" not in text, text[-3000:]
+    assert "host function failed" not in text

@@ -16,7 +16,9 @@ run is looked up per worker thread, since each run executes on its own thread.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import concurrent.futures
 import ctypes
 import logging
 import threading
@@ -25,6 +27,7 @@ from typing import Protocol
 from wasmtime import Store
 from wasmtime.component import Func, Linker
 
+from .epoch import CANCEL_TRAP
 from .frames import FrameRefused, check_decode, check_size
 
 __all__ = ["Handler", "bind_handler", "call_string_func", "register"]
@@ -49,6 +52,13 @@ class Handler(Protocol):
 def bind_handler(handler: Handler | None) -> None:
     """Route this thread's host calls to `handler` (None: unbind)."""
     _local.handler = handler
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether `exc` is the event loop cancelling the run's tool calls (asyncio's or trio's)."""
+    return isinstance(exc, asyncio.CancelledError | concurrent.futures.CancelledError) or (
+        type(exc).__name__ == "Cancelled" and type(exc).__module__.startswith("trio")
+    )
 
 
 def _handle(batch: str) -> str:
@@ -112,8 +122,14 @@ try:
             results[0].of.string = ffi.str_to_capi(out)
             return 0
         except BaseException as exc:  # must not unwind through C; becomes a trap
-            logger.exception("call-tools host function failed")
-            err = ffi.wasmtime_error_new(f"host function failed: {exc}".encode())
+            if _is_cancellation(exc):
+                # The run was cancelled while its calls were in flight: expected, not
+                # worth a traceback (each cancel used to log ~50 lines). The trap
+                # text makes the backend report it as a cancellation.
+                err = ffi.wasmtime_error_new(CANCEL_TRAP.encode())
+            else:
+                logger.exception("call-tools host function failed")
+                err = ffi.wasmtime_error_new(f"host function failed: {exc}".encode())
             return ctypes.cast(err, ctypes.c_void_p).value or 0
 
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
