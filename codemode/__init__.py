@@ -42,6 +42,7 @@ from ._errors import (
 from ._limits import Limits
 from ._observed import ShapeRecorder
 from ._pinning import LockFileError, PinPolicy, PinReport, PinStore, ToolDefinitionChanged
+from ._render import render_for_model
 from ._result import RunResult, RunTimings, ToolCallRecord
 from ._sandbox.runner import Backend, Sandbox
 from ._tools import Tool, ToolFn
@@ -163,5 +164,6 @@ __all__ = [
     "create_app",
     "load_config",
     "parse_config",
+    "render_for_model",
     "render_stubs",
 ]

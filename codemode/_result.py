@@ -29,6 +29,13 @@ class ToolCallRecord:
     wire_name: str = ""
     """The tool's name on its server (what was called there, and what is pinned);
     empty when the call named no known tool."""
+    decision: str | None = None
+    """What the tool-call policy decided, when one is set (see `codemode.Policy`):
+    `allowed` (by rule), `approved`, `denied` (by rule) or `approval_denied`
+    (by the approver, or no decision in time). None: no policy, or the call
+    failed before the policy was asked (unknown tool, invalid arguments)."""
+    decided_by: str | None = None
+    """Who decided: `policy`, or the approver's name for asked calls."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +50,8 @@ class ToolCallRecord:
             "batch": self.batch,
             "started_s": self.started_s,
             "duration_s": self.duration_s,
+            "decision": self.decision,
+            "decided_by": self.decided_by,
         }
 
     @classmethod

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import json
 import logging
 import math
 import os
@@ -42,10 +41,11 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from .._core import CodeMode
-from .._errors import CodemodeError, CodeSyntaxError, ConfigError, ExecutionError, SandboxUnavailable, UncaughtException
+from .._errors import CodemodeError, ConfigError, SandboxUnavailable
 from .._limits import Limits
 from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION, with_stubs
-from .._result import RunResult, ToolCallRecord
+from .._render import render_for_model
+from .._result import RunResult
 from .settings import McpSettings
 
 __all__ = ["build_server", "cli_main", "format_run", "serve_stdio", "server_instructions"]
@@ -61,7 +61,6 @@ MAX_CONCURRENT_RUNS = 4
 """Runs executing at once; each holds a worker thread and a wasm instance."""
 SEARCH_LIMIT_MAX = 50
 _INDEX_TOOLS = 12
-_TRACE_ARGS_CHARS = 200
 
 _WORKFLOW = (
     "codemode: do multi-step work with tools by writing one Python program instead of calling tools one by one. "
@@ -195,9 +194,9 @@ async def _run_reporting_progress(cm: CodeMode, code: str, limits: Limits, ctx: 
 
 
 def format_run(result: RunResult, *, trace: bool = False) -> CallToolResult:
-    """A run as an MCP tool result: the final value (text and structured), the
-    captured stdout after a separator, the error as `isError`, and the tool-call
-    log only when `trace` is set."""
+    """A run as an MCP tool result: `render_for_model`'s text, the same data
+    structured, the error as `isError`, and the tool-call log only when `trace`
+    is set."""
     structured: dict[str, Any] = {
         "ok": result.ok,
         "value": result.value,
@@ -208,51 +207,14 @@ def format_run(result: RunResult, *, trace: bool = False) -> CallToolResult:
     }
     if result.trace_id is not None:  # the caller's trace (from `_meta.traceparent`) or ours
         structured["trace_id"] = result.trace_id
-    parts = [_error_text(result.error) if result.error is not None else _value_text(result)]
-    if result.stdout:
-        parts.append("--- stdout ---\n" + result.stdout.rstrip("\n"))
     if trace:
         structured["tool_calls"] = [call.to_dict() for call in result.tool_calls]
         structured["timings"] = result.timings.to_dict()
-        parts.append(_trace_text(result.tool_calls))
     return CallToolResult(
-        content=[TextContent(type="text", text="\n\n".join(parts))],
+        content=[TextContent(type="text", text=render_for_model(result, trace=trace))],
         structured_content=structured,
         is_error=not result.ok,
     )
-
-
-def _value_text(result: RunResult) -> str:
-    value = result.value
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=repr)
-    if result.value_truncated:
-        text += "\n[the result was truncated: return something smaller, e.g. filter or count in code]"
-    return text
-
-
-def _error_text(error: ExecutionError) -> str:
-    if isinstance(error, (UncaughtException, CodeSyntaxError)):
-        head = str(error)  # these include the exception type, traceback lines or the caret
-    else:
-        head = error.message
-        frames = getattr(error, "traceback", None) or []
-        if frames:
-            head += "\n" + "\n".join(f"  line {f.line}, in {f.name}: {f.text}" for f in frames)
-    return f"Error [{error.code}]: {head}"
-
-
-def _trace_text(calls: list[ToolCallRecord]) -> str:
-    lines = [f"--- tool calls ({len(calls)}) ---"]
-    for call in calls:
-        args = json.dumps(call.arguments, ensure_ascii=False, default=repr)
-        if len(args) > _TRACE_ARGS_CHARS:
-            args = args[:_TRACE_ARGS_CHARS] + "…"
-        status = "ok" if call.ok else f"{call.error_code}: {call.error_message}"
-        lines.append(
-            f"[batch {call.batch}] {call.namespace}.{call.tool}({args}) {status} "
-            f"at {call.started_s:.3f}s took {call.duration_s:.3f}s"
-        )
-    return "\n".join(lines)
 
 
 def _text(text: str) -> CallToolResult:
