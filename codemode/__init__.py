@@ -4,6 +4,7 @@ import typing as _typing
 
 from ._discovery import ServerSummary, ToolHit, ToolHits, ToolIndex, ToolNotFound
 from ._errors import (
+    ApprovalDenied,
     BatchLimitExceeded,
     CodemodeError,
     CodeRejected,
@@ -30,8 +31,11 @@ from ._errors import (
     ServiceBusy,
     ServiceError,
     ServiceUnreachable,
+    ToolCallDenied,
     ToolCallFailed,
     ToolCallLimitExceeded,
+    ToolCallNotApproved,
+    ToolDenied,
     ToolError,
     ToolResultTooLarge,
     TracebackLine,
@@ -42,6 +46,7 @@ from ._errors import (
 from ._limits import Limits
 from ._observed import ShapeRecorder
 from ._pinning import LockFileError, PinPolicy, PinReport, PinStore, ToolDefinitionChanged
+from ._policy import Approval, Policy, ToolCall
 from ._render import render_for_model
 from ._result import RunResult, RunTimings, ToolCallRecord
 from ._sandbox.runner import Backend, Sandbox
@@ -97,6 +102,8 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Approval",
+    "ApprovalDenied",
     "AsyncClient",
     "Backend",
     "BatchLimitExceeded",
@@ -124,6 +131,7 @@ __all__ = [
     "PinPolicy",
     "PinReport",
     "PinStore",
+    "Policy",
     "RequestRejected",
     "ResultNotSerializable",
     "RunCancelled",
@@ -145,10 +153,14 @@ __all__ = [
     "ShapeRecorder",
     "StubSet",
     "Tool",
+    "ToolCall",
+    "ToolCallDenied",
     "ToolCallFailed",
     "ToolCallLimitExceeded",
+    "ToolCallNotApproved",
     "ToolCallRecord",
     "ToolDefinitionChanged",
+    "ToolDenied",
     "ToolError",
     "ToolFn",
     "ToolHit",

@@ -22,6 +22,7 @@ from ._errors import ConfigError, ToolServerUnavailable, UncaughtException
 from ._limits import Limits
 from ._observed import OBSERVED_FILE_NAME, ShapeRecorder, observed_note
 from ._pinning import LOCK_FILE_NAME, PinPolicy, PinStore, filter_pinned, with_python_names
+from ._policy import Approver, Gate, Policy, PolicyFn, RunGate
 from ._prompt import (
     CODE_CONTRACT,
     DEFAULT_STUBS_BUDGET,
@@ -67,6 +68,12 @@ class CodeMode:
     searches (`search_tools(..., with_stubs=True)` returns the best hits'
     stubs with them) or asks `stubs()`. 0 always gives the index; None takes
     `$CODEMODE_STUBS_BUDGET`, else `DEFAULT_STUBS_BUDGET` (4,000).
+
+    `policy` (a `Policy`, or any function of a `ToolCall` answering "allow",
+    "deny" or "ask") and each server's `"codemode": {"approve": [...]}` decide
+    every call before it is made; "ask" waits for `approver` (or the one given
+    to `execute`) at most `approval_timeout` seconds, which count against the
+    run's timeout. See `codemode._policy` for the whole contract.
     """
 
     def __init__(
@@ -81,6 +88,9 @@ class CodeMode:
         pin_policy: PinPolicy | None = None,
         observe_shapes: bool | str | Path = False,
         stubs_budget: int | None = None,
+        policy: Policy | PolicyFn | None = None,
+        approver: Approver | None = None,
+        approval_timeout: float = 60.0,
     ) -> None:
         self.stubs_budget = _stubs_budget(stubs_budget)
         self.config = config
@@ -102,6 +112,7 @@ class CodeMode:
         self._cache_key: tuple[int, int, frozenset[tuple[str, str]]] | None = None
         self._tools: list[Tool] = []
         self._index: ToolIndex | None = None
+        self._gate = _gate(config, policy, approver, approval_timeout)
 
     @classmethod
     def from_config(cls, path: str | Path, **kwargs: Any) -> CodeMode:
@@ -166,6 +177,8 @@ class CodeMode:
             tools = [self._with_observed_output(t) for t in tools]
             # codemode's own read_resource definitions: nothing a server could change, so not pinned.
             tools += self._hub.resource_tools() if self._hub is not None else []
+            if self._gate is not None:  # last: every call the sandbox makes passes the policy
+                tools = [self._gate.wrap(t) for t in tools]
             self._tools, self._index, self._cache_key = tools, None, key
         return self._tools
 
@@ -231,11 +244,15 @@ class CodeMode:
         *,
         limits: Limits | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        approver: Approver | None = None,
     ) -> RunResult:
         """Run `code` against the tools; see `Sandbox.run`. Servers the code names
         that are still connecting are waited for, each up to its `connectTimeout`.
         Configured secrets are redacted from the result and from every event
-        (`codemode._redact`)."""
+        (`codemode._redact`). With a policy, `approver` decides this run's
+        "ask" calls (instead of the CodeMode's), `on_event` also gets
+        `approval_requested` and `approval_decided`, and each call record
+        carries its decision."""
         if self._hub is not None:
             await self._wait_for_named_servers(code)
         tools = self.tools()
@@ -246,13 +263,21 @@ class CodeMode:
             def on_event(event: dict[str, Any]) -> None:
                 consumer(redact.value(event))
 
-        result = await self.sandbox.run(
-            code,
-            tools=_referenced(code, tools, self.sandbox),
-            limits=limits,
-            on_event=on_event,
-            observe=self._observe if self._shapes is not None else None,
-        )
+        run_tools = _referenced(code, tools, self.sandbox)
+        observe = self._observe if self._shapes is not None else None
+        if self._gate is None:
+            result = await self.sandbox.run(code, tools=run_tools, limits=limits, on_event=on_event, observe=observe)
+        else:
+            run = RunGate(approver=approver, on_event=on_event)
+            token = self._gate.run(run)
+            try:
+                result = await self.sandbox.run(
+                    code, tools=run_tools, limits=limits, on_event=on_event, observe=observe
+                )
+            finally:
+                self._gate.release(token)
+            names = {(b.tool.namespace, b.tool.name): key for key, b in self.sandbox.stubs(run_tools).bindings.items()}
+            result = dataclasses.replace(result, tool_calls=run.annotate(result.tool_calls, names))
         return redact.result(self._explain_unlisted(result, tools))
 
     def _explain_unlisted(self, result: RunResult, tools: list[Tool]) -> RunResult:
@@ -351,6 +376,18 @@ def _stubs_budget(value: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{source} must be a whole number of tokens >= 0")
     return value
+
+
+def _gate(
+    config: Config | None, policy: Policy | PolicyFn | None, approver: Approver | None, timeout: float
+) -> Gate | None:
+    """The gate every call passes, or None when nothing asks for one."""
+    policies: list[PolicyFn] = [policy] if policy is not None else []
+    servers = config.servers.values() if config is not None else ()
+    patterns = [f"{s.namespace}.{pattern}" for s in servers for pattern in s.codemode.approve]
+    if patterns:
+        policies.append(Policy(approve=patterns))
+    return Gate(policies, approver, timeout) if policies else None
 
 
 def _shape_recorder(observe: bool | str | Path, lock_file: str | Path | None) -> ShapeRecorder | None:

@@ -6,7 +6,9 @@
     ├── StoreUnavailable          store_unavailable     the shared run store (Redis) cannot be reached
     ├── ToolError                 tool_error            raised by a tool to fail a call cleanly
     │   ├── ServerUnavailable     server_unavailable    the tool's MCP server is down (retried in the background)
-    │   └── UpstreamResultTooLarge tool_result_too_large an MCP server's answer was over the host's cap
+    │   ├── UpstreamResultTooLarge tool_result_too_large an MCP server's answer was over the host's cap
+    │   ├── ToolDenied            denied                the tool-call policy denies the call
+    │   └── ApprovalDenied        approval_denied       an approver refused it, or did not decide in time
     ├── ExecutionError                                  what a run can end with: `RunResult.error`
     │   ├── CodeRejected                                the code never ran
     │   │   ├── EmptyCode         empty_code
@@ -19,7 +21,9 @@
     │   │   ├── UnknownTool       unknown_tool
     │   │   ├── InvalidArguments  invalid_arguments     arguments failed the tool's input schema
     │   │   ├── ToolServerUnavailable server_unavailable
-    │   │   └── ToolResultTooLarge tool_result_too_large
+    │   │   ├── ToolResultTooLarge tool_result_too_large
+    │   │   ├── ToolCallDenied    denied                an uncaught ToolDenied
+    │   │   └── ToolCallNotApproved approval_denied     an uncaught ApprovalDenied
     │   ├── LimitExceeded
     │   │   ├── RunTimeout        timeout
     │   │   ├── MemoryLimitExceeded memory_limit
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "ApprovalDenied",
     "BatchLimitExceeded",
     "CodeRejected",
     "CodeSyntaxError",
@@ -74,8 +79,11 @@ __all__ = [
     "ServiceError",
     "ServiceUnreachable",
     "StoreUnavailable",
+    "ToolCallDenied",
     "ToolCallFailed",
     "ToolCallLimitExceeded",
+    "ToolCallNotApproved",
+    "ToolDenied",
     "ToolError",
     "ToolResultTooLarge",
     "ToolServerUnavailable",
@@ -138,6 +146,18 @@ class UpstreamResultTooLarge(ToolError):
     """An MCP server's answer was over the host's per-message cap; it was not read."""
 
     code = "tool_result_too_large"
+
+
+class ToolDenied(ToolError):
+    """The tool-call policy denied the call before it was made (`codemode.Policy`)."""
+
+    code = "denied"
+
+
+class ApprovalDenied(ToolError):
+    """The call needed approval and was refused, or not decided in time."""
+
+    code = "approval_denied"
 
 
 class ExecutionError(CodemodeError):
@@ -259,6 +279,14 @@ class ToolServerUnavailable(ToolCallFailed):
     code = "server_unavailable"
 
 
+class ToolCallDenied(ToolCallFailed):
+    code = "denied"
+
+
+class ToolCallNotApproved(ToolCallFailed):
+    code = "approval_denied"
+
+
 class LimitExceeded(ExecutionError):
     """A run hit one of its `Limits`."""
 
@@ -316,7 +344,16 @@ class ResultNotSerializable(ExecutionError):
 
 
 TOOL_ERRORS_BY_CODE: dict[str, type[ToolCallFailed]] = {
-    cls.code: cls for cls in (ToolCallFailed, UnknownTool, InvalidArguments, ToolResultTooLarge, ToolServerUnavailable)
+    cls.code: cls
+    for cls in (
+        ToolCallFailed,
+        UnknownTool,
+        InvalidArguments,
+        ToolResultTooLarge,
+        ToolServerUnavailable,
+        ToolCallDenied,
+        ToolCallNotApproved,
+    )
 }
 
 

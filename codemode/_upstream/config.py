@@ -8,7 +8,7 @@ A Claude Desktop, Cursor, Claude Code or VS Code file works unchanged::
           "command": "npx",
           "args": ["-y", "@modelcontextprotocol/server-filesystem", "/data"],
           "env": {"API_KEY": "${API_KEY}"},
-          "codemode": {"alias": "fs", "deny": ["write_*"], "timeout": 30}
+          "codemode": {"alias": "fs", "deny": ["delete_*"], "approve": ["write_*"], "timeout": 30}
         },
         "search": {"type": "http", "url": "https://example.com/mcp",
                    "headers": {"Authorization": "Bearer ${SEARCH_TOKEN}"}}
@@ -71,6 +71,9 @@ class CodemodeOptions(BaseModel):
     """If set, only tools matching one of these shell-style patterns are exposed and callable."""
     deny: tuple[str, ...] = ()
     """Tools matching one of these patterns are never exposed nor callable; wins over `allow`."""
+    approve: tuple[str, ...] = ()
+    """Calls to tools matching one of these patterns wait for an approver's
+    decision before they are made (see `codemode.Policy`); the tools stay listed."""
     timeout: float = Field(default=60.0, gt=0)
     """Seconds one tool call may take."""
     connect_timeout: float = Field(default=30.0, gt=0, alias="connectTimeout")
