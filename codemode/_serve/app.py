@@ -7,6 +7,7 @@ Endpoints (all through one `CodeMode`; nothing here re-implements it):
     GET    /v1/runs/{id}            its status, and result when done
     GET    /v1/runs/{id}/events     Server-Sent Events: each tool call, then the result
     DELETE /v1/runs/{id}            cancel it and its in-flight tool calls
+    POST   /v1/runs/{id}/approvals  approve or refuse a tool call the run waits on
     GET    /v1/servers              the compact index of namespaces
     GET    /v1/tools/search         BM25 search over the tools
     GET    /v1/stubs                typed stubs (text/x-python)
@@ -53,6 +54,8 @@ from .guards import PROBLEM_TYPE, TITLES, Guard, GuardSettings, is_loopback, pro
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .models import (
+    ApprovalIn,
+    ApprovalOut,
     ExecuteRequest,
     ExecuteResponse,
     Health,
@@ -469,6 +472,30 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         if info["status"] in ("queued", "running"):
             info = await runs.cancel(run_id, settings.cancel_wait_s) or info
         return JSONResponse(info)
+
+    @app.post(
+        "/v1/runs/{run_id}/approvals",
+        response_model=ApprovalOut,
+        tags=["runs"],
+        summary="Approve or refuse a waiting tool call",
+        description="A run is `waiting_approval` while a call its program makes needs a decision (the "
+        "server's `approve` patterns, or the policy). The call is in the run's `approval_requested` event "
+        "and `pending_approvals`. Approved, the call is made; refused, the program gets a `ToolError` "
+        "with code `approval_denied`. The decision is logged with the caller's client name. "
+        "409 `no_pending_approval` if the run is not waiting on that call (decided, timed out, or unknown).",
+    )
+    async def decide_approval(run_id: str, body: ApprovalIn, request: Request) -> Response:
+        run = find_run(run_id)
+        by = f"http:{getattr(request.state, 'client', None) or 'anonymous'}"
+        if not run.decide(body.call_id, approved=body.approved, by=by, reason=body.reason):
+            raise ApiError(
+                409,
+                "no_pending_approval",
+                f"run {run_id!r} is not waiting on a call {body.call_id!r}",
+                title="No such pending call",
+            )
+        decision = "approved" if body.approved else "approval_denied"
+        return JSONResponse({"call_id": body.call_id, "decision": decision, "by": by})
 
     _add_catalog_routes(app, cm)
     _add_ops_routes(app, cm, metrics)

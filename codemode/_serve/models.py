@@ -15,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._limits import GUEST_MIN_MEMORY, Limits
 
 __all__ = [
+    "ApprovalIn",
+    "ApprovalOut",
     "ExecuteRequest",
     "ExecuteResponse",
     "Health",
     "LimitsIn",
+    "PendingApproval",
     "Problem",
     "RunCreated",
     "RunInfo",
@@ -27,7 +30,7 @@ __all__ = [
     "ServersResponse",
 ]
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "waiting_approval", "succeeded", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -150,6 +153,25 @@ class RunCreated(BaseModel):
     status: RunStatus
 
 
+class PendingApproval(BaseModel):
+    call_id: str
+    namespace: str
+    tool: str
+    preview: str = Field(description="The call's arguments as JSON, cut to 500 characters.")
+
+
+class ApprovalIn(_Strict):
+    call_id: str = Field(description="From the `approval_requested` event or `pending_approvals`.")
+    approved: bool
+    reason: str = Field(default="", max_length=1_000, description="Shown to the program when the call is refused.")
+
+
+class ApprovalOut(BaseModel):
+    call_id: str
+    decision: Literal["approved", "approval_denied"]
+    by: str
+
+
 class RunInfo(BaseModel):
     id: str
     status: RunStatus
@@ -160,6 +182,9 @@ class RunInfo(BaseModel):
     error: Problem | None = Field(default=None, description="Set if the service itself could not carry out the run.")
     replica: str | None = Field(
         default=None, description="The replica carrying out the run, in a fleet (`--store redis://…`); else null."
+    )
+    pending_approvals: list[PendingApproval] = Field(
+        default_factory=list, description="Tool calls waiting for a decision (`POST /v1/runs/{id}/approvals`)."
     )
 
 

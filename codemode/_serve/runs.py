@@ -5,6 +5,13 @@ Admission: at most `max_running` runs execute at once and `max_waiting` more
 wait for a slot; beyond that a request is refused at once (HTTP 429) rather
 than piling up in memory.
 
+Approval: a run whose program makes a call the tool-call policy marks "ask"
+is `waiting_approval` while the call waits; the call (`call_id`, namespace,
+tool, arguments preview) is in the run's events (`approval_requested`) and in
+`pending_approvals`; `Run.decide` (POST /v1/runs/{id}/approvals) resumes it.
+The wait is bounded by the CodeMode's `approval_timeout` and the run's own
+timeout; no decision in time denies the call.
+
 Retention: a finished run (with its result and event log) is kept for
 `ttl_s` seconds, at most `max_finished` finished runs are kept, and all runs
 together are kept within `max_bytes` (the oldest finished runs go first). The
@@ -39,6 +46,7 @@ from anyio.abc import TaskGroup
 from .._core import CodeMode
 from .._errors import CodemodeError
 from .._limits import Limits
+from .._policy import Approval, Approver, ToolCall
 from .._result import RunResult
 from .metrics import Metrics
 
@@ -194,8 +202,11 @@ class Executor:
         self.cm = cm
         self.metrics = metrics
 
-    async def run(self, code: str, limits: Limits, on_event: EventCallback | None = None) -> RunResult:
+    async def run(
+        self, code: str, limits: Limits, on_event: EventCallback | None = None, approver: Approver | None = None
+    ) -> RunResult:
         """Run `code`; cancelling the caller cancels the run and its in-flight tool calls.
+        `approver` decides the calls the tool-call policy asks about.
 
         Raises whatever `CodeMode.execute` raises (`SandboxUnavailable`)."""
 
@@ -206,7 +217,7 @@ class Executor:
                 on_event(event)
 
         try:
-            result = await self.cm.execute(code, limits=limits, on_event=observe)
+            result = await self.cm.execute(code, limits=limits, on_event=observe, approver=approver)
         except anyio.get_cancelled_exc_class():
             self.metrics.run_finished("cancelled", None, None)
             raise
@@ -216,6 +227,13 @@ class Executor:
         error = result.error.code if result.error is not None else None
         self.metrics.run_finished("succeeded" if result.ok else "failed", error, result.timings.total_s)
         return result
+
+
+@dataclass(eq=False)
+class _Pending:
+    call: ToolCall
+    decided: anyio.Event = field(default_factory=anyio.Event)
+    answer: Approval = field(default_factory=lambda: Approval(approved=False))
 
 
 @dataclass(eq=False, kw_only=True)
@@ -246,6 +264,7 @@ class Run:
     _changed: anyio.Event = field(default_factory=anyio.Event, init=False)
     bytes: int = field(default=0, init=False)
     """What the run holds, roughly: its code, its events and its result as JSON."""
+    _pending: dict[str, _Pending] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._events = deque(maxlen=self.max_events)
@@ -276,6 +295,31 @@ class Run:
 
     def cancel(self) -> None:
         self.scope.cancel()
+
+    async def approver(self, call: ToolCall) -> Approval:
+        """The run's approver: holds `call` until `decide` answers it. The gate
+        bounds the wait (and denies on timeout); cancelling the run ends it."""
+        pending = self._pending[call.call_id] = _Pending(call)
+        self.status = "waiting_approval"
+        self._wake()
+        try:
+            await pending.decided.wait()
+            return pending.answer
+        finally:
+            del self._pending[call.call_id]
+            if not self._pending and self.status == "waiting_approval":
+                self.status = "running"
+                self._wake()
+
+    def decide(self, call_id: str, *, approved: bool, by: str, reason: str = "") -> bool:
+        """Answer a pending call; False if the run has no pending call `call_id`
+        (never asked, already decided, or timed out)."""
+        pending = self._pending.get(call_id)
+        if pending is None or pending.decided.is_set():
+            return False
+        pending.answer = Approval(approved=approved, by=by, reason=reason)
+        pending.decided.set()
+        return True
 
     def finish(self, status: str, *, result: RunResult | None = None, failure: dict[str, Any] | None = None) -> None:
         if self.finished:
@@ -328,6 +372,7 @@ class Run:
             "result": self.result.to_dict(trace=self.trace) if self.result is not None else None,
             "error": self.failure,
             "replica": None,
+            "pending_approvals": [p.call.to_dict() for p in self._pending.values() if not p.decided.is_set()],
         }
 
 
@@ -481,7 +526,7 @@ class RunStore:
             with run.scope:
                 async with ticket:
                     run.status, run.started_at = "running", time.time()
-                    result = await self.executor.run(run.code, run.limits, run.publish)
+                    result = await self.executor.run(run.code, run.limits, run.publish, run.approver)
                 run.finish("succeeded" if result.ok else "failed", result=result)
             if run.started_at is None:  # cancelled while queued: the executor never saw it
                 self.executor.metrics.run_finished("cancelled", None, None)
