@@ -12,7 +12,17 @@ program's final value.
 The HTTP side (bind rules, bearer token, Origin allow-list) is in `mcp_transport.py`.
 
 Long runs report one `notifications/progress` per finished tool call to a
-client that sent a progress token. The 2025-11-25 tasks extension is not
+client that sent a progress token.
+
+A call the tool-call policy asks about (a server's `approve` patterns) is put
+to the client's user by MCP elicitation: "Allow fs.write_file({...})?", and
+made only if they accept and approve. That needs a session with a back-channel
+for server requests mid-call (the initialize-handshake protocols, 2025-11-25
+and earlier). A client that does not support elicitation, or a 2026-07-28
+session (where elicitation is a multi-round-trip result, which would have to
+keep the paused run across retries of the tool call: not implemented), cannot
+be asked, so such calls are refused with a reason that says so (the program
+gets `ToolError` `approval_denied`). The 2025-11-25 tasks extension is not
 offered: mcp 2.3 ships its wire types but no server support (its method
 tables leave `tasks/*` out on purpose), and hand-rolling it is out of scope.
 """
@@ -27,7 +37,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
@@ -37,12 +47,14 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from .._core import CodeMode
 from .._errors import CodemodeError, ConfigError, SandboxUnavailable
 from .._limits import Limits
+from .._policy import Approval, ToolCall
 from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION, with_stubs
 from .._render import render_for_model
 from .._result import RunResult
@@ -168,6 +180,42 @@ def build_server(
     return server
 
 
+class _ApprovalForm(BaseModel):
+    approve: bool = Field(default=False, description="Let the program make this call.")
+
+
+def _elicit_approver(ctx: Context) -> Callable[[ToolCall], Awaitable[Approval]]:
+    """An approver that asks the client's user, by elicitation."""
+
+    async def approve(call: ToolCall) -> Approval:
+        capabilities = ctx.client_capabilities
+        if capabilities is None or capabilities.elicitation is None:
+            return Approval(
+                approved=False,
+                by="mcp client",
+                reason="it needs a person's approval, and this MCP client cannot ask (it does not support elicitation)",
+            )
+        message = f"A program wants to call {call.qualified_name}({call.preview}). Allow it?"
+        try:
+            answer = await ctx.elicit(message, _ApprovalForm)
+        except NoBackChannelError:
+            # 2026-07-28 sessions ask by multi-round-trip results, which would have to
+            # keep the paused run across tool-call retries: not implemented.
+            return Approval(
+                approved=False,
+                by="mcp client",
+                reason=f"it needs a person's approval, and codemode cannot ask mid-run over MCP protocol "
+                f"{ctx.protocol_version} (only over initialize-handshake sessions, 2025-11-25 and earlier)",
+            )
+        except MCPError as exc:
+            return Approval(approved=False, by="mcp client", reason=f"the client could not ask: {exc}")
+        if answer.action == "accept" and answer.data.approve:
+            return Approval(approved=True, by="mcp user")
+        return Approval(approved=False, by="mcp user", reason=f"the user answered {answer.action}")
+
+    return approve
+
+
 async def _run_reporting_progress(cm: CodeMode, code: str, limits: Limits, ctx: Context) -> RunResult:
     """Run `code`, sending one progress notification per finished tool call.
 
@@ -189,7 +237,7 @@ async def _run_reporting_progress(cm: CodeMode, code: str, limits: Limits, ctx: 
     async with anyio.create_task_group() as tg:
         tg.start_soon(report)
         with send:  # closing it ends `report` once the queued notifications are out
-            result = await cm.execute(code, limits=limits, on_event=send.send_nowait)
+            result = await cm.execute(code, limits=limits, on_event=send.send_nowait, approver=_elicit_approver(ctx))
     return result
 
 
