@@ -81,7 +81,8 @@ async def test_a_run_waits_for_each_write_and_the_approvals_endpoint_decides_it(
     assert value["a.txt"] == "written" and value["b.txt"] == "approval_denied"
     assert "[FILE] a.txt" in str(value["listing"]) and "b.txt" not in str(value["listing"])
     assert sorted(p.name for p in root.iterdir()) == ["a.txt"]
-    decisions = [(c["tool"], c["decision"], c["decided_by"]) for c in final["result"]["tool_calls"]]
+    calls = RunInfo.model_validate(final).model_dump()["result"]["tool_calls"]
+    decisions = [(c["tool"], c["decision"], c["decided_by"]) for c in calls]
     assert decisions[:2] == [
         ("write_file", "approved", "http:anonymous"),
         ("write_file", "approval_denied", "http:anonymous"),

@@ -115,6 +115,10 @@ class ToolCallOut(BaseModel):
     batch: int
     started_s: float
     duration_s: float
+    decision: Literal["allowed", "denied", "approved", "approval_denied"] | None = Field(
+        default=None, description="The tool-call policy's decision, when a policy is set."
+    )
+    decided_by: str | None = Field(default=None, description="`policy`, or who approved or refused the call.")
 
 
 class ExecuteResponse(BaseModel):
