@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -268,7 +269,8 @@ class CodeMode:
         if self._gate is None:
             result = await self.sandbox.run(code, tools=run_tools, limits=limits, on_event=on_event, observe=observe)
         else:
-            run = RunGate(approver=approver, on_event=on_event)
+            timeout = (limits or self.sandbox.limits).timeout
+            run = RunGate(approver=approver, on_event=on_event, deadline=time.monotonic() + timeout)
             token = self._gate.run(run)
             try:
                 result = await self.sandbox.run(

@@ -31,6 +31,7 @@ import contextvars
 import dataclasses
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class RunGate:
 
     approver: Approver | None = None
     on_event: Callable[[dict[str, Any]], None] | None = None
+    deadline: float | None = None
+    """`time.monotonic()` when the run's timeout ends: no approval waits past it."""
     # (tool, arguments, decision, decided_by), in the order the calls were decided.
     decisions: list[tuple[Tool, dict[str, Any], str, str]] = field(default_factory=list)
 
@@ -253,13 +256,20 @@ class Gate:
         if run is not None and run.on_event is not None:
             run.on_event({"type": "approval_requested", **call.to_dict(), "timeout_s": self.approval_timeout})
         answer: bool | Approval = False
+        wait, cut_by_run = self.approval_timeout, False
+        if run is not None and run.deadline is not None and run.deadline - time.monotonic() < wait:
+            # Ending the wait here, cleanly, beats being torn down with the run.
+            wait, cut_by_run = max(0.0, run.deadline - time.monotonic()), True
         try:
-            with anyio.move_on_after(self.approval_timeout) as waited:
+            with anyio.move_on_after(wait) as waited:
                 answer = await approver(call)
         except Exception:  # the approver's own failure: deny, never let the call through
             logger.exception("the approver failed on %s: denying it", call.qualified_name)
             record("approval_denied", "approver error")
             raise ApprovalDenied(f"{call.qualified_name} was not approved: the approver failed") from None
+        if waited.cancelled_caught and cut_by_run:
+            record("approval_denied", "run timeout")
+            raise ApprovalDenied(f"{call.qualified_name} was not approved before the run's timeout")
         if waited.cancelled_caught:
             record("approval_denied", "timeout")
             raise ApprovalDenied(f"{call.qualified_name} was not approved within {self.approval_timeout:g} s")

@@ -4,6 +4,7 @@ count the calls that actually reached them."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from codemode import (
     Approval,
     CodeMode,
     ConfigError,
+    Limits,
     Policy,
     Tool,
     ToolCall,
@@ -160,6 +162,30 @@ async def test_no_decision_within_the_timeout_denies_the_call(calls: list[str]) 
     assert isinstance(result.error, ToolCallNotApproved) and result.error.code == "approval_denied"
     assert "within 0.3 s" in result.error.message
     assert result.tool_calls[0].decided_by == "timeout"
+
+
+@pytest.mark.parametrize("tool", ["write", "delete"])  # sync, async
+async def test_an_approval_never_outlasts_the_run_and_the_call_is_never_made(
+    calls: list[str], tool: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ended: list[str] = []
+
+    async def never(call: ToolCall) -> bool:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            ended.append(call.tool)
+        return True
+
+    async with CodeMode(
+        tools=counting_tools(calls), policy=Policy(approve=["*"]), approver=never, limits=Limits(timeout=1)
+    ) as cm:
+        with anyio.fail_after(20):
+            result = await cm.execute(f"await tools.{tool}(path='a')")
+        await anyio.sleep(0.3)  # a call let through late would land here
+    assert result.error is not None and result.error.code in ("timeout", "approval_denied")
+    assert calls == [] and ended == [tool]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_without_an_approver_or_with_a_failing_one_asked_calls_are_denied(calls: list[str]) -> None:
