@@ -119,3 +119,26 @@ async def test_execute_has_no_one_to_ask_so_asked_calls_are_refused() -> None:
         body = (await client.post("/v1/execute", json={"code": "await tools.touch(x=1)", "trace": True})).json()
     assert body["error"]["code"] == "approval_denied" and calls == []
     assert body["tool_calls"][0]["decided_by"] == "no approver"
+
+
+async def test_cancelling_a_waiting_run_refuses_its_call_for_good() -> None:
+    calls: list[int] = []
+
+    def touch(x: int) -> int:
+        calls.append(x)
+        return x
+
+    tool = Tool(name="touch", fn=touch, input_schema={"type": "object", "properties": {"x": {"type": "integer"}}})
+    async with CodeMode(tools=[tool], policy=Policy(approve=["tools.touch"])) as cm, serving(cm) as client:
+        run_id = (await client.post("/v1/runs", json={"code": "await tools.touch(x=1)"})).json()["id"]
+        with anyio.fail_after(20):
+            async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+                async for name, data in sse(response):
+                    if name == "approval_requested":
+                        call_id = data["call_id"]
+                        break
+            cancelled = (await client.delete(f"/v1/runs/{run_id}")).json()
+            late = await client.post(f"/v1/runs/{run_id}/approvals", json={"call_id": call_id, "approved": True})
+    assert cancelled["status"] == "cancelled" and cancelled["pending_approvals"] == []
+    assert_problem(late, 409, "no_pending_approval")
+    assert calls == []
