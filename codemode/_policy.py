@@ -189,8 +189,12 @@ class Gate:
     def decide(self, call: ToolCall) -> Decision:
         decision: Decision = "allow"
         for policy in self.policies:
-            answer = policy(call)
-            if answer not in _STRICTNESS:  # a policy function's bug must not open the gate
+            try:
+                answer = policy(call)
+            except Exception:  # a policy function's failure must not open the gate, nor look like the tool's
+                logger.exception("the policy %r failed on %s: denying it", policy, call.qualified_name)
+                answer = "deny"
+            if answer not in _STRICTNESS:
                 logger.warning("policy %r answered %r for %s: denying", policy, answer, call.qualified_name)
                 answer = "deny"
             decision = stricter(decision, answer)
@@ -253,13 +257,13 @@ class Gate:
         if approver is None:
             record("approval_denied", "no approver")
             raise ApprovalDenied(f"{call.qualified_name} needs approval and no approver is configured")
-        if run is not None and run.on_event is not None:
-            run.on_event({"type": "approval_requested", **call.to_dict(), "timeout_s": self.approval_timeout})
-        answer: bool | Approval = False
         wait, cut_by_run = self.approval_timeout, False
         if run is not None and run.deadline is not None and run.deadline - time.monotonic() < wait:
             # Ending the wait here, cleanly, beats being torn down with the run.
             wait, cut_by_run = max(0.0, run.deadline - time.monotonic()), True
+        if run is not None and run.on_event is not None:
+            run.on_event({"type": "approval_requested", **call.to_dict(), "timeout_s": round(wait, 3)})
+        answer: bool | Approval = False
         try:
             with anyio.move_on_after(wait) as waited:
                 answer = await approver(call)

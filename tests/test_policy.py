@@ -188,6 +188,17 @@ async def test_an_approval_never_outlasts_the_run_and_the_call_is_never_made(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_failing_or_confused_policy_function_denies(calls: list[str]) -> None:
+    def policy(call: ToolCall) -> Any:
+        if call.tool == "write":
+            raise KeyError("a bug in the policy")
+        return "maybe"
+
+    async with CodeMode(tools=counting_tools(calls), policy=policy) as cm:
+        result = await cm.execute(PROBE)
+    assert result.value == ["denied", "denied"] and calls == []
+
+
 async def test_without_an_approver_or_with_a_failing_one_asked_calls_are_denied(calls: list[str]) -> None:
     async def broken(call: ToolCall) -> bool:
         raise RuntimeError("the approval UI crashed")
