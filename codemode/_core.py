@@ -157,6 +157,11 @@ class CodeMode:
             await stack.aclose()
 
     @property
+    def policy_enabled(self) -> bool:
+        """Whether calls pass a tool-call policy (`policy=`, or a server's `approve`)."""
+        return self._gate is not None
+
+    @property
     def failures(self) -> dict[str, ServerFailure]:
         """Servers that could not be reached, by namespace."""
         return dict(self._hub.failures) if self._hub is not None else {}

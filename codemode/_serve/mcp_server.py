@@ -16,13 +16,12 @@ client that sent a progress token.
 
 A call the tool-call policy asks about (a server's `approve` patterns) is put
 to the client's user by MCP elicitation: "Allow fs.write_file({...})?", and
-made only if they accept and approve. That needs a session with a back-channel
-for server requests mid-call (the initialize-handshake protocols, 2025-11-25
-and earlier). A client that does not support elicitation, or a 2026-07-28
-session (where elicitation is a multi-round-trip result, which would have to
-keep the paused run across retries of the tool call: not implemented), cannot
-be asked, so such calls are refused with a reason that says so (the program
-gets `ToolError` `approval_denied`). The 2025-11-25 tasks extension is not
+made only if they accept and approve. On handshake-era sessions (2025-11-25
+and earlier) the server asks mid-call; on 2026-07-28 sessions the call answers
+an `InputRequiredResult` and the paused run waits for the client's retry
+(`mcp_rounds.py`). A client that does not support elicitation cannot be asked,
+so such calls are refused with a reason that says so (the program gets
+`ToolError` `approval_denied`). The 2025-11-25 tasks extension is not
 offered: mcp 2.3 ships its wire types but no server support (its method
 tables leave `tasks/*` out on purpose), and hand-rolling it is out of scope.
 """
@@ -49,6 +48,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import InputRequiredResult
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
 
 from .._core import CodeMode
@@ -58,6 +59,7 @@ from .._policy import Approval, ToolCall
 from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION, with_stubs
 from .._render import render_for_model
 from .._result import RunResult
+from .mcp_rounds import NO_ELICITATION, Rounds, approval_message
 from .settings import McpSettings
 
 __all__ = ["build_server", "cli_main", "format_run", "serve_stdio", "server_instructions"]
@@ -117,7 +119,10 @@ def build_server(
     cannot be read."""
     runs = anyio.CapacityLimiter(max_concurrent_runs)
     limits = limits or cm.sandbox.limits.replace(max_stdout=min(cm.sandbox.limits.max_stdout, STDOUT_CAP))
-    server: MCPServer = MCPServer("codemode", instructions=server_instructions(cm), log_level="WARNING")
+    rounds = Rounds(cm, limits, runs)  # approval on 2026-07-28 sessions: runs that outlive one call
+    server: MCPServer = MCPServer(
+        "codemode", instructions=server_instructions(cm), log_level="WARNING", lifespan=rounds.lifespan
+    )
 
     # structured_output=False: plain text only, else the SDK would echo it as {"result": ...}.
     # `async def` although nothing awaits: the SDK runs sync tools in worker
@@ -168,7 +173,16 @@ def build_server(
         trace: Annotated[
             bool, Field(description="Also return the log of tool calls (debugging only; costs tokens).")
         ] = False,
-    ) -> CallToolResult:
+    ) -> CallToolResult | InputRequiredResult:
+        if cm.policy_enabled and rounds.available and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            try:
+                outcome = await rounds.call(code, ctx)
+            except LookupError as exc:  # a retry whose run is gone
+                return _error_result(CodemodeError(str(exc)))
+            except CodemodeError as exc:
+                logger.exception("execute_code could not run")
+                return _error_result(exc)
+            return outcome if isinstance(outcome, InputRequiredResult) else format_run(outcome, trace=trace)
         async with runs:
             try:
                 result = await _run_reporting_progress(cm, code, limits, ctx)
@@ -190,22 +204,14 @@ def _elicit_approver(ctx: Context) -> Callable[[ToolCall], Awaitable[Approval]]:
     async def approve(call: ToolCall) -> Approval:
         capabilities = ctx.client_capabilities
         if capabilities is None or capabilities.elicitation is None:
-            return Approval(
-                approved=False,
-                by="mcp client",
-                reason="it needs a person's approval, and this MCP client cannot ask (it does not support elicitation)",
-            )
-        message = f"A program wants to call {call.qualified_name}({call.preview}). Allow it?"
+            return Approval(approved=False, by="mcp client", reason=NO_ELICITATION)
         try:
-            answer = await ctx.elicit(message, _ApprovalForm)
-        except NoBackChannelError:
-            # 2026-07-28 sessions ask by multi-round-trip results, which would have to
-            # keep the paused run across tool-call retries: not implemented.
+            answer = await ctx.elicit(approval_message(call), _ApprovalForm)
+        except NoBackChannelError:  # a 2026-07-28 session outside `Rounds` (its lifespan is not running)
             return Approval(
                 approved=False,
                 by="mcp client",
-                reason=f"it needs a person's approval, and codemode cannot ask mid-run over MCP protocol "
-                f"{ctx.protocol_version} (only over initialize-handshake sessions, 2025-11-25 and earlier)",
+                reason=f"it needs a person's approval, and codemode cannot ask mid-call over MCP {ctx.protocol_version}",
             )
         except MCPError as exc:
             return Approval(approved=False, by="mcp client", reason=f"the client could not ask: {exc}")
