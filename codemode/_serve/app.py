@@ -481,12 +481,13 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         description="A run is `waiting_approval` while a call its program makes needs a decision (the "
         "server's `approve` patterns, or the policy). The call is in the run's `approval_requested` event "
         "and `pending_approvals`. Approved, the call is made; refused, the program gets a `ToolError` "
-        "with code `approval_denied`. The decision is logged with the caller's client name. "
+        "with code `approval_denied`. Only the client that started the run may decide; the decision is "
+        "logged with its name. "
         "409 `no_pending_approval` if the run is not waiting on that call (decided, timed out, or unknown).",
     )
     async def decide_approval(run_id: str, body: ApprovalIn, request: Request) -> Response:
-        run = find_run(run_id)
-        by = f"http:{getattr(request.state, 'client', None) or 'anonymous'}"
+        run = find_run(run_id, request)  # only the client that started the run may decide for it
+        by = f"http:{_client(request)}"
         if not run.decide(body.call_id, approved=body.approved, by=by, reason=body.reason):
             raise ApiError(
                 409,
