@@ -24,15 +24,17 @@ pytestmark = pytest.mark.anyio
 
 
 @contextlib.asynccontextmanager
-async def serving(cm: CodeMode) -> AsyncIterator[httpx.AsyncClient]:
-    server = _Server(uvicorn.Config(create_app(cm, HttpSettings()), host="127.0.0.1", port=0, log_config=None))
+async def serving(cm: CodeMode, token: str | None = None, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(cm, HttpSettings(**settings))
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(30):
             await server.ready.wait()
         port = server.servers[0].sockets[0].getsockname()[1]
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20, headers=headers) as client:
                 yield client
         finally:
             server.should_exit = True
@@ -142,3 +144,33 @@ async def test_cancelling_a_waiting_run_refuses_its_call_for_good() -> None:
     assert cancelled["status"] == "cancelled" and cancelled["pending_approvals"] == []
     assert_problem(late, 409, "no_pending_approval")
     assert calls == []
+
+
+async def test_only_the_client_that_started_a_run_may_decide_its_calls() -> None:
+    calls: list[int] = []
+
+    def touch(x: int) -> int:
+        calls.append(x)
+        return x
+
+    tool = Tool(name="touch", fn=touch, input_schema={"type": "object", "properties": {"x": {"type": "integer"}}})
+    tokens = {"alpha-token": "alice", "beta-token": "bob"}
+    async with CodeMode(tools=[tool], policy=Policy(approve=["tools.touch"])) as cm:
+        async with serving(cm, "alpha-token", tokens=tokens) as alice:
+            bob = httpx.AsyncClient(base_url=str(alice.base_url), headers={"Authorization": "Bearer beta-token"})
+            async with bob:
+                run_id = (await alice.post("/v1/runs", json={"code": "await tools.touch(x=1)", "trace": True})).json()[
+                    "id"
+                ]
+                with anyio.fail_after(20):
+                    async with alice.stream("GET", f"/v1/runs/{run_id}/events") as response:
+                        async for name, data in sse(response):
+                            if name == "approval_requested":
+                                approve = {"call_id": data["call_id"], "approved": True}
+                                by_bob = await bob.post(f"/v1/runs/{run_id}/approvals", json=approve)
+                                by_alice = await alice.post(f"/v1/runs/{run_id}/approvals", json=approve)
+                            if name == "result":
+                                final = data
+    assert_problem(by_bob, 404, "run_not_found")
+    assert by_alice.json()["by"] == "http:alice"
+    assert calls == [1] and final["result"]["tool_calls"][0]["decided_by"] == "http:alice"
