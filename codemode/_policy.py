@@ -17,7 +17,8 @@ The approver is an async function given to `CodeMode(approver=...)` or to one
 Trust and failure policy: this runs on the host, on calls already checked
 against the tool's schema, so the model's code cannot skip it. It fails
 closed: an approver that raises, or none configured, denies. Every decision
-goes to the run's call log (`ToolCallRecord.decision`, `.decided_by`).
+goes to the run's call log (`ToolCallRecord.decision`, `.decided_by`) and, when
+tracing records, to the call's span (`codemode.tool.decision`, `.decided_by`).
 
 Tools are wrapped where `CodeMode` builds them, so the runner and dispatcher
 know nothing of policies. Which run a call belongs to (for its call log, its
@@ -165,6 +166,15 @@ class RunGate:
         return out
 
 
+def _mark_span(decision: str, by: str) -> None:
+    """Put the decision on the tool call's span (current here when tracing records)."""
+    from opentelemetry import trace  # the MCP SDK's dependency; imported only when a policy decides
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({"codemode.tool.decision": decision, "codemode.tool.decided_by": by})
+
+
 _current_run: contextvars.ContextVar[RunGate | None] = contextvars.ContextVar("codemode_run_gate", default=None)
 
 
@@ -238,8 +248,10 @@ class Gate:
     def _settle(self, tool: Tool, call: ToolCall, decision: Decision) -> None:
         """Record a rule's allow or deny; raise `ToolDenied` for deny."""
         run = _current_run.get()
+        outcome = "allowed" if decision == "allow" else "denied"
+        _mark_span(outcome, "policy")
         if run is not None:
-            run.decisions.append((tool, dict(call.arguments), "allowed" if decision == "allow" else "denied", "policy"))
+            run.decisions.append((tool, dict(call.arguments), outcome, "policy"))
         if decision == "deny":
             raise ToolDenied(f"{call.qualified_name} is denied by the tool-call policy")
 
@@ -249,6 +261,7 @@ class Gate:
         approver = (run.approver if run is not None else None) or self.approver
 
         def record(decision: str, by: str) -> None:
+            _mark_span(decision, by)
             if run is not None:
                 run.decisions.append((tool, dict(call.arguments), decision, by))
                 if run.on_event is not None:

@@ -24,6 +24,7 @@ from codemode import (
     parse_config,
 )
 from tests.reference_servers import Unavailable, npm_bin
+from tests.test_tracing import InMemorySpanExporter, by_name, spans  # noqa: F401 (the spans fixture)
 
 pytestmark = pytest.mark.anyio
 
@@ -231,6 +232,25 @@ async def test_a_run_approver_overrides_the_codemodes_and_events_show_the_pendin
         "preview": '{"path": "x"}',
     }
     assert events[2]["decision"] == "approved" and events[2]["by"] == "run"
+
+
+async def test_each_decision_is_on_its_tool_calls_span(calls: list[str], spans: InMemorySpanExporter) -> None:  # noqa: F811
+    async def alice(call: ToolCall) -> Approval:
+        return Approval(approved=True, by="alice")
+
+    policy = Policy(approve=["tools.write"], deny=["tools.delete"])
+    async with CodeMode(tools=counting_tools(calls), policy=policy, approver=alice) as cm:
+        result = await cm.execute(PROBE)
+    assert result.value == ["ok", "denied"]
+    decided = {
+        s.name: (s.attributes.get("codemode.tool.decision"), s.attributes.get("codemode.tool.decided_by"))
+        for s in by_name(spans, "codemode.tool")
+        if s.attributes is not None
+    }
+    assert decided == {
+        "codemode.tool tools.write": ("approved", "alice"),
+        "codemode.tool tools.delete": ("denied", "policy"),
+    }
 
 
 async def test_without_a_policy_calls_are_not_wrapped_and_carry_no_decision(calls: list[str]) -> None:
