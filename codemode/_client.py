@@ -55,7 +55,7 @@ from ._tools import Tool
 
 __all__ = ["AsyncClient", "Client", "RunEvent", "RunInfo"]
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "waiting_approval", "succeeded", "failed", "cancelled"]
 _FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 _SERVICE_ERRORS: dict[str, type[ServiceError]] = {
@@ -87,6 +87,9 @@ class RunInfo:
     finished_at: float | None = None
     result: RunResult | None = None
     error: CodemodeError | None = None
+    pending_approvals: tuple[dict[str, str], ...] = ()
+    """Calls the run waits on (`call_id`, `namespace`, `tool`, `preview`) while
+    `waiting_approval`; decide each with `decide_approval`."""
 
     @property
     def finished(self) -> bool:
@@ -175,6 +178,9 @@ def _run_info(data: dict[str, Any]) -> RunInfo:
         finished_at=data.get("finished_at"),
         result=RunResult.from_dict(result) if isinstance(result, dict) else None,
         error=_problem_error(int(error.get("status") or 500), error) if isinstance(error, dict) else None,
+        pending_approvals=tuple(
+            {k: str(v) for k, v in p.items()} for p in data.get("pending_approvals") or () if isinstance(p, dict)
+        ),
     )
 
 
@@ -389,6 +395,13 @@ class Client(_Base):
         info: RunInfo = _shaped(response.status_code, _run_info, _json_object(response))
         return info
 
+    def decide_approval(self, run_id: str, call_id: str, *, approved: bool, reason: str = "") -> None:
+        """Approve or refuse a call the run waits on (from its `approval_requested`
+        event or `pending_approvals`). Raises `RunNotFound`, and `RequestRejected`
+        (`no_pending_approval`) if the run is not waiting on that call."""
+        body = {"call_id": call_id, "approved": approved, "reason": reason}
+        _json_object(self._send("POST", _run_path(run_id, "/approvals"), json=body))
+
     def events(self, run_id: str, *, last_event_id: int | None = None) -> Iterator[RunEvent]:
         """The run's events as they happen, ending with its `result` event. A
         dropped connection is resumed with `Last-Event-ID`, so no event is seen
@@ -505,6 +518,11 @@ class AsyncClient(_Base):
         response = await self._send("DELETE", _run_path(run_id))
         info: RunInfo = _shaped(response.status_code, _run_info, _json_object(response))
         return info
+
+    async def decide_approval(self, run_id: str, call_id: str, *, approved: bool, reason: str = "") -> None:
+        """See `Client.decide_approval`."""
+        body = {"call_id": call_id, "approved": approved, "reason": reason}
+        _json_object(await self._send("POST", _run_path(run_id, "/approvals"), json=body))
 
     async def events(self, run_id: str, *, last_event_id: int | None = None) -> AsyncIterator[RunEvent]:
         """See `Client.events`. To stop early and close the stream at once, wrap it

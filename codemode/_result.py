@@ -69,6 +69,10 @@ class ToolCallRecord:
             batch=int(data.get("batch", 0)),
             started_s=float(data.get("started_s", 0.0)),
             duration_s=float(data.get("duration_s", 0.0)),
+            server=str(data.get("server") or ""),
+            wire_name=str(data.get("wire_name") or ""),
+            decision=data.get("decision"),
+            decided_by=data.get("decided_by"),
         )
 
 

@@ -15,8 +15,18 @@ import httpx
 import pytest
 import uvicorn
 
-from codemode import CodeMode, HttpSettings, Policy, Tool, create_app, parse_config
-from codemode._serve.models import RunInfo
+from codemode import (
+    AsyncClient,
+    CodeMode,
+    HttpSettings,
+    Policy,
+    RequestRejected,
+    RunInfo,
+    Tool,
+    create_app,
+    parse_config,
+)
+from codemode._serve.models import RunInfo as RunInfoModel
 from tests.test_http import _Server, assert_problem, sse
 from tests.test_policy import TWO_WRITES_ONE_READ, filesystem_config
 
@@ -55,7 +65,7 @@ async def test_a_run_waits_for_each_write_and_the_approvals_endpoint_decides_it(
                     seen.append(name)
                     if name == "approval_requested":
                         info = (await client.get(f"/v1/runs/{run_id}")).json()
-                        infos.append(RunInfo.model_validate(info).model_dump())
+                        infos.append(RunInfoModel.model_validate(info).model_dump())
                         first = len(infos) == 1
                         answer = await client.post(
                             f"/v1/runs/{run_id}/approvals",
@@ -83,7 +93,7 @@ async def test_a_run_waits_for_each_write_and_the_approvals_endpoint_decides_it(
     assert value["a.txt"] == "written" and value["b.txt"] == "approval_denied"
     assert "[FILE] a.txt" in str(value["listing"]) and "b.txt" not in str(value["listing"])
     assert sorted(p.name for p in root.iterdir()) == ["a.txt"]
-    calls = RunInfo.model_validate(final).model_dump()["result"]["tool_calls"]
+    calls = RunInfoModel.model_validate(final).model_dump()["result"]["tool_calls"]
     decisions = [(c["tool"], c["decision"], c["decided_by"]) for c in calls]
     assert decisions[:2] == [
         ("write_file", "approved", "http:anonymous"),
@@ -174,3 +184,36 @@ async def test_only_the_client_that_started_a_run_may_decide_its_calls() -> None
     assert_problem(by_bob, 404, "run_not_found")
     assert by_alice.json()["by"] == "http:alice"
     assert calls == [1] and final["result"]["tool_calls"][0]["decided_by"] == "http:alice"
+
+
+async def test_the_async_client_sees_the_pending_call_and_decides_it() -> None:
+    calls: list[int] = []
+
+    def touch(x: int) -> int:
+        calls.append(x)
+        return x
+
+    tool = Tool(name="touch", fn=touch, input_schema={"type": "object", "properties": {"x": {"type": "integer"}}})
+    async with CodeMode(tools=[tool], policy=Policy(approve=["tools.touch"])) as cm, serving(cm) as http:
+        async with AsyncClient(str(http.base_url)) as client:
+            run = await client.start_run("[await tools.touch(x=1), await tools.touch(x=2)]", trace=True)
+            waiting: list[RunInfo] = []
+            with anyio.fail_after(20):
+                async for event in client.events(run.id):
+                    if event.type == "approval_requested":
+                        waiting.append(await client.get_run(run.id))
+                        await client.decide_approval(
+                            run.id, event.data["call_id"], approved=event.data["preview"] == '{"x": 1}'
+                        )
+                    if event.run is not None:
+                        final = event.run
+            with pytest.raises(RequestRejected):
+                await client.decide_approval(run.id, "nope", approved=True)
+    assert [w.status for w in waiting] == ["waiting_approval"] * 2
+    assert [p["tool"] for w in waiting for p in w.pending_approvals] == ["touch", "touch"]
+    assert final.result is not None and final.result.error is not None
+    assert final.result.error.code == "approval_denied" and calls == [1]
+    assert [(c.decision, c.decided_by) for c in final.result.tool_calls] == [
+        ("approved", "http:anonymous"),
+        ("approval_denied", "http:anonymous"),
+    ]
