@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from codemode import CodeMode, parse_config
-from codemode.integrations import DISCOVERY_STUB_CHARS, instructions
+from codemode.integrations import instructions
 from tests.fixtures.helpers import stdio_entry
 
 pytestmark = pytest.mark.anyio
@@ -36,11 +36,14 @@ async def cm() -> AsyncIterator[CodeMode]:
 
 
 async def test_small_toolsets_get_every_stub_in_the_instructions_large_ones_an_index(cm: CodeMode) -> None:
-    assert len(cm.stubs()) < DISCOVERY_STUB_CHARS
+    assert cm.inline_stubs() is not None  # the fixture server's stubs fit the default budget
     inline = instructions(cm)
+    assert inline == cm.system_prompt()
     assert "async def weather(" in inline and "get_tool_stubs" not in inline
     index = instructions(cm, discovery=True)
     assert "async def weather(" not in index and "search_tools" in index and "- demo (" in index
+    unbudgeted = CodeMode(stubs_budget=0)  # nothing inline: discovery by default, unless asked otherwise
+    assert instructions(unbudgeted, discovery=False).count("```python") == 1
 
 
 # --- pydantic-ai ----------------------------------------------------------------------------------
@@ -254,7 +257,10 @@ async def test_openai_agents_and_langchain_discovery_tools_answer_through_the_fr
     lc_tools = langchain.codemode_tools(cm, discovery=True)
     assert _names(agents_tools) == _names(lc_tools) == ["search_tools", "get_tool_stubs", "execute_code"]
     ctx = ToolContext(context=None, tool_name="search_tools", tool_call_id="c", tool_arguments="{}")
-    found = await agents_tools[0].on_invoke_tool(ctx, json.dumps({"query": "weather in a city", "limit": 1}))
+    search = {"query": "weather in a city", "limit": 1, "with_stubs": False}
+    found = await agents_tools[0].on_invoke_tool(ctx, json.dumps(search))
     assert found.startswith("demo.weather(") and "\n" not in found
+    with_stubs = await lc_tools[0].ainvoke({"query": "weather in a city", "limit": 1, "with_stubs": True})
+    assert with_stubs.startswith("demo.weather(") and "async def weather(" in with_stubs
     stubs = await lc_tools[1].ainvoke({"names": ["demo.wether"]})
     assert stubs.startswith("Error [tool_not_found]:") and "demo.weather" in stubs

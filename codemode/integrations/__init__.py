@@ -17,7 +17,6 @@ Importing this package imports no framework; each module above raises an
 from __future__ import annotations
 
 from ._common import (
-    DISCOVERY_STUB_CHARS,
     execute_for_model,
     instructions,
     search_for_model,
@@ -26,7 +25,6 @@ from ._common import (
 )
 
 __all__ = [
-    "DISCOVERY_STUB_CHARS",
     "execute_for_model",
     "instructions",
     "search_for_model",

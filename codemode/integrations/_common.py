@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._errors import CodemodeError
-from .._prompt import CODE_CONTRACT
+from .._prompt import CODE_CONTRACT, with_stubs
 from .._render import render_for_model
 
 if TYPE_CHECKING:
     from .._core import CodeMode
 
 __all__ = [
-    "DISCOVERY_STUB_CHARS",
     "execute_for_model",
     "instructions",
     "search_for_model",
@@ -34,21 +33,15 @@ __all__ = [
     "uses_discovery",
 ]
 
-DISCOVERY_STUB_CHARS = 16_000
-"""Stubs longer than this (about 4,000 tokens) are not put in the instructions:
-the model gets an index of namespaces and the discovery tools instead."""
-
-_DISCOVERY_SENTENCE = "Their typed stubs (signatures, docstrings, TypedDicts) come from `get_tool_stubs`."
-_INLINE_SENTENCE = "Their typed stubs (signatures, docstrings, TypedDicts) are below: they are the whole API."
-
 
 def uses_discovery(cm: CodeMode, discovery: bool | None = None) -> bool:
     """Whether the model gets `search_tools` and `get_tool_stubs`: `discovery`
-    if given, else whether every stub together exceeds `DISCOVERY_STUB_CHARS`."""
+    if given, else whether every stub together exceeds the CodeMode's
+    `stubs_budget` (estimated tokens; `$CODEMODE_STUBS_BUDGET`, default 4,000)."""
     if discovery is not None:
         return discovery
     try:
-        return len(cm.stubs()) > DISCOVERY_STUB_CHARS
+        return cm.inline_stubs() is None
     except CodemodeError:
         return True  # the catalog cannot be read now: the discovery tools will say why
 
@@ -56,15 +49,23 @@ def uses_discovery(cm: CodeMode, discovery: bool | None = None) -> bool:
 def instructions(cm: CodeMode, *, discovery: bool | None = None) -> str:
     """The instructions for an agent that has codemode's tools: the code
     contract, then every tool's stubs, or (with discovery) a compact index of
-    the namespaces. `cm` must be open; call it per run if the tools can change.
+    the namespaces; by default as `cm.system_prompt()` decides. `cm` must be
+    open; call it per run if the tools can change.
 
     Raises `CodemodeError` (e.g. `ToolDefinitionChanged`) if the catalog
     cannot be read."""
-    if uses_discovery(cm, discovery):
-        return cm.system_prompt()
-    contract = CODE_CONTRACT.replace(_DISCOVERY_SENTENCE, _INLINE_SENTENCE)
-    stubs = cm.stubs().strip()
-    return f"{contract}\nCall the `execute_code` tool with the program.\n\n```python\n{stubs}\n```\n"
+    inline = cm.inline_stubs()
+    if uses_discovery(cm, discovery) != (inline is None):  # asked for the other form than the budget gives
+        return _index(cm) if discovery else with_stubs(CODE_CONTRACT, cm.stubs())
+    return cm.system_prompt()
+
+
+def _index(cm: CodeMode) -> str:
+    lines = [CODE_CONTRACT, "Available namespaces (use search_tools / get_tool_stubs for details):"]
+    for server in cm.list_servers():
+        names = ", ".join(server.tools[:12]) + (", …" if len(server.tools) > 12 else "")
+        lines.append(f"- {server.namespace} ({server.tool_count} tools): {names}")
+    return "\n".join(lines)
 
 
 async def execute_for_model(cm: CodeMode, code: str, *, trace: bool = False) -> str:
@@ -77,15 +78,17 @@ async def execute_for_model(cm: CodeMode, code: str, *, trace: bool = False) -> 
     return render_for_model(result, trace=trace)
 
 
-def search_for_model(cm: CodeMode, query: str, limit: int = 10) -> str:
-    """One line per matching tool: `namespace.tool(signature) -> type  # summary`."""
+def search_for_model(cm: CodeMode, query: str, limit: int = 10, *, with_stubs: bool = False) -> str:
+    """One line per matching tool: `namespace.tool(signature) -> type  # summary`;
+    with `with_stubs`, then the typed stubs of the best few hits."""
     try:
-        hits = cm.search_tools(query, limit=max(1, min(limit, 50)))
+        hits = cm.search_tools(query, limit=max(1, min(limit, 50)), with_stubs=with_stubs)
     except CodemodeError as exc:
         return _error_text(exc)
     if not hits:
         return "No tool matches. Try other words; the instructions list every namespace."
-    return "\n".join(hit.line for hit in hits)
+    lines = "\n".join(hit.line for hit in hits)
+    return f"{lines}\n\n```python\n{hits.stubs.rstrip()}\n```" if hits.stubs else lines
 
 
 def stubs_for_model(cm: CodeMode, names: Sequence[str]) -> str:

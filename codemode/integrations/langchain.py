@@ -44,6 +44,9 @@ class _ExecuteArgs(BaseModel):
 class _SearchArgs(BaseModel):
     query: str = Field(description="What the tool should do, in a few words, e.g. 'read a file'.")
     limit: int = Field(default=10, ge=1, le=50, description="At most this many tools.")
+    with_stubs: bool = Field(
+        default=False, description="Also return the typed stubs of the best hits, to skip get_tool_stubs."
+    )
 
 
 class _StubsArgs(BaseModel):
@@ -60,8 +63,8 @@ def codemode_tools(cm: CodeMode, *, discovery: bool | None = None) -> list[Struc
     """`execute_code`, preceded by `search_tools` and `get_tool_stubs` when
     discovery is on (by default: when the stubs are too long to inline)."""
 
-    async def search_tools(query: str, limit: int = 10) -> str:
-        return search_for_model(cm, query, limit)
+    async def search_tools(query: str, limit: int = 10, with_stubs: bool = False) -> str:
+        return search_for_model(cm, query, limit, with_stubs=with_stubs)
 
     async def get_tool_stubs(names: list[str]) -> str:
         return stubs_for_model(cm, names)

@@ -51,8 +51,12 @@ _SEARCH_SCHEMA: dict[str, Any] = {
     "properties": {
         "query": {"type": "string", "description": "What the tool should do, in a few words, e.g. 'read a file'."},
         "limit": {"type": "integer", "description": "At most this many tools (1 to 50)."},
+        "with_stubs": {
+            "type": "boolean",
+            "description": "Also return the typed stubs of the best hits, to skip get_tool_stubs.",
+        },
     },
-    "required": ["query", "limit"],
+    "required": ["query", "limit", "with_stubs"],
     "additionalProperties": False,
 }
 _STUBS_SCHEMA: dict[str, Any] = {
@@ -76,7 +80,7 @@ def codemode_tools(cm: CodeMode, *, discovery: bool | None = None) -> list[Funct
     discovery is on (by default: when the stubs are too long to inline)."""
 
     async def search(args: dict[str, Any]) -> str:
-        return search_for_model(cm, args["query"], args["limit"])
+        return search_for_model(cm, args["query"], args["limit"], with_stubs=args["with_stubs"])
 
     async def stubs(args: dict[str, Any]) -> str:
         return stubs_for_model(cm, args["names"])

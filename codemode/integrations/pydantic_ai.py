@@ -38,7 +38,7 @@ def codemode_toolset(cm: CodeMode, *, discovery: bool | None = None, id: str = "
 
     `discovery` adds `search_tools` and `get_tool_stubs` and puts only an index
     in the instructions; by default, when all stubs together are too long to
-    inline (`codemode.integrations.DISCOVERY_STUB_CHARS`). The instructions are
+    inline (the CodeMode's `stubs_budget`, as `system_prompt()`). The instructions are
     computed for each model request, so a server whose tools change is seen."""
     use_discovery = uses_discovery(cm, discovery)
 
@@ -53,14 +53,15 @@ def codemode_toolset(cm: CodeMode, *, discovery: bool | None = None, id: str = "
         """
         return await execute_for_model(cm, code)
 
-    async def search_tools(query: str, limit: int = 10) -> str:
+    async def search_tools(query: str, limit: int = 10, with_stubs: bool = False) -> str:
         """Find tools by what they do: one line per tool, `namespace.tool(signature) -> type  # summary`.
 
         Args:
             query: What the tool should do, in a few words, e.g. 'read a file'.
             limit: At most this many tools (1 to 50).
+            with_stubs: Also return the typed stubs of the best hits, to skip get_tool_stubs.
         """
-        return search_for_model(cm, query, limit)
+        return search_for_model(cm, query, limit, with_stubs=with_stubs)
 
     async def get_tool_stubs(names: list[str]) -> str:
         """Typed Python stubs for the named tools; read them before writing code that calls those tools.
