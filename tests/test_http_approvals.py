@@ -31,6 +31,7 @@ from tests.test_http import _Server, assert_problem, sse
 from tests.test_policy import TWO_WRITES_ONE_READ, filesystem_config
 
 pytestmark = pytest.mark.anyio
+pytest_plugins = ["tests.fixtures.redis"]  # the `redis_url` fixture
 
 
 @contextlib.asynccontextmanager
@@ -217,3 +218,25 @@ async def test_the_async_client_sees_the_pending_call_and_decides_it() -> None:
         ("approved", "http:anonymous"),
         ("approval_denied", "http:anonymous"),
     ]
+
+
+async def test_in_a_fleet_asked_calls_are_refused_at_once_as_no_one_can_decide_them(redis_url: str) -> None:
+    calls: list[int] = []
+
+    def touch(x: int) -> int:
+        calls.append(x)
+        return x
+
+    tool = Tool(name="touch", fn=touch, input_schema={"type": "object", "properties": {"x": {"type": "integer"}}})
+    async with CodeMode(tools=[tool], policy=Policy(approve=["tools.touch"])) as cm:
+        async with serving(cm, store=redis_url, replica_id="a") as client:
+            run_id = (await client.post("/v1/runs", json={"code": "await tools.touch(x=1)", "trace": True})).json()[
+                "id"
+            ]
+            with anyio.fail_after(30):
+                while (info := (await client.get(f"/v1/runs/{run_id}")).json())["status"] in ("queued", "running"):
+                    await anyio.sleep(0.05)
+            late = await client.post(f"/v1/runs/{run_id}/approvals", json={"call_id": "x", "approved": True})
+    assert info["status"] == "failed" and info["result"]["error"]["code"] == "approval_denied"
+    assert info["result"]["tool_calls"][0]["decided_by"] == "no approver" and calls == []
+    assert_problem(late, 409, "no_pending_approval")

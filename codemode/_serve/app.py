@@ -469,7 +469,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     async def cancel_run(run_id: str, request: Request) -> Response:
         info = await find_run(run_id, request)
-        if info["status"] in ("queued", "running"):
+        if info["status"] in ("queued", "running", "waiting_approval"):
             info = await runs.cancel(run_id, settings.cancel_wait_s) or info
         return JSONResponse(info)
 
@@ -486,9 +486,9 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         "409 `no_pending_approval` if the run is not waiting on that call (decided, timed out, or unknown).",
     )
     async def decide_approval(run_id: str, body: ApprovalIn, request: Request) -> Response:
-        run = find_run(run_id, request)  # only the client that started the run may decide for it
+        await find_run(run_id, request)  # only the client that started the run may decide for it
         by = f"http:{_client(request)}"
-        if not run.decide(body.call_id, approved=body.approved, by=by, reason=body.reason):
+        if not await runs.decide(run_id, body.call_id, approved=body.approved, by=by, reason=body.reason):
             raise ApiError(
                 409,
                 "no_pending_approval",

@@ -509,6 +509,11 @@ class RedisRunStore:
                 event = json.loads(data["e"])
                 yield str(event.get("type", "event")), seq, event
 
+    async def decide(self, run_id: str, call_id: str, *, approved: bool, by: str, reason: str = "") -> bool:
+        # A fleet's runs are given no approver (a decision would have to reach the replica
+        # carrying the run out): a call that needs approval is refused at once, so none waits.
+        return False
+
     async def cancel(self, run_id: str, wait_s: float) -> dict[str, Any] | None:
         await self._script("cancel", run_id)
         stream = self._key("ev:", run_id)

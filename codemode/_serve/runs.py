@@ -470,6 +470,10 @@ class RunStore:
                 await run.done.wait()
         return run.info()
 
+    async def decide(self, run_id: str, call_id: str, *, approved: bool, by: str, reason: str = "") -> bool:
+        run = self._runs.get(run_id)
+        return run is not None and run.decide(call_id, approved=approved, by=by, reason=reason)
+
     async def ping(self) -> None:
         pass  # this process's memory
 

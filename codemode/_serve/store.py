@@ -62,6 +62,11 @@ class Runs(Protocol):
         answer its `RunInfo` (None if it is gone). The caller has checked the owner."""
         ...
 
+    async def decide(self, run_id: str, call_id: str, *, approved: bool, by: str, reason: str = "") -> bool:
+        """Answer a tool call the run waits on for approval; False if it waits on
+        no call `call_id`. The caller has checked the owner."""
+        ...
+
     async def ping(self) -> None:
         """Check the store can be reached. Raises `StoreUnavailable` if not."""
         ...
