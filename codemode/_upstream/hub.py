@@ -41,10 +41,10 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import anyio
 import anyio.abc
@@ -69,6 +69,7 @@ from .results import to_value
 __all__ = ["Hub", "ServerFailure", "ServerStatus"]
 
 logger = logging.getLogger("codemode")
+_T = TypeVar("_T")
 
 # A listing that never ends must not hang a connect.
 _MAX_PAGES = 1_000
@@ -595,25 +596,8 @@ class _Upstream:
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
         client = await self._ready_client()
-        options = self.server.codemode
         where = f"{self.namespace}.{name}"
-        try:
-            with anyio.fail_after(options.timeout):
-                result = await client.call_tool(name, arguments)
-        except TimeoutError:
-            raise ToolError(f"{where} timed out after {options.timeout:g} s") from None
-        except MCPError as exc:
-            raise self._call_error(where, client, exc) from None
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            self._lost()
-            raise ToolError(
-                f"{where} failed: the connection to the MCP server was lost "
-                f"({type(exc).__name__}); it is reconnected in the background"
-            ) from None
-        except pydantic.ValidationError as exc:  # the SDK's model of the result refused it
-            raise ToolError(f"{where} failed: the server's answer is malformed: {_describe(exc)}") from None
-        except RuntimeError as exc:  # the SDK's own output-schema check
-            raise ToolError(f"{where} failed: {self.hub.redact(str(exc))}") from None
+        result = await self._request(where, client, lambda: client.call_tool(name, arguments))
         try:
             value = to_value(result, output_schema=self._schemas.get(name))
             if self._unwrap.get(name) and isinstance(value, dict) and "result" in value:
@@ -627,10 +611,15 @@ class _Upstream:
     async def read_resource(self, uri: str) -> list[dict[str, Any]]:
         client = await self._ready_client()
         where = f"{self.namespace}.{READ_RESOURCE}({uri[:200]!r})"
+        result = await self._request(where, client, lambda: client.read_resource(uri))
+        return contents_value(result)
+
+    async def _request(self, where: str, client: Client, request: Callable[[], Awaitable[_T]]) -> _T:
+        """One request to the server, within its timeout; every way it can fail becomes a `ToolError`."""
         timeout = self.server.codemode.timeout
         try:
             with anyio.fail_after(timeout):
-                result = await client.read_resource(uri)
+                return await request()
         except TimeoutError:
             raise ToolError(f"{where} timed out after {timeout:g} s") from None
         except MCPError as exc:
@@ -643,7 +632,8 @@ class _Upstream:
             ) from None
         except pydantic.ValidationError as exc:  # the SDK's model of the result refused it
             raise ToolError(f"{where} failed: the server's answer is malformed: {_describe(exc)}") from None
-        return contents_value(result)
+        except RuntimeError as exc:  # the SDK's own output-schema check
+            raise ToolError(f"{where} failed: {self.hub.redact(str(exc))}") from None
 
     def _call_error(self, where: str, client: Client, exc: MCPError) -> ToolError:
         marker = exc.data.get("codemode") if isinstance(exc.data, dict) else None
