@@ -2,8 +2,9 @@
 
     python -m benchmarks.hostile [--seconds 180] [--quick] [--json PATH]
 
-Starts `codemode serve` (wasm backend) over one upstream stdio server
-(`benchmarks/fixtures/hostile_server.py`) on a free loopback port, then for a
+Starts `codemode serve` (wasm backend) over two processes of one upstream stdio
+server (`benchmarks/fixtures/hostile_server.py`: `hostile` for the attackers,
+`calc` for the honest clients) on a free loopback port, then for a
 fixed time runs honest clients, each sending a small program whose answer it
 checks, beside attackers cycling through:
 
@@ -77,7 +78,10 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 async def _start_service(workdir: Path, max_concurrency: int, queue: int) -> tuple[subprocess.Popen[str], str]:
     config = workdir / "mcp.json"
-    config.write_text(json.dumps({"mcpServers": {"hostile": {"command": sys.executable, "args": [str(SERVER)]}}}))
+    # Two processes of the same server: attackers crash and flood `hostile`; honest
+    # clients call `calc`, so what they see is the service, not a server an attacker killed.
+    entry = {"command": sys.executable, "args": [str(SERVER)]}
+    config.write_text(json.dumps({"mcpServers": {"hostile": entry, "calc": entry}}))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -133,7 +137,7 @@ async def run(seconds: float, honest_clients: int, attackers: int, max_concurren
                 while time.monotonic() < stop_at:
                     i += 1
                     a, b = k * 1000 + i, i * 7
-                    code = f"s = await hostile.add(a={a}, b={b})\n[s, sum(range({i % 50}))]"
+                    code = f"s = await calc.add(a={a}, b={b})\n[s, sum(range({i % 50}))]"
                     honest["sent"] += 1
                     started = time.perf_counter()
                     try:
