@@ -3,6 +3,7 @@ checkers pass. Benchmarks are not tests: nothing here asserts a timing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -43,7 +44,10 @@ def test_token_benchmark_runs_and_both_agents_reach_the_checked_answer(tmp_path:
     assert by_name["weekday_41_tools"]["code_mode"]["model_turns"] == 3
     for base in ("direct", "direct_naive"):
         assert data["savings"][base].keys() >= {"sum", "median_task", "sum_without_two_biggest", "two_biggest"}
-    assert (tmp_path / "tokens.png").read_bytes().startswith(b"\x89PNG")
+    if importlib.util.find_spec("matplotlib") is not None:  # the chart is drawn only with the bench extra
+        assert (tmp_path / "tokens.png").read_bytes().startswith(b"\x89PNG")
+    else:
+        assert not (tmp_path / "tokens.png").exists()
     assert (tmp_path / "tokens.md").read_text() in proc.stdout
 
 

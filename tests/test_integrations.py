@@ -5,6 +5,7 @@ the program's final value (and nothing else) from the tool result."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +17,21 @@ import pytest
 from codemode import CodeMode, parse_config
 from codemode.integrations import instructions
 from tests.fixtures.helpers import stdio_entry
+
+# Each framework is an optional extra (all in `.[dev]`, which .ci/run installs):
+# without it, its tests skip and say which extra brings it.
+needs_pydantic_ai = pytest.mark.skipif(
+    importlib.util.find_spec("pydantic_ai") is None,
+    reason="pydantic-ai is not installed (pip install 'codemode[pydantic-ai]')",
+)
+needs_openai_agents = pytest.mark.skipif(
+    importlib.util.find_spec("agents") is None,
+    reason="openai-agents is not installed (pip install 'codemode[openai-agents]')",
+)
+needs_langchain = pytest.mark.skipif(
+    importlib.util.find_spec("langchain_core") is None,
+    reason="langchain-core is not installed (pip install 'codemode[langchain]')",
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -49,6 +65,7 @@ async def test_small_toolsets_get_every_stub_in_the_instructions_large_ones_an_i
 # --- pydantic-ai ----------------------------------------------------------------------------------
 
 
+@needs_pydantic_ai
 async def test_pydantic_ai_agent_runs_a_program_and_the_model_reads_its_value(cm: CodeMode) -> None:
     from pydantic_ai import Agent
     from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
@@ -72,6 +89,7 @@ async def test_pydantic_ai_agent_runs_a_program_and_the_model_reads_its_value(cm
     assert seen[0].instructions is not None and "async def weather(" in seen[0].instructions
 
 
+@needs_pydantic_ai
 async def test_pydantic_ai_discovery_finds_reads_then_runs(cm: CodeMode) -> None:
     from pydantic_ai import Agent
     from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
@@ -136,6 +154,7 @@ def _openai_fake_model(code: str, seen: list[tuple[str | None, Any, list[Any]]])
     return FakeModel()
 
 
+@needs_openai_agents
 async def test_openai_agents_runner_runs_a_program_and_the_model_reads_its_value(cm: CodeMode) -> None:
     from agents import Agent, RunConfig, Runner
 
@@ -157,6 +176,7 @@ async def test_openai_agents_runner_runs_a_program_and_the_model_reads_its_value
     assert system is not None and "async def weather(" in system
 
 
+@needs_openai_agents
 async def test_openai_agents_tool_answers_bad_arguments_as_text(cm: CodeMode) -> None:
     from agents import RunContextWrapper
     from agents.tool_context import ToolContext
@@ -179,6 +199,7 @@ async def test_openai_agents_tool_answers_bad_arguments_as_text(cm: CodeMode) ->
 # --- LangChain ------------------------------------------------------------------------------------
 
 
+@needs_langchain
 async def test_langchain_tool_call_loop_runs_a_program_and_the_model_reads_its_value(cm: CodeMode) -> None:
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -248,6 +269,8 @@ def test_the_integrations_package_imports_no_framework() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+@needs_openai_agents
+@needs_langchain
 async def test_openai_agents_and_langchain_discovery_tools_answer_through_the_framework(cm: CodeMode) -> None:
     from agents.tool_context import ToolContext
 
