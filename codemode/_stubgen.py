@@ -51,7 +51,7 @@ from ._schema_types import (
 )
 from ._tools import Tool
 
-__all__ = ["StubSet", "ToolBinding", "render_stubs"]
+__all__ = ["RuntimeType", "StubSet", "ToolBinding", "render_stubs"]
 
 UNTYPED = "Content"
 """What a tool without an output schema returns, as the stubs name it: an
@@ -72,6 +72,11 @@ class ToolBinding:
     namespace: str
     name: str
     params: Mapping[str, str]
+    required: tuple[str, ...] = ()
+    """The Python names of the parameters a call must pass."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """The defaults the stub's signature shows (JSON scalars), by Python name:
+    the sandbox sends them when a call leaves them out, as the stub would."""
 
     @property
     def qualified_name(self) -> str:
@@ -88,10 +93,24 @@ class StubSet:
     source: str
     runtime_source: str = ""
     bindings: Mapping[tuple[str, str], ToolBinding] = field(default_factory=dict)
+    types: tuple[RuntimeType, ...] = ()
+    """The module-level types (TypedDicts, the untyped alias) one by one, in
+    source order (each after those it names), so a run defines only the
+    ones its code names."""
 
     def __post_init__(self) -> None:
         if not self.runtime_source:
             object.__setattr__(self, "runtime_source", self.source)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeType:
+    """One module-level type of the stubs as the sandbox defines it."""
+
+    name: str
+    source: str
+    refs: frozenset[str]
+    """The other types its definition names."""
 
 
 # What the template sees. Every str here is an identifier from `_names`, an
@@ -205,7 +224,7 @@ def _optional(annotation: Annotation) -> str:
     return annotation.text + " | None"
 
 
-def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dict[str, str]]:
+def _tool_stub(tool: Tool, ns_py: str, py_name: str, types: SchemaTypes) -> tuple[_Stub, ToolBinding]:
     schema = tool.input_schema
     tool_part = type_name_part(tool.name, fallback="Tool")
     args_schema = _input_object(schema)
@@ -213,6 +232,7 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
     required = _required(args_schema)
     taken: set[str] = set()
     params: list[_Param] = []
+    defaults: dict[str, Any] = {}
     for wire_key, prop in props.items():
         wire = str(wire_key)
         py = unique_identifier(wire, taken, fallback="arg")
@@ -228,6 +248,8 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
             notes.append(f"Sent as {wire!r}.")
         if is_required or default is not None:
             annotation = ann.text
+            if default is not None:
+                defaults[py] = prop_map["default"]
         else:  # `None` means "not sent": the guest drops None-valued arguments
             annotation, default = _optional(ann), "None"
         params.append(
@@ -270,7 +292,15 @@ def _tool_stub(tool: Tool, py_name: str, types: SchemaTypes) -> tuple[_Stub, dic
         lines += ["", f"Returns: {output_doc}"]
 
     stub = _Stub(py_name=py_name, params=params, returns=returns, doc="\n".join(lines))
-    return stub, {p.py_name: p.wire for p in params}
+    binding = ToolBinding(
+        tool=tool,
+        namespace=ns_py,
+        name=py_name,
+        params={p.py_name: p.wire for p in params},
+        required=tuple(p.py_name for p in params if p.default is None),
+        defaults=defaults,
+    )
+    return stub, binding
 
 
 def _named(stub: _Stub, types: SchemaTypes) -> _Stub:
@@ -420,9 +450,8 @@ def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | N
     for namespace, ns_py, named_tools in named:
         stubs = []
         for tool, py_name in named_tools:
-            stub, params = _tool_stub(tool, py_name, types)
+            stub, bindings[(ns_py, py_name)] = _tool_stub(tool, ns_py, py_name, types)
             stubs.append(stub)
-            bindings[(ns_py, py_name)] = ToolBinding(tool=tool, namespace=ns_py, name=py_name, params=params)
         doc = _text(namespace_docs.get(namespace))
         namespaces.append(_Namespace(py_name=ns_py, doc=doc, tools=stubs))
     # Types are named once every schema is seen: a type shared by several
@@ -446,4 +475,18 @@ def render_stubs(tools: Iterable[Tool], *, namespace_docs: Mapping[str, str] | N
         ast.parse(runtime)
     except SyntaxError as exc:  # pragma: no cover - would be a template bug
         raise ValueError(f"generated stubs do not parse: {exc}") from exc
-    return StubSet(source=source, runtime_source=runtime, bindings=bindings)
+    return StubSet(source=source, runtime_source=runtime, bindings=bindings, types=_runtime_types(typed_dicts, untyped))
+
+
+def _runtime_types(typed_dicts: list[_TypedDictView], untyped: bool) -> tuple[RuntimeType, ...]:
+    macro = _environment().get_template("typed_dict.py.jinja").module.typed_dict  # type: ignore[attr-defined]
+    names = {td.name for td in typed_dicts}
+    found: list[RuntimeType] = (
+        [RuntimeType(name=UNTYPED, source=f"{UNTYPED} = Any", refs=frozenset())] if untyped else []
+    )
+    for td in typed_dicts:
+        refs = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(f.annotation for f in td.fields))) & (
+            names | {UNTYPED}
+        )
+        found.append(RuntimeType(name=td.name, source=str(macro(td)), refs=frozenset(refs - {td.name})))
+    return tuple(found)

@@ -283,3 +283,73 @@ async def test_the_curated_stdlib_works_including_time_zones(backend: str) -> No
     result = await run(backend, code)
     assert result.ok, result.error
     assert result.value == [2.0, 1.0, 2, "a#b#", "a", "0.3"]
+
+
+def wide_namespace(n: int, calls: list[dict[str, Any]]) -> list[Tool]:
+    """`n` tools in one namespace, each echoing what it was sent."""
+
+    async def echo(**kwargs: Any) -> dict[str, Any]:
+        calls.append(kwargs)
+        return kwargs
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "limit": {"type": "integer", "default": 10},
+            "filter": {"type": "object", "properties": {"field": {"type": "string"}}, "required": ["field"]},
+        },
+        "required": ["id"],
+    }
+    return [Tool(name=f"get_{i}", namespace="api", fn=echo, input_schema=schema) for i in range(n)]
+
+
+async def test_a_tool_of_a_large_namespace_behaves_as_its_stub_says(backend: str) -> None:
+    calls: list[dict[str, Any]] = []
+    tools = wide_namespace(300, calls)
+    # RestrictedPython has no getattr() nor dir(): there the name is spelled out.
+    wasm = backend == "wasm"
+    dynamic = "getattr(api, 'get_' + str(299))" if wasm else "api.get_299"
+    code = (
+        "errors = []\n"
+        "for bad in (lambda: api.get_7(), lambda: api.get_7(id='a', nope=1), lambda: api.get_7('a')):\n"
+        "    try:\n"
+        "        bad()\n"
+        "    except TypeError as e:\n"
+        "        errors.append('TypeError')\n"
+        "try:\n"
+        "    missing = api.no_such_tool\n"
+        "except AttributeError:\n"
+        "    errors.append('AttributeError')\n"
+        "f = Filter(field='x')\n"
+        "a = await api.get_7(id='a', filter=f)\n"
+        f"b = await {dynamic}(id='b')\n"
+        f"[errors, a, b, {'len(dir(api))' if wasm else 300}]"
+    )
+    result = await run(backend, code, tools=tools)
+    assert result.ok, result.error
+    # The defaults the stub shows are sent; a name spelled only at run time
+    # works too (without its record: the host checks its arguments).
+    assert result.value == [
+        # (RestrictedPython's getattr guard gives None for a missing attribute.)
+        ["TypeError"] * 3 + (["AttributeError"] if wasm else []),
+        {"id": "a", "limit": 10, "filter": {"field": "x"}},
+        {"id": "b"} if wasm else {"id": "b", "limit": 10},
+        300,
+    ]
+
+
+async def test_a_run_is_sent_only_the_records_and_types_its_code_names() -> None:
+    from codemode._sandbox.guest_tools import GuestTools, identifiers
+
+    stubs = Sandbox(backend="restricted").stubs(wide_namespace(1000, []))
+    fields = GuestTools(stubs).request_fields(identifiers("await api.get_7(id='a')"))
+    import json
+
+    bound = json.loads("{" + fields + "}")
+    assert list(bound["namespaces"]["api"]["tools"]) == ["get_7"]
+    assert bound["namespaces"]["api"]["tools"]["get_7"] == [["id", "limit", "filter"], ["id"], {"limit": 10}]
+    assert len(bound["namespaces"]["api"]["names"].split()) == 1000
+    assert bound["types"] == ""
+    with_type = json.loads("{" + GuestTools(stubs).request_fields({"api", "Filter"}) + "}")
+    assert with_type["types"].startswith("class Filter(TypedDict):")

@@ -1,7 +1,8 @@
 """The runner: `Sandbox.run(code, tools=..., limits=...)` -> `RunResult`.
 
-It checks the code, renders the stubs for the run's tools, and hands one JSON
-request to a backend on a worker thread. While the guest runs, each batch of
+It checks the code, renders the stubs for the run's tools (once per tool set;
+the guest binds them lazily, see guest_tools.py), and hands one JSON request
+to a backend on a worker thread. While the guest runs, each batch of
 tool calls comes back to this event loop (`anyio.from_thread.run`), where the
 `Dispatcher` carries it out. The guest's JSON answer becomes a typed result.
 """
@@ -43,6 +44,7 @@ from .dispatch import Dispatcher
 from .epoch import RunGuard
 from .frames import Call, FrameRefused
 from .frames import parse as parse_frame
+from .guest_tools import GuestTools, identifiers
 from .pooling import PoolSettings
 
 if TYPE_CHECKING:
@@ -120,7 +122,7 @@ class Sandbox:
         self.backend = _backend(backend, pool_warm, pool_max)
         self.limits = limits or Limits()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
-        self._stub_cache: OrderedDict[tuple[int, ...], tuple[list[Tool], StubSet]] = OrderedDict()
+        self._stub_cache: OrderedDict[tuple[int, ...], tuple[list[Tool], StubSet, GuestTools]] = OrderedDict()
 
     async def __aenter__(self) -> Sandbox:
         await self.load()
@@ -140,17 +142,20 @@ class Sandbox:
 
     def stubs(self, tools: Sequence[Tool]) -> StubSet:
         """The stubs the model's code sees for `tools` (cached per tool set)."""
+        return self._catalog(tools)[1]
+
+    def _catalog(self, tools: Sequence[Tool]) -> tuple[list[Tool], StubSet, GuestTools]:
         key = tuple(id(t) for t in tools)
         hit = self._stub_cache.get(key)
         if hit is not None:
             self._stub_cache.move_to_end(key)
-            return hit[1]
+            return hit
         stubs = render_stubs(tools)
         # The tools themselves are kept so their ids cannot be reused while cached.
-        self._stub_cache[key] = (list(tools), stubs)
+        entry = self._stub_cache[key] = (list(tools), stubs, GuestTools(stubs))
         if len(self._stub_cache) > 64:
             self._stub_cache.popitem(last=False)
-        return stubs
+        return entry
 
     async def run(
         self,
@@ -192,7 +197,7 @@ class Sandbox:
         rejected = _check_code(code, limits)
         if isinstance(rejected, ExecutionError):
             return self._result(t0, error=rejected)
-        stubs = self.stubs(tools)
+        _, stubs, guest_tools = self._catalog(tools)
         deadline = t0 + limits.timeout
         dispatcher = Dispatcher(
             bindings=stubs.bindings,
@@ -206,11 +211,12 @@ class Sandbox:
         request = json.dumps(
             {
                 "code": rejected,
-                "stubs": stubs.runtime_source,
                 "limits": {"max_stdout": limits.max_stdout, "max_result": limits.max_result},
                 "deadline_s": limits.timeout,
             }
         )
+        # The tools as lazy namespaces (see guest_tools.py), spliced in as JSON.
+        request = request[:-1] + "," + guest_tools.request_fields(identifiers(rejected)) + "}"
 
         # Batches running on the loop, so a cancelled caller stops them too: an
         # asyncio `task.cancel()` reaches only the awaiting task, not these.

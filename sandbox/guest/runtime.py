@@ -4,11 +4,18 @@ This module runs inside the WebAssembly component (CPython 3.14 under WASI) and,
 unchanged, in the host process for the `restricted` backend. It must not import
 anything from the host package.
 
-Request (JSON):  {"code", "stubs", "limits": {"max_stdout", "max_result"}, "deadline_s"}
+Request (JSON):  {"code", "namespaces", "types", "limits": {"max_stdout", "max_result"}, "deadline_s"}
+                 ("namespaces": {ns: {"names": "tool tool2 ...", "tools": {tool: [params,
+                 required, defaults]}}}; "types": source of the TypedDicts the code names;
+                 "stubs", runtime stub source to execute, is still read)
 Response (JSON): {"ok": true,  "value", "value_truncated", "stdout", "stdout_truncated"}
                  {"ok": false, "error": {"kind", "type", "message", ...}, "stdout", ...}
 
-Tool calls: a stub calls `_call_tool(namespace, name, args)`, which parks a
+Namespaces are `_Namespace` objects: the first lookup of a tool makes its call
+wrapper from the tool's record (codemode/_sandbox/guest_tools.py), so a run
+pays for the tools it uses, not for the size of the namespace.
+
+Tool calls: a wrapper calls `_call_tool(namespace, name, args)`, which parks a
 future on the running `HostLoop`. When no task can make progress, the loop sends
 every pending call to the host in one crossing (`host_call(batch_json)`), and
 resolves the futures with the outcomes. A host answer of `HostAbort` means the
@@ -33,6 +40,7 @@ import threading
 import time
 import traceback
 import types
+import typing
 import uuid
 
 CODE_FILENAME = "<code>"
@@ -213,6 +221,82 @@ def _call_tool(namespace, name, args):
             "use top-level `await`, or `asyncio.run(main())`"
         )
     return loop.call_tool(namespace, name, {k: v for k, v in args.items() if v is not None})
+
+
+# What the stubs import from typing, bound in every run as before.
+_TYPING_GLOBALS = {n: getattr(typing, n) for n in ("Any", "Literal", "NotRequired", "Required", "TypedDict")}
+# (Python 3.12+; the restricted backend may run on 3.11, where it is not needed.)
+_mark_coroutine = getattr(inspect, "markcoroutinefunction", lambda fn: fn)
+
+
+async def _invoke(namespace, name, args):
+    return await _call_tool(namespace, name, args)
+
+
+def _tool_function(namespace, name, record):
+    """The callable `namespace.name`: keyword arguments only, checked against
+    the tool's record (if the host sent one) as the stub's signature would."""
+    qualified = f"{namespace}.{name}"
+    if record is None:
+        allowed, required, defaults = None, (), None
+    else:
+        allowed, required, defaults = frozenset(record[0]), record[1], record[2]
+
+    def call(*args, **kwargs):
+        if args:
+            raise TypeError(f"{qualified}() takes keyword arguments only ({len(args)} positional given)")
+        if allowed is not None:
+            for key in kwargs:
+                if key not in allowed:
+                    raise TypeError(f"{qualified}() got an unexpected keyword argument {key!r}")
+        for key in required:
+            if key not in kwargs:
+                raise TypeError(f"{qualified}() missing required keyword argument: {key!r}")
+        if defaults:
+            kwargs = {**defaults, **kwargs}
+        return _invoke(namespace, name, kwargs)
+
+    call.__name__ = name
+    call.__qualname__ = qualified
+    return _mark_coroutine(call)
+
+
+class _Namespace:
+    """A server's tools; each bound on first use (see the module docstring)."""
+
+    def __init__(self, name, names, records):
+        self.__dict__["_codemode_ns"] = (name, names, records, None)
+
+    def __getattr__(self, attr):
+        name, names, records, known = self.__dict__["_codemode_ns"]
+        record = records.get(attr)
+        if record is None:
+            if known is None:
+                known = set(names.split())
+                self.__dict__["_codemode_ns"] = (name, names, records, known)
+            if attr not in known:
+                raise AttributeError(f"namespace {name!r} has no tool {attr!r}")
+        fn = self.__dict__[attr] = _tool_function(name, attr, record)
+        return fn
+
+    def __dir__(self):
+        return sorted(self.__dict__["_codemode_ns"][1].split())
+
+    def __repr__(self):
+        return f"<tools of namespace {self.__dict__['_codemode_ns'][0]!r}>"
+
+
+def _bind_tools(request, g):
+    """Put the run's namespaces and the types its code names into `g`."""
+    g.update(_TYPING_GLOBALS)
+    for ns, spec in (request.get("namespaces") or {}).items():
+        g[ns] = _Namespace(ns, spec.get("names", ""), spec.get("tools") or {})
+    source = request.get("types")
+    if source:
+        exec(compile(source, "<stubs>", "exec", dont_inherit=True), g)
+    stubs = request.get("stubs")
+    if stubs:
+        exec(compile(stubs, "<stubs>", "exec", dont_inherit=True), g)
 
 
 class _CappedText:
@@ -540,9 +624,7 @@ def execute(request, host_call, *, compile_code=_compile_default, make_globals=_
 
         g = make_globals(out)
         g.update({"__name__": "__main__", "_call_tool": _call_tool, "ToolError": ToolError})
-        stubs = request.get("stubs")
-        if stubs:
-            exec(compile(stubs, "<stubs>", "exec", dont_inherit=True), g)
+        _bind_tools(request, g)
         try:
             try:
                 if code_obj.co_flags & _CO_COROUTINE:
