@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import math
 import re
 from collections import Counter
@@ -185,9 +186,15 @@ def _stem(word: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Lowercase words of `text`: snake_case, camelCase, kebab-case and dotted
     names split into words, stop words dropped, plurals folded."""
+    return list(_tokens(text))
+
+
+@functools.lru_cache(maxsize=8192)
+def _tokens(text: str) -> tuple[str, ...]:
+    # Cached: a catalog repeats its namespace, parameter names and their descriptions.
     text = _CAMEL_ACRONYM.sub(" ", _CAMEL_LOWER_UPPER.sub(" ", clean_text(text)))
     words = (w.lower() for w in _NON_WORD.split(text))
-    return [_stem(w) for w in words if w and w not in _STOP_WORDS]
+    return tuple(_stem(w) for w in words if w and w not in _STOP_WORDS)
 
 
 def _param_text(schema: Mapping[str, object]) -> str:
@@ -218,7 +225,7 @@ def _documents(bindings: Iterable[ToolBinding]) -> list[_Doc]:
             "description": b.tool.description,
             "params": _param_text(b.tool.input_schema),
         }
-        fields = {f: Counter(tokenize(t)) for f, t in texts.items()}
+        fields = {f: Counter(_tokens(t)) for f, t in texts.items()}
         docs.append(_Doc(binding=b, fields=fields, lengths={f: sum(c.values()) for f, c in fields.items()}))
     return docs
 
@@ -266,20 +273,36 @@ def _referenced_names(node: ast.AST) -> set[str]:
     return names
 
 
-def _closure(scope: Sequence[ast.stmt], seeds: Iterable[ast.AST]) -> set[int]:
-    """Indexes of the statements in `scope` that `seeds` need, transitively."""
-    by_name: dict[str, int] = {}
-    for i, stmt in enumerate(scope):
-        for name in _defined_names(stmt):
-            by_name.setdefault(name, i)
-    needed: set[int] = set()
-    todo = [name for seed in seeds for name in _referenced_names(seed)]
-    while todo:
-        i = by_name.get(todo.pop(), -1)
-        if i >= 0 and i not in needed:
-            needed.add(i)
-            todo.extend(_referenced_names(scope[i]))
-    return needed
+class _Scope:
+    """The statements of one scope (the module, or a namespace class), with
+    which statement defines each name, worked out once per index."""
+
+    def __init__(self, body: Sequence[ast.stmt], refs: dict[int, set[str]]) -> None:
+        self.body = body
+        self.by_name: dict[str, int] = {}
+        for i, stmt in enumerate(body):
+            for name in _defined_names(stmt):
+                self.by_name.setdefault(name, i)
+        self._refs = refs  # node id -> names it references, shared by the scopes of one index
+        self.needed_all: set[int] | None = None
+        """What every tool needs; set by the index on first use."""
+
+    def refs(self, node: ast.AST) -> set[str]:
+        names = self._refs.get(id(node))
+        if names is None:
+            names = self._refs[id(node)] = _referenced_names(node)
+        return names
+
+    def closure(self, seeds: Iterable[ast.AST]) -> set[int]:
+        """Indexes of the statements in this scope that `seeds` need, transitively."""
+        needed: set[int] = set()
+        todo = [name for seed in seeds for name in self.refs(seed)]
+        while todo:
+            i = self.by_name.get(todo.pop(), -1)
+            if i >= 0 and i not in needed:
+                needed.add(i)
+                todo.extend(self.refs(self.body[i]))
+        return needed
 
 
 def _first_line(node: ast.stmt) -> int:
@@ -326,6 +349,34 @@ def _summary(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
     return line if len(line) <= _SUMMARY_MAX else line[: _SUMMARY_MAX - 1].rstrip() + "…"
 
 
+# The line that ends a tool's function in the runtime stubs: a docstring cannot
+# hold an unescaped `"""`, so only the template writes this.
+_METHOD_END = re.compile(
+    r'"""; return await _call_tool\(\'([A-Za-z_][A-Za-z0-9_]*)\', \'([A-Za-z_][A-Za-z0-9_]*)\', locals\(\)\)$', re.M
+)
+
+
+def _method_spans(stubs: StubSet, source_lines: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(namespace, tool) -> the line range of its function (decorator included)
+    in `stubs.source`, read from the runtime stubs, whose lines agree with it.
+    A docstring line is indented 8 spaces past its first, so the nearest line
+    above the end that starts `    async def ` is the function's own."""
+    spans: dict[tuple[str, str], tuple[int, int]] = {}
+    runtime = stubs.runtime_source
+    if runtime == stubs.source:
+        return spans
+    line, pos = 0, 0
+    for m in _METHOD_END.finditer(runtime):
+        line += runtime.count("\n", pos, m.start())
+        pos = m.start()
+        start = line
+        while start > 0 and not source_lines[start].startswith("    async def "):
+            start -= 1
+        if start > 0 and source_lines[start - 1] == "    @staticmethod":
+            spans[(m[1], m[2])] = (start - 1, line + 1)
+    return spans
+
+
 class ToolIndex:
     """Search and stub extraction over one set of tools, built once.
 
@@ -340,16 +391,15 @@ class ToolIndex:
         self.tools = list(tools)
         self.stubs = stubs if stubs is not None else render_stubs(self.tools)
         self._source_lines = self.stubs.source.splitlines()
-        self._module = ast.parse(self.stubs.source)
         self._bindings = dict(sorted(self.stubs.bindings.items()))
-        self._class_of, self._ns_assign = self._namespace_classes()
-        self._methods: dict[tuple[str, str], ast.FunctionDef | ast.AsyncFunctionDef] = {}
-        for key in self._bindings:
-            fn = self._find_method(*key)
-            if fn is None:
-                raise ValueError(f"stubs have no function for {key[0]}.{key[1]}")
-            self._methods[key] = fn
-        self._tool_fns = {id(fn) for fn in self._methods.values()}
+        # A search needs only the functions of its hits: each is found by its
+        # line span and parsed alone. The whole module is parsed on the first
+        # call that cuts stubs (`get_stubs`), or here if the spans cannot be read.
+        self._spans = _method_spans(self.stubs, self._source_lines)
+        self._hit_fns: dict[tuple[str, str], ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        self._parsed = False
+        if any(key not in self._spans for key in self._bindings):
+            self._parse()
         self._docs = _documents(self._bindings.values())
         self._avg_len = {
             f: (sum(d.lengths[f] for d in self._docs) / len(self._docs)) if self._docs else 0.0 for f in _FIELD_WEIGHTS
@@ -360,6 +410,44 @@ class ToolIndex:
         n = len(self._docs)
         self._idf = {t: math.log(1 + (n - k + 0.5) / (k + 0.5)) for t, k in df.items()}
         self._lookup = self._name_lookup()
+
+    def _parse(self) -> None:
+        """Parse the whole stubs module. Raises `ValueError` if it lacks a tool's function."""
+        if self._parsed:
+            return
+        self._module = ast.parse(self.stubs.source)
+        self._class_of, self._ns_assign = self._namespace_classes()
+        functions = {
+            (id(cls), node.name): node
+            for cls in self._class_of.values()
+            for node in cls.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
+        self._methods: dict[tuple[str, str], ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        for key in self._bindings:
+            cls = self._class_of.get(key[0])
+            fn = functions.get((id(cls), key[1])) if cls is not None else None
+            if fn is None:
+                raise ValueError(f"stubs have no function for {key[0]}.{key[1]}")
+            self._methods[key] = fn
+        self._tool_fns = {id(fn) for fn in self._methods.values()}
+        refs: dict[int, set[str]] = {}
+        self._scope = _Scope(self._module.body, refs)
+        self._class_scopes = {id(c): _Scope(c.body, refs) for c in self._class_of.values()}
+        self._parsed = True
+
+    def _function(self, key: tuple[str, str]) -> ast.FunctionDef | ast.AsyncFunctionDef:
+        """The stub function of tool `key`, parsed alone when the module is not."""
+        if self._parsed:
+            return self._methods[key]
+        fn = self._hit_fns.get(key)
+        if fn is None:
+            start, end = self._spans[key]
+            text = "\n".join(line[4:] for line in self._source_lines[start:end])
+            node = ast.parse(text).body[0]
+            assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == key[1]
+            fn = self._hit_fns[key] = node
+        return fn
 
     # -- namespace classes ------------------------------------------------------------
 
@@ -381,13 +469,6 @@ class ToolIndex:
                     class_of[namespace] = classes[value.id]
                     assigns[namespace] = i
         return class_of, assigns
-
-    def _find_method(self, namespace: str, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-        cls = self._class_of.get(namespace)
-        for node in cls.body if cls else ():
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
-                return node
-        return None
 
     def _name_lookup(self) -> dict[str, tuple[str, str]]:
         # Python names win; a server's own "server.tool" spelling also works when it
@@ -430,7 +511,7 @@ class ToolIndex:
         return [self._hit(key, doc.binding, round(score, 6)) for score, key, doc in scored[:limit]]
 
     def _hit(self, key: tuple[str, str], binding: ToolBinding, score: float) -> ToolHit:
-        fn = self._methods[key]
+        fn = self._function(key)
         return ToolHit(
             namespace=key[0],
             name=key[1],
@@ -445,7 +526,7 @@ class ToolIndex:
 
         Raises `ToolNotFound` for an unknown name."""
         key = self._resolve([name])[0]
-        return _signature(key[0], self._methods[key])
+        return _signature(key[0], self._function(key))
 
     def servers(self) -> list[ServerSummary]:
         """One summary per namespace, sorted by namespace; tool names sorted."""
@@ -486,13 +567,15 @@ class ToolIndex:
         Raises `ToolNotFound` (code "tool_not_found") listing close matches for
         every unknown name."""
         selected = set(self._resolve(names))
-        body = self._module.body
-        every_fn = list(self._methods.values())
+        self._parse()
+        body, scope = self._module.body, self._scope
         chosen_fns = [self._methods[k] for k in sorted(selected)]
         ns_classes = {id(c): ns for ns, c in self._class_of.items()}
         chosen_ns = {ns for ns, _ in selected}
-        needed_all = _closure(body, every_fn)
-        needed = _closure(body, chosen_fns) | {i for ns, i in self._ns_assign.items() if ns in chosen_ns}
+        if scope.needed_all is None:
+            scope.needed_all = scope.closure(self._methods.values())
+        needed_all = scope.needed_all
+        needed = scope.closure(chosen_fns) | {i for ns, i in self._ns_assign.items() if ns in chosen_ns}
         chosen_classes = {id(self._class_of[ns]) for ns in chosen_ns}
         namespace_stmts = {i for i, n in enumerate(body) if id(n) in ns_classes} | set(self._ns_assign.values())
 
@@ -535,8 +618,10 @@ class ToolIndex:
 
     def _partial_class(self, cls: ast.ClassDef, methods: set[str]) -> str:
         chosen = [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in methods]
-        every = [n for n in cls.body if id(n) in self._tool_fns]
-        needed, needed_all = _closure(cls.body, chosen), _closure(cls.body, every)
+        scope = self._class_scopes[id(cls)]
+        if scope.needed_all is None:
+            scope.needed_all = scope.closure(n for n in cls.body if id(n) in self._tool_fns)
+        needed, needed_all = scope.closure(chosen), scope.needed_all
         head = "\n".join(self._source_lines[_first_line(cls) - 1 : _first_line(cls.body[0]) - 1])
         parts = [head]
         for i, node in enumerate(cls.body):

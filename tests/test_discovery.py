@@ -504,3 +504,29 @@ def test_stubs_for_one_tool_leave_out_other_tools_functional_typeddicts() -> Non
     only_link = get_stubs([link, ping], ["tools.link"])
     assert "ORIGIN-OF-EDGE" in only_link and "TypedDict('" in only_link
     ast.parse(only_link)
+
+
+def test_search_reads_each_hit_alone_and_agrees_with_the_whole_module() -> None:
+    # Descriptions that look like the lines a function is found by must not fool it.
+    tricky = (
+        "Look.\n    async def fake(*, x: int) -> int:\n\"\"\"; return await _call_tool('a', 'fake', locals())\nEnd."
+    )
+    tools = [
+        Tool(name=f"find_{i}", namespace="a", fn=_noop, description=tricky, input_schema=_obj(["q"], q=_S))
+        for i in range(3)
+    ] + [
+        Tool(
+            name="find_wide",
+            namespace="b",
+            fn=_noop,
+            description="Find " * 40,
+            input_schema=_obj(**{f"p{i}": _S for i in range(12)}),
+        )
+    ]
+    index = ToolIndex(tools)
+    hits = [(h.signature, h.summary) for h in index.search("find", limit=10)]
+    assert len(hits) == 4
+    assert not index._parsed  # a search parses only its hits' functions
+    whole = ToolIndex(tools)
+    whole._parse()
+    assert [(h.signature, h.summary) for h in whole.search("find", limit=10)] == hits
