@@ -353,3 +353,25 @@ async def test_a_run_is_sent_only_the_records_and_types_its_code_names() -> None
     assert bound["types"] == ""
     with_type = json.loads("{" + GuestTools(stubs).request_fields({"api", "Filter"}) + "}")
     assert with_type["types"].startswith("class Filter(TypedDict):")
+
+
+async def test_events_of_sync_tools_reach_the_loop_in_order_before_the_run_ends(backend: str) -> None:
+    import threading
+
+    def double(x: int) -> int:
+        return 2 * x
+
+    tools = [Tool(name="double", fn=double, input_schema={"type": "object", "properties": {"x": {"type": "integer"}}})]
+    loop_thread = threading.get_ident()
+    events: list[tuple[str, int, bool]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        events.append((event["type"], event["arguments"]["x"], threading.get_ident() == loop_thread))
+
+    sandbox = Sandbox(backend=backend)  # type: ignore[arg-type]
+    result = await sandbox.run("[await tools.double(x=i) for i in range(3)]", tools=tools, on_event=on_event)
+    assert result.value == [0, 2, 4]
+    assert [e[:2] for e in events] == [
+        (kind, i) for i in range(3) for kind in ("tool_call_started", "tool_call_finished")
+    ]
+    assert all(on_loop for _, _, on_loop in events)

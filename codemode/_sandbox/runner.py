@@ -3,22 +3,22 @@
 It checks the code, renders the stubs for the run's tools (once per tool set;
 the guest binds them lazily, see guest_tools.py), and hands one JSON request
 to a backend on a worker thread. While the guest runs, each batch of
-tool calls comes back to this event loop (`anyio.from_thread.run`), where the
+tool calls comes back to this event loop (`crossing.LoopCrossing`), where the
 `Dispatcher` carries it out. The guest's JSON answer becomes a typed result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from .._errors import (
@@ -40,9 +40,10 @@ from .._limits import Limits
 from .._result import RunResult, RunTimings
 from .._stubgen import StubSet, render_stubs
 from .._tools import Tool
+from .crossing import LoopCrossing
 from .dispatch import Dispatcher
 from .epoch import RunGuard
-from .frames import Call, FrameRefused
+from .frames import FrameRefused
 from .frames import parse as parse_frame
 from .guest_tools import GuestTools, identifiers
 from .pooling import PoolSettings
@@ -57,6 +58,7 @@ logger = logging.getLogger("codemode")
 # A thread abandoned at its deadline (the restricted backend, which cannot cut a
 # long C call) gets this long to notice before the run reports its timeout.
 _GRACE_S = 1.0
+_CANCELLED = json.dumps({"abort": "the run was cancelled"})
 
 
 class Backend(Protocol):
@@ -218,27 +220,13 @@ class Sandbox:
         # The tools as lazy namespaces (see guest_tools.py), spliced in as JSON.
         request = request[:-1] + "," + guest_tools.request_fields(identifiers(rejected)) + "}"
 
-        # Batches running on the loop, so a cancelled caller stops them too: an
-        # asyncio `task.cancel()` reaches only the awaiting task, not these.
-        in_flight: set[anyio.CancelScope] = set()
-
-        async def run_batch(batch: list[Call]) -> str:
-            with anyio.CancelScope() as scope:
-                in_flight.add(scope)
-                if guard.cancelled.is_set():
-                    scope.cancel()
-                try:
-                    return await dispatcher.run_batch(batch)
-                finally:
-                    in_flight.discard(scope)
-            return json.dumps({"abort": "the run was cancelled"})
-
-        host_call = _HostCalls(dispatcher, run_batch)
+        guard = RunGuard(deadline=deadline)
+        crossing = LoopCrossing()
+        host_call = _HostCalls(dispatcher, crossing, guard)
 
         startup = 0.0
         response: str | None = None
         error: ExecutionError | None = None
-        guard = RunGuard(deadline=deadline)
         t_exec = time.monotonic()
         with anyio.move_on_after(max(0.0, deadline - time.monotonic()) + _GRACE_S):
             try:
@@ -257,8 +245,7 @@ class Sandbox:
                 # Our caller gave up: stop the guest within a tick, not at its
                 # deadline, and the tool calls it waits on.
                 guard.cancelled.set()
-                for batch_scope in list(in_flight):
-                    batch_scope.cancel()
+                crossing.cancel()
                 raise
             except ExecutionError as exc:  # RunTimeout from the restricted backend
                 error = exc
@@ -330,9 +317,10 @@ class Sandbox:
 class _HostCalls:
     """The run's side of `call-tools`, on the worker thread (`hostcall.Handler`)."""
 
-    def __init__(self, dispatcher: Dispatcher, run_batch: Callable[[list[Call]], Coroutine[Any, Any, str]]) -> None:
+    def __init__(self, dispatcher: Dispatcher, crossing: LoopCrossing, guard: RunGuard) -> None:
         self.dispatcher = dispatcher
-        self.run_batch = run_batch
+        self.crossing = crossing
+        self.guard = guard
         self.max_frame_bytes = dispatcher.limits.max_batch_bytes
 
     def refuse(self, refused: FrameRefused) -> str:
@@ -348,18 +336,27 @@ class _HostCalls:
         answer = self.dispatcher.try_inline(batch)
         if answer is not None:
             return answer
-        return anyio.from_thread.run(self.run_batch, batch)
+        if self.guard.cancelled.is_set():
+            return _CANCELLED
+        # The batch ends itself at the deadline; the bound is for a loop that stopped answering.
+        timeout = self.guard.deadline - time.monotonic() + _GRACE_S
+        answer = self.crossing.run(self.dispatcher.run_batch, batch, timeout=timeout)
+        return answer if answer is not None else _CANCELLED
 
 
 def _on_loop(callback: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    """`callback`, delivered on the current event loop from whatever thread calls it."""
+    """`callback`, delivered on the current event loop from whatever thread calls
+    it. From another thread it is queued, not waited for: events keep their
+    order, and each reaches the loop before the run's own end does (both go
+    through the loop's FIFO of callbacks), without a worker waiting on a hop."""
     loop_thread = threading.get_ident()
+    loop = asyncio.get_running_loop()
 
     def deliver(event: dict[str, Any]) -> None:
         if threading.get_ident() == loop_thread:
             callback(event)
         else:
-            anyio.from_thread.run_sync(callback, event)
+            loop.call_soon_threadsafe(callback, event)
 
     return deliver
 
