@@ -56,3 +56,29 @@ async def test_a_wait_that_outlasts_its_bound_gives_up_and_cancels_the_task() ->
     with anyio.fail_after(20):
         assert await anyio.to_thread.run_sync(lambda: crossing.run(stuck, timeout=0.05)) is None
         await cancelled.wait()
+
+
+async def test_cancel_stops_the_tasks_in_flight_and_any_started_after_it() -> None:
+    crossing = LoopCrossing()
+    started = anyio.Event()
+
+    async def stuck() -> str:
+        started.set()
+        await anyio.sleep(60)
+        return "finished"
+
+    async def quick() -> str:
+        return "finished"
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            outcomes: list[str | None] = []
+
+            async def worker() -> None:
+                outcomes.append(await anyio.to_thread.run_sync(lambda: crossing.run(stuck, timeout=30)))
+
+            tg.start_soon(worker)
+            await started.wait()
+            crossing.cancel()
+        assert outcomes == [None]
+        assert await anyio.to_thread.run_sync(lambda: crossing.run(quick, timeout=30)) is None
