@@ -1,12 +1,14 @@
 """Sandbox speed, side by side in one run: codemode's wasm and restricted
 backends against peer sandboxes (pydantic-monty, Pyodide under node, `python -c`).
 
-    python -m benchmarks.sandbox [--quick] [--json PATH]
+    python -m benchmarks.sandbox [--quick] [--only service] [--json PATH]
 
 Same programs, same machine, one run: start + trivial program, a CPU-bound
 loop, a 100-call tool chain through each system's own external-function
 mechanism, everyday-code coverage and peak memory; then codemode's own
-crossing cost and throughput. Every figure is measured here, now; each says
+crossing cost and throughput; then what a shared service feels (issue 16):
+runs parked in a slow async tool, toolsets of 10 to 1,000 tools, the async
+crossing and CPU per run (`--only service` runs just those). Every figure is measured here, now; each says
 what it is (median / p95 of N runs). Ratios are against the wasm backend. A
 peer that cannot run a program, or cannot run here at all, is reported with
 the reason.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +36,7 @@ from codemode import Limits, Sandbox, Tool
 from codemode._sandbox.wasm import WasmBackend
 
 MONTY_PIN = "1.4.0"
+PARKED_HOLD_S = 2.0
 CHAIN_CALLS = 100
 IDLE_PAUSE_S = 0.01
 EXPECTED = expected()
@@ -410,6 +414,204 @@ async def measure(quick: bool) -> dict[str, Any]:
     return out
 
 
+# -- what a shared service feels (issue 16) --------------------------------------------------
+
+
+def parked(system: str, n: int, idle_s: float) -> dict[str, Any]:
+    """N runs at once, each parked PARKED_HOLD_S in an async tool (peers/parked.py)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers.parked", system, str(n), str(PARKED_HOLD_S), str(idle_s)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if proc.returncode != 0:
+        return {"unavailable": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]}
+    data: dict[str, Any] = json.loads(proc.stdout)
+    data["per_run_kb"] = (data["peak_kb"] - data["before_kb"]) / n
+    data["idle_s"] = idle_s
+    return data
+
+
+_VERBS = ("get", "list", "create", "update", "delete", "search", "archive", "export")
+_NOUNS = ("issue", "user", "project", "comment", "label", "invoice", "order", "file", "team", "repo")
+
+
+async def _api_tool(**kwargs: Any) -> dict[str, Any]:
+    return {"ok": True}
+
+
+def api_tools(n: int) -> list[Tool]:
+    """`n` tools in one namespace, shaped like a large REST API: an id, a
+    default, an enum; every 4th takes an object, every 3rd declares its output."""
+    tools = []
+    for i in range(n):
+        verb, noun = _VERBS[i % len(_VERBS)], _NOUNS[(i // len(_VERBS)) % len(_NOUNS)]
+        props: dict[str, Any] = {
+            "id": {"type": "string", "description": f"The {noun}'s id."},
+            "limit": {"type": "integer", "default": 10, "description": "Most results to return."},
+            "state": {"enum": ["open", "closed", "all"], "default": "open"},
+        }
+        if i % 4 == 0:
+            props["filter"] = {
+                "type": "object",
+                "description": f"Narrow the {noun}s.",
+                "properties": {"field": {"type": "string"}, f"{noun}_value": {"type": "string"}},
+                "required": ["field"],
+            }
+        output = {"type": "object", "properties": {"id": {"type": "string"}, f"{noun}_title": {"type": "string"}}}
+        tools.append(
+            Tool(
+                name=f"{verb}_{noun}_{i}",
+                namespace="api",
+                fn=_api_tool,
+                description=f"{verb.title()} a {noun} ({i}). Works on the {noun} collection of the account.",
+                input_schema={"type": "object", "properties": props, "required": ["id"]},
+                output_schema=output if i % 3 == 0 else None,
+            )
+        )
+    return tools
+
+
+async def toolset(n: int, reps: int) -> dict[str, Any]:
+    """Execute with one call, stubs for 3 tools, first search; `n` tools in one namespace."""
+    from codemode import CodeMode
+
+    tools = api_tools(n)
+    code = f"await api.{tools[n // 2].name}(id='x')"
+    names = [f"api.{tools[i].name}" for i in (1, n // 2, n - 1)]
+    query = "list the open issues of a project"
+    execute, stubs, first, cold = [], [], [], []
+    for _ in range(reps):
+        # Cold: a fresh CodeMode renders the stubs, then indexes them, then searches.
+        cm = CodeMode(tools=tools, limits=LIMITS)
+        t0 = time.perf_counter()
+        cm.search_tools(query)
+        cold.append(time.perf_counter() - t0)
+        # First search once the stubs are rendered (as after any run): the index build and the search.
+        cm = CodeMode(tools=tools, sandbox=cm.sandbox)
+        cm.sandbox.stubs(cm.tools())
+        t0 = time.perf_counter()
+        cm.search_tools(query)
+        first.append(time.perf_counter() - t0)
+        cm.stubs(names)  # the first call may finish the index
+        t0 = time.perf_counter()
+        cm.stubs(names)
+        stubs.append(time.perf_counter() - t0)
+        async with cm:
+            result = await cm.execute(code)
+            assert result.ok, result.error
+            for _ in range(3):
+                t0 = time.perf_counter()
+                result = await cm.execute(code)
+                execute.append(time.perf_counter() - t0)
+                assert result.ok, result.error
+    return {
+        "tools": n,
+        "execute": _stats(execute),
+        "stubs3": _stats(stubs),
+        "first_search": _stats(first),
+        "first_search_cold": _stats(cold),
+    }
+
+
+async def bare_hop(reps: int, hops: int) -> dict[str, Any]:
+    """A worker thread awaits a no-op coroutine on the loop: anyio.from_thread.run
+    against codemode's LoopCrossing (when this codemode has it), interleaved."""
+    import anyio.from_thread
+    import anyio.to_thread
+
+    async def noop(x: int) -> int:
+        return x
+
+    ways: dict[str, Callable[[int], Any]] = {"anyio.from_thread.run": lambda i: anyio.from_thread.run(noop, i)}
+    try:
+        from codemode._sandbox.crossing import LoopCrossing
+
+        crossing = LoopCrossing()
+        ways["codemode LoopCrossing"] = lambda i: crossing.run(noop, i, timeout=10)
+    except ImportError:
+        pass
+
+    def hop_us(way: Callable[[int], Any]) -> float:
+        t0 = time.perf_counter()
+        for i in range(hops):
+            way(i)
+        return (time.perf_counter() - t0) / hops * 1e6
+
+    samples: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(reps):
+        for name, way in ways.items():
+            samples[name].append(await anyio.to_thread.run_sync(hop_us, way))
+    return {name: {"per_hop_us": statistics.median(v), "hops": hops, "reps": reps} for name, v in samples.items()}
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of this process and the given live ones."""
+    total = sum(os.times()[:2])
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+async def cpu_per_run(runs: int) -> dict[str, Any]:
+    """CPU time (all threads and workers) per short run, back to back."""
+    out: dict[str, Any] = {}
+    for backend in ("wasm", "restricted"):
+        sandbox = Sandbox(backend=backend)  # type: ignore[arg-type]
+        await sandbox.run(SHORT_RUN)
+        c0, t0 = _cpu_s([]), time.perf_counter()
+        for _ in range(runs):
+            await sandbox.run(SHORT_RUN)
+        out[backend] = {"cpu_ms": (_cpu_s([]) - c0) / runs * 1e3, "wall_ms": (time.perf_counter() - t0) / runs * 1e3}
+    try:
+        import pydantic_monty
+    except ImportError:
+        out["pydantic-monty"] = {"unavailable": "pydantic-monty is not installed"}
+        return out
+    with pydantic_monty.Monty(min_processes=1, max_processes=1) as pool:
+        with pool.checkout() as session:
+            session.feed_run(SHORT_RUN)
+            worker = [session.worker_pid]
+        c0, t0 = _cpu_s(worker), time.perf_counter()
+        for _ in range(runs):
+            with pool.checkout() as session:
+                session.feed_run(SHORT_RUN)
+        out["pydantic-monty"] = {
+            "cpu_ms": (_cpu_s(worker) - c0) / runs * 1e3,
+            "wall_ms": (time.perf_counter() - t0) / runs * 1e3,
+        }
+    return out
+
+
+async def measure_service(quick: bool) -> dict[str, Any]:
+    sizes = (16, 64) if quick else (16, 64, 256)
+    idle_s = 3.0 if quick else 30.0
+    out: dict[str, Any] = {"parked": {}}
+    for n in sizes:
+        for system in ("wasm", "restricted", "monty"):
+            # RSS after the burst is read once per system, after the largest: waiting is most of the run time.
+            out["parked"][f"{system} {n}"] = parked(system, n, idle_s if n == sizes[-1] else 1.0)
+    reps = 2 if quick else 5
+    out["toolset"] = [await toolset(n, reps) for n in (10, 100, 1000)]
+    wasm = Sandbox()
+    await wasm.load()
+    calls, crossing_reps = (200, 3) if quick else (1000, 7)
+    out["async_crossing"] = {
+        "wasm, async tool (per call in a chain)": await crossing(wasm, calls, crossing_reps, ASYNC_NOOP),
+        "wasm, sync tool (per call in a chain)": await crossing(wasm, calls, crossing_reps),
+        "bare hop": await bare_hop(7 if quick else 15, 300),
+    }
+    out["cpu_per_run"] = await cpu_per_run(100 if quick else 400)
+    return out
+
+
 MECHANISMS = {
     "wasm": "`await tools.noop(x=i)`: a host function call out of the wasm guest, answered on the worker thread",
     "restricted": "`await tools.noop(x=i)`: an in-process Python call",
@@ -561,13 +763,104 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_service(data: dict[str, Any], today: dict[str, Any] | None = None) -> str:
+    """The issue-16 rows; with `today` (the same figures from the code before),
+    each row shows both."""
+
+    def cell(get: Callable[[dict[str, Any]], Any], fmt: str) -> str:
+        def one(d: dict[str, Any] | None) -> str:
+            if d is None:
+                return ""
+            try:
+                value = get(d)
+            except (KeyError, TypeError, IndexError):
+                return "-"
+            return "-" if value is None else fmt.format(value)
+
+        return f"{one(today)} | {one(data)}" if today is not None else one(data)
+
+    head = "today | now" if today is not None else "now"
+    rule = "---:|---:" if today is not None else "---:"
+    lines = [
+        f"Runs parked {PARKED_HOLD_S:g} s in an async tool, N at once (memory: RSS of the process and its workers)",
+        f"| system, N | wall s ({head}) | peak MB ({head}) | MiB per run ({head}) | RSS after idle MB ({head}) |",
+        f"|---|{rule}|{rule}|{rule}|{rule}|",
+    ]
+    for key in data["parked"]:
+
+        def get(field: str, scale: float = 1.0, key: str = key) -> Callable[[dict[str, Any]], Any]:
+            return lambda d: d["parked"][key][field] / scale
+
+        idle = data["parked"][key].get("idle_s")
+        lines.append(
+            f"| {key} | {cell(get('wall_s'), '{:.2f}')} | {cell(get('peak_kb', 1024), '{:.0f}')} | "
+            f"{cell(get('per_run_kb', 1024), '{:.2f}')} | {cell(get('after_idle_kb', 1024), '{:.0f}')}"
+            f"{f' (after {idle:g} s)' if idle else ''} |"
+        )
+    lines += [
+        "",
+        "Toolset size: one namespace of N tools (median ms; execute = one call through CodeMode.execute on wasm; "
+        "stubs = get_tool_stubs for 3 tools once the index exists; first search = index build + search once the "
+        "stubs are rendered; cold = a fresh CodeMode: rendering, index and search)",
+        f"| tools | execute ({head}) | stubs for 3 ({head}) | first search ({head}) | first search, cold ({head}) |",
+        f"|---:|{rule}|{rule}|{rule}|{rule}|",
+    ]
+    for i, row in enumerate(data["toolset"]):
+
+        def ms(field: str, i: int = i) -> Callable[[dict[str, Any]], Any]:
+            return lambda d: d["toolset"][i][field]["median_ms"]
+
+        lines.append(
+            f"| {row['tools']:,} | {cell(ms('execute'), '{:.2f}')} | {cell(ms('stubs3'), '{:.2f}')} | "
+            f"{cell(ms('first_search'), '{:.1f}')} | {cell(ms('first_search_cold'), '{:.1f}')} |"
+        )
+    lines += [
+        "",
+        "Async crossing (µs; a chain of no-op calls, per call; the bare hop: a worker thread awaiting a "
+        "no-op coroutine on the loop)",
+        f"| what | µs ({head}) |",
+        f"|---|{rule}|",
+    ]
+    for name, row in data["async_crossing"].items():
+        if name == "bare hop":
+            for way in row:
+                lines.append(
+                    f"| bare hop, {way} | "
+                    f"{cell(lambda d, w=way: d['async_crossing']['bare hop'][w]['per_hop_us'], '{:.1f}')} |"
+                )
+            continue
+        lines.append(f"| {name} | {cell(lambda d, n=name: d['async_crossing'][n]['per_call_us'], '{:.1f}')} |")
+    lines += [
+        "",
+        f"CPU per short run (`{SHORT_RUN}`), back to back: all threads and workers",
+        f"| system | CPU ms ({head}) | wall ms ({head}) |",
+        f"|---|{rule}|{rule}|",
+    ]
+    for name in data["cpu_per_run"]:
+        lines.append(
+            f"| {name} | {cell(lambda d, n=name: d['cpu_per_run'][n]['cpu_ms'], '{:.2f}')} | "
+            f"{cell(lambda d, n=name: d['cpu_per_run'][n]['wall_ms'], '{:.2f}')} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sandbox", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions: proves it works, numbers are rough")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--only", choices=["service"], help="run only the issue-16 rows (parked runs, toolset size, ...)"
+    )
+    parser.add_argument(
+        "--today", type=Path, help="with --only service: JSON of a run of the code before, shown beside"
+    )
     args = parser.parse_args(argv)
-    data = anyio.run(measure, args.quick)
-    print(render(data))
+    if args.only == "service":
+        data = anyio.run(measure_service, args.quick)
+        print(render_service(data, json.loads(args.today.read_text()) if args.today else None))
+    else:
+        data = anyio.run(measure, args.quick)
+        print(render(data))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,149 @@
+"""Runs parked in a slow async tool, in a fresh process so nothing else inflates it.
+
+    python -m benchmarks.peers.parked {wasm|restricted|monty} N HOLD_S IDLE_S
+
+Starts the system and does one run, then starts N runs at once, each of which
+calls an async tool that sleeps HOLD_S seconds, and waits for all of them.
+Memory is the resident set (VmRSS) of this process plus every descendant
+(monty's workers), sampled every 20 ms. Prints JSON: wall time of the burst,
+RSS before it, its peak, and RSS IDLE_S seconds after it with the system
+still open (a service keeps it), in kB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _rss_kb(pid: int | str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def total_rss_kb() -> int:
+    me = os.getpid()
+    return _rss_kb(me) + sum(_rss_kb(p) for p in _descendants(me))
+
+
+class Sampler:
+    """The peak of `total_rss_kb` while it runs."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, total_rss_kb())
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, total_rss_kb())
+
+
+async def _codemode(backend: str, n: int, hold: float, idle: float) -> dict[str, Any]:
+    import anyio
+
+    from codemode import Limits, Sandbox, Tool
+
+    async def wait() -> str:
+        await anyio.sleep(hold)
+        return "done"
+
+    tools = [Tool(name="wait", fn=wait)]
+    sandbox = Sandbox(backend=backend, max_concurrency=n)  # type: ignore[arg-type]
+    await sandbox.load()
+    limits = Limits(timeout=120)
+    assert (await sandbox.run("1 + 1", limits=limits)).value == 2
+    before = total_rss_kb()
+    results: list[Any] = []
+
+    async def one() -> None:
+        results.append(await sandbox.run("await tools.wait()", tools=tools, limits=limits))
+
+    with Sampler() as sampler:
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+        wall = time.perf_counter() - t0
+    bad = [r.error for r in results if r.value != "done"]
+    assert not bad, bad[:3]
+    await anyio.sleep(idle)
+    return {"wall_s": wall, "before_kb": before, "peak_kb": sampler.peak, "after_idle_kb": total_rss_kb()}
+
+
+async def _monty(n: int, hold: float, idle: float) -> dict[str, Any]:
+    import asyncio
+
+    import pydantic_monty
+
+    async def wait() -> str:
+        await asyncio.sleep(hold)
+        return "done"
+
+    # One session runs at a time per worker process: N workers for N runs at once.
+    async with pydantic_monty.AsyncMonty(min_processes=1, max_processes=n) as pool:
+
+        async def one() -> Any:
+            async with pool.checkout() as session:
+                return await session.feed_run("await wait()", external_lookup={"wait": wait})
+
+        assert await one() == "done"
+        before = total_rss_kb()
+        with Sampler() as sampler:
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*[one() for _ in range(n)])
+            wall = time.perf_counter() - t0
+        assert all(r == "done" for r in results), results[:3]
+        await asyncio.sleep(idle)
+        return {"wall_s": wall, "before_kb": before, "peak_kb": sampler.peak, "after_idle_kb": total_rss_kb()}
+
+
+def main(system: str, n: int, hold: float, idle: float) -> None:
+    if system in ("wasm", "restricted"):
+        import anyio
+
+        out = anyio.run(_codemode, system, n, hold, idle)
+    elif system == "monty":
+        import asyncio
+
+        out = asyncio.run(_monty(n, hold, idle))
+    else:
+        raise SystemExit(f"unknown system {system!r}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
