@@ -5,7 +5,8 @@
 Starts the system and does one run, then starts N runs at once, each of which
 calls an async tool that sleeps HOLD_S seconds, and waits for all of them.
 Memory is the resident set (VmRSS) of this process plus every descendant
-(monty's workers), sampled every 20 ms. Prints JSON: wall time of the burst,
+(monty's workers), sampled every 20 ms. Monty parks a run as a dumped
+snapshot (see `_monty`). Prints JSON: wall time of the burst,
 RSS before it, its peak, and RSS IDLE_S seconds after it with the system
 still open (a service keeps it), in kB.
 """
@@ -105,6 +106,10 @@ async def _codemode(backend: str, n: int, hold: float, idle: float) -> dict[str,
 
 
 async def _monty(n: int, hold: float, idle: float) -> dict[str, Any]:
+    """Monty's way to park: a run stops at its tool call as a snapshot, which is
+    dumped (a few kB) and its session given back; when the tool returns, a
+    fresh session loads the snapshot and resumes. (A run kept in its session
+    holds a worker process: one session runs at a time per worker.)"""
     import asyncio
 
     import pydantic_monty
@@ -113,12 +118,17 @@ async def _monty(n: int, hold: float, idle: float) -> dict[str, Any]:
         await asyncio.sleep(hold)
         return "done"
 
-    # One session runs at a time per worker process: N workers for N runs at once.
-    async with pydantic_monty.AsyncMonty(min_processes=1, max_processes=n) as pool:
+    async with pydantic_monty.AsyncMonty(min_processes=1, max_processes=2) as pool:
 
         async def one() -> Any:
             async with pool.checkout() as session:
-                return await session.feed_run("await wait()", external_lookup={"wait": wait})
+                snapshot = await session.feed_start("wait()")  # a host call, answered at resume
+                assert snapshot.function_name == "wait", snapshot
+                state = snapshot.dump()
+            value = await wait()
+            async with pool.checkout() as session:
+                snapshot = await session.load_snapshot(state)
+                return (await snapshot.resume({"return_value": value})).output
 
         assert await one() == "done"
         before = total_rss_kb()
