@@ -429,7 +429,8 @@ def parked(system: str, n: int, idle_s: float) -> dict[str, Any]:
     if proc.returncode != 0:
         return {"unavailable": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]}
     data: dict[str, Any] = json.loads(proc.stdout)
-    data["per_run_kb"] = (data["peak_kb"] - data["before_kb"]) / n
+    for kind in ("rss", "pss"):
+        data[f"{kind}_per_run_kb"] = (data[f"{kind}_peak_kb"] - data[f"{kind}_before_kb"]) / n
     data["idle_s"] = idle_s
     return data
 
@@ -782,9 +783,12 @@ def render_service(data: dict[str, Any], today: dict[str, Any] | None = None) ->
     head = "today | now" if today is not None else "now"
     rule = "---:|---:" if today is not None else "---:"
     lines = [
-        f"Runs parked {PARKED_HOLD_S:g} s in an async tool, N at once (memory: RSS of the process and its workers)",
-        f"| system, N | wall s ({head}) | peak MB ({head}) | MiB per run ({head}) | RSS after idle MB ({head}) |",
-        f"|---|{rule}|{rule}|{rule}|{rule}|",
+        f"Runs parked {PARKED_HOLD_S:g} s in an async tool, N at once. Memory of the process and its workers: "
+        "PSS (a page shared by several mappings split among them: what the runs cost the machine) and RSS "
+        "(such a page counted once per mapping: each wasm instance maps the same snapshot)",
+        f"| system, N | wall s ({head}) | MiB per run, PSS ({head}) | peak PSS MB ({head}) | "
+        f"PSS after idle MB ({head}) | MiB per run, RSS ({head}) | peak RSS MB ({head}) | RSS after idle MB ({head}) |",
+        f"|---|{rule}|{rule}|{rule}|{rule}|{rule}|{rule}|{rule}|",
     ]
     for key in data["parked"]:
 
@@ -792,10 +796,12 @@ def render_service(data: dict[str, Any], today: dict[str, Any] | None = None) ->
             return lambda d: d["parked"][key][field] / scale
 
         idle = data["parked"][key].get("idle_s")
+        after = f" (after {idle:g} s)" if idle else ""
         lines.append(
-            f"| {key} | {cell(get('wall_s'), '{:.2f}')} | {cell(get('peak_kb', 1024), '{:.0f}')} | "
-            f"{cell(get('per_run_kb', 1024), '{:.2f}')} | {cell(get('after_idle_kb', 1024), '{:.0f}')}"
-            f"{f' (after {idle:g} s)' if idle else ''} |"
+            f"| {key} | {cell(get('wall_s'), '{:.2f}')} | {cell(get('pss_per_run_kb', 1024), '{:.2f}')} | "
+            f"{cell(get('pss_peak_kb', 1024), '{:.0f}')} | {cell(get('pss_after_idle_kb', 1024), '{:.0f}')}{after} | "
+            f"{cell(get('rss_per_run_kb', 1024), '{:.2f}')} | {cell(get('rss_peak_kb', 1024), '{:.0f}')} | "
+            f"{cell(get('rss_after_idle_kb', 1024), '{:.0f}')} |"
         )
     lines += [
         "",

@@ -4,11 +4,14 @@
 
 Starts the system and does one run, then starts N runs at once, each of which
 calls an async tool that sleeps HOLD_S seconds, and waits for all of them.
-Memory is the resident set (VmRSS) of this process plus every descendant
-(monty's workers), sampled every 20 ms. Monty parks a run as a dumped
+Memory is that of this process plus every descendant (monty's workers),
+sampled every 50 ms, two ways: the resident set (VmRSS), which counts a page
+of the guest's snapshot once for every instance that maps it, and the
+proportional set (Pss, from smaps_rollup), which shares such a page among
+its mappings and so is what the runs cost the machine. Monty parks a run as a dumped
 snapshot (see `_monty`). Prints JSON: wall time of the burst,
-RSS before it, its peak, and RSS IDLE_S seconds after it with the system
-still open (a service keeps it), in kB.
+memory before it, its peak, and memory IDLE_S seconds after it with the
+system still open (a service keeps it), in kB.
 """
 
 from __future__ import annotations
@@ -46,22 +49,45 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _pss_kb(pid: int | str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def total_rss_kb() -> int:
     me = os.getpid()
     return _rss_kb(me) + sum(_rss_kb(p) for p in _descendants(me))
 
 
+def total_pss_kb() -> int:
+    me = os.getpid()
+    return _pss_kb(me) + sum(_pss_kb(p) for p in _descendants(me))
+
+
+def _memory() -> dict[str, int]:
+    return {"rss_kb": total_rss_kb(), "pss_kb": total_pss_kb()}
+
+
 class Sampler:
-    """The peak of `total_rss_kb` while it runs."""
+    """The peaks of RSS and PSS while it runs."""
 
     def __init__(self) -> None:
-        self.peak = 0
+        self.peak = {"rss_kb": 0, "pss_kb": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, total_rss_kb())
+        while not self._stop.wait(0.05):
+            self._sample()
+
+    def _sample(self) -> None:
+        for key, value in _memory().items():
+            self.peak[key] = max(self.peak[key], value)
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -70,7 +96,7 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, total_rss_kb())
+        self._sample()
 
 
 async def _codemode(backend: str, n: int, hold: float, idle: float) -> dict[str, Any]:
@@ -87,7 +113,7 @@ async def _codemode(backend: str, n: int, hold: float, idle: float) -> dict[str,
     await sandbox.load()
     limits = Limits(timeout=120)
     assert (await sandbox.run("1 + 1", limits=limits)).value == 2
-    before = total_rss_kb()
+    before = _memory()
     results: list[Any] = []
 
     async def one() -> None:
@@ -102,7 +128,7 @@ async def _codemode(backend: str, n: int, hold: float, idle: float) -> dict[str,
     bad = [r.error for r in results if r.value != "done"]
     assert not bad, bad[:3]
     await anyio.sleep(idle)
-    return {"wall_s": wall, "before_kb": before, "peak_kb": sampler.peak, "after_idle_kb": total_rss_kb()}
+    return _figures(wall, before, sampler, idle)
 
 
 async def _monty(n: int, hold: float, idle: float) -> dict[str, Any]:
@@ -131,14 +157,29 @@ async def _monty(n: int, hold: float, idle: float) -> dict[str, Any]:
                 return (await snapshot.resume({"return_value": value})).output
 
         assert await one() == "done"
-        before = total_rss_kb()
+        before = _memory()
         with Sampler() as sampler:
             t0 = time.perf_counter()
             results = await asyncio.gather(*[one() for _ in range(n)])
             wall = time.perf_counter() - t0
         assert all(r == "done" for r in results), results[:3]
         await asyncio.sleep(idle)
-        return {"wall_s": wall, "before_kb": before, "peak_kb": sampler.peak, "after_idle_kb": total_rss_kb()}
+        return _figures(wall, before, sampler, idle)
+
+
+def _figures(wall: float, before: dict[str, int], sampler: Sampler, idle: float) -> dict[str, Any]:
+    after = _memory()
+    out: dict[str, Any] = {"wall_s": wall}
+    for kind in ("rss", "pss"):
+        key = f"{kind}_kb"
+        out.update(
+            {
+                f"{kind}_before_kb": before[key],
+                f"{kind}_peak_kb": sampler.peak[key],
+                f"{kind}_after_idle_kb": after[key],
+            }
+        )
+    return out
 
 
 def main(system: str, n: int, hold: float, idle: float) -> None:
