@@ -780,14 +780,16 @@ def render_service(data: dict[str, Any], today: dict[str, Any] | None = None) ->
 
         return f"{one(today)} | {one(data)}" if today is not None else one(data)
 
-    head = "today | now" if today is not None else "now"
+    def h(name: str) -> str:
+        return f"{name}, today | {name}, now" if today is not None else name
+
     rule = "---:|---:" if today is not None else "---:"
     lines = [
         f"Runs parked {PARKED_HOLD_S:g} s in an async tool, N at once. Memory of the process and its workers: "
         "PSS (a page shared by several mappings split among them: what the runs cost the machine) and RSS "
         "(such a page counted once per mapping: each wasm instance maps the same snapshot)",
-        f"| system, N | wall s ({head}) | MiB per run, PSS ({head}) | peak PSS MB ({head}) | "
-        f"PSS after idle MB ({head}) | MiB per run, RSS ({head}) | peak RSS MB ({head}) | RSS after idle MB ({head}) |",
+        f"| system, N | {h('wall s')} | {h('MiB per run, PSS')} | {h('peak PSS MB')} | "
+        f"{h('PSS after idle MB')} | {h('MiB per run, RSS')} | {h('peak RSS MB')} | {h('RSS after idle MB')} |",
         f"|---|{rule}|{rule}|{rule}|{rule}|{rule}|{rule}|{rule}|",
     ]
     for key in data["parked"]:
@@ -808,7 +810,7 @@ def render_service(data: dict[str, Any], today: dict[str, Any] | None = None) ->
         "Toolset size: one namespace of N tools (median ms; execute = one call through CodeMode.execute on wasm; "
         "stubs = get_tool_stubs for 3 tools once the index exists; first search = index build + search once the "
         "stubs are rendered; cold = a fresh CodeMode: rendering, index and search)",
-        f"| tools | execute ({head}) | stubs for 3 ({head}) | first search ({head}) | first search, cold ({head}) |",
+        f"| tools | {h('execute')} | {h('stubs for 3')} | {h('first search')} | {h('first search, cold')} |",
         f"|---:|{rule}|{rule}|{rule}|{rule}|",
     ]
     for i, row in enumerate(data["toolset"]):
@@ -817,14 +819,14 @@ def render_service(data: dict[str, Any], today: dict[str, Any] | None = None) ->
             return lambda d: d["toolset"][i][field]["median_ms"]
 
         lines.append(
-            f"| {row['tools']:,} | {cell(ms('execute'), '{:.2f}')} | {cell(ms('stubs3'), '{:.2f}')} | "
+            f"| {int(row['tools']):,} | {cell(ms('execute'), '{:.2f}')} | {cell(ms('stubs3'), '{:.2f}')} | "
             f"{cell(ms('first_search'), '{:.1f}')} | {cell(ms('first_search_cold'), '{:.1f}')} |"
         )
     lines += [
         "",
         "Async crossing (µs; a chain of no-op calls, per call; the bare hop: a worker thread awaiting a "
         "no-op coroutine on the loop)",
-        f"| what | µs ({head}) |",
+        f"| what | {h('µs')} |",
         f"|---|{rule}|",
     ]
     for name, row in data["async_crossing"].items():
@@ -839,7 +841,7 @@ def render_service(data: dict[str, Any], today: dict[str, Any] | None = None) ->
     lines += [
         "",
         f"CPU per short run (`{SHORT_RUN}`), back to back: all threads and workers",
-        f"| system | CPU ms ({head}) | wall ms ({head}) |",
+        f"| system | {h('CPU ms')} | {h('wall ms')} |",
         f"|---|{rule}|{rule}|",
     ]
     for name in data["cpu_per_run"]:

@@ -75,6 +75,20 @@ def test_sandbox_benchmark_runs_every_system_or_says_why_not(tmp_path: Path) -> 
     assert "median ms" in proc.stdout
 
 
+def test_service_benchmark_parks_every_system_and_sizes_every_toolset(tmp_path: Path) -> None:
+    out = tmp_path / "service.json"
+    proc = run_benchmark("benchmarks.sandbox", "--quick", "--only", "service", "--json", str(out))
+    data = json.loads(out.read_text())
+    for system in ("wasm", "restricted", "monty"):
+        for n in (16, 64):
+            row = data["parked"][f"{system} {n}"]
+            assert "unavailable" in row or row["pss_peak_kb"] >= row["pss_before_kb"] > 0, (system, n, row)
+    assert [row["tools"] for row in data["toolset"]] == [10, 100, 1000]
+    assert "codemode LoopCrossing" in data["async_crossing"]["bare hop"]
+    assert {"wasm", "restricted"} <= data["cpu_per_run"].keys()
+    assert "| 1,000 |" in proc.stdout
+
+
 def test_blocking_benchmark_reports_each_wait_and_the_flood() -> None:
     proc = run_benchmark("benchmarks.blocking", "--quick")
     assert proc.stdout.count("| `") == 7
