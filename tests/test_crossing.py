@@ -82,30 +82,3 @@ async def test_cancel_stops_the_tasks_in_flight_and_any_started_after_it() -> No
             crossing.cancel()
         assert outcomes == [None]
         assert await anyio.to_thread.run_sync(lambda: crossing.run(quick, timeout=30)) is None
-
-
-async def test_run_in_worker_runs_off_the_loop_and_a_cancelled_caller_abandons_the_thread() -> None:
-    from codemode._sandbox.crossing import run_in_worker
-
-    limiter = anyio.CapacityLimiter(1)
-    release = threading.Event()
-    _who.set("caller")
-
-    def where(x: int) -> tuple[int, str, bool]:
-        return x + 1, _who.get(), threading.get_ident() != loop_thread
-
-    def fail() -> None:
-        raise KeyError("boom")
-
-    loop_thread = threading.get_ident()
-    with anyio.fail_after(20):
-        assert await run_in_worker(where, 1, limiter=limiter) == (2, "caller", True)
-        with pytest.raises(KeyError):
-            await run_in_worker(fail, limiter=limiter)
-        with anyio.move_on_after(0.1) as scope:
-            await run_in_worker(release.wait, 30, limiter=limiter)
-        assert scope.cancelled_caught
-        # The caller is back, its limiter token given back, while the thread still waits.
-        assert limiter.borrowed_tokens == 0
-        release.set()
-        assert await run_in_worker(where, 2, limiter=limiter) == (3, "caller", True)

@@ -1,11 +1,4 @@
-"""The hops between a run's event loop and its worker thread.
-
-`run_in_worker` runs the guest on a worker thread: an idle one if there is
-one, else a new one that the loop does not wait to see start
-(`threading.Thread.start`, which `anyio.to_thread` uses, blocks the loop
-until the new thread runs; in a burst of 256 runs on two busy cores that
-kept the loop 1 s from answering any run's tool call). The rest of this
-module is the way back:
+"""The hop from a run's worker thread to its event loop and back.
 
 A guest's batch of async tool calls is carried out on the event loop the run
 was started from, while the worker thread that runs the guest waits. The hop
@@ -26,17 +19,13 @@ the runner ends the run.
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import contextvars
-import queue
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import anyio
-
-__all__ = ["LoopCrossing", "current_crossing", "run_in_worker"]
+__all__ = ["LoopCrossing"]
 
 T = TypeVar("T")
 
@@ -85,75 +74,3 @@ class LoopCrossing:
             return None
         task = box[0]
         return None if task.cancelled() else task.result()
-
-
-current_crossing: contextvars.ContextVar[LoopCrossing] = contextvars.ContextVar("codemode_crossing")
-"""The run's crossing, seen by its worker thread (which runs in a copy of the run's context)."""
-
-# Idle workers wait this long for another run before they exit.
-_IDLE_S = 10.0
-_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-_idle = 0
-_idle_lock = threading.Lock()
-
-
-def _submit(job: Callable[[], None]) -> None:
-    global _idle
-    with _idle_lock:
-        if _idle > 0:
-            _idle -= 1
-            _jobs.put(job)
-            return
-    _thread.start_new_thread(_worker, (job,))
-
-
-def _worker(job: Callable[[], None]) -> None:
-    global _idle
-    while True:
-        job()
-        with _idle_lock:
-            _idle += 1
-        try:
-            job = _jobs.get(timeout=_IDLE_S)
-        except queue.Empty:
-            # A job handed over as the wait ended is still ours (`_submit`
-            # counts this worker out and queues under the same lock).
-            with _idle_lock:
-                try:
-                    job = _jobs.get_nowait()
-                except queue.Empty:
-                    _idle -= 1
-                    return
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller gave up: the outcome is dropped
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
-async def run_in_worker(fn: Callable[..., T], *args: Any, limiter: anyio.CapacityLimiter) -> T:
-    """`fn(*args)` on a worker thread, in a copy of this context, holding a
-    token of `limiter` meanwhile. Cancelling the caller abandons the thread
-    (its outcome is dropped; `fn` must notice on its own that it should stop)."""
-    async with limiter:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        context = contextvars.copy_context()
-
-        def job() -> None:
-            value: Any
-            try:
-                ok, value = True, context.run(fn, *args)
-            except BaseException as exc:  # handed to the caller, whatever it is
-                ok, value = False, exc
-            try:
-                loop.call_soon_threadsafe(_settle, future, ok, value)
-            except RuntimeError:  # the loop is closed: nobody waits for this any more
-                pass
-
-        _submit(job)
-        return await future

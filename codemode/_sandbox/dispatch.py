@@ -36,7 +36,6 @@ from .._limits import Limits
 from .._result import ToolCallRecord
 from .._stubgen import ToolBinding
 from .._tools import Tool
-from .crossing import current_crossing
 from .frames import Call, FrameRefused, log_refusal
 
 if TYPE_CHECKING:
@@ -326,7 +325,7 @@ class Dispatcher:
             binding, wire_args = self._prepare(item, known)
             value = binding.tool.fn(**wire_args)
             if hasattr(value, "__await__"):  # a sync function that returned an awaitable
-                value = current_crossing.get().run(_await, value, timeout=self.deadline - time.monotonic() + 1.0)
+                value = anyio.from_thread.run(_await, value)
             return self._success(item, binding, wire_args, value, started, batch)
         except Exception as exc:
             return self._failure(item, binding, wire_args, exc, started, batch)

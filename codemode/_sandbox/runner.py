@@ -40,7 +40,7 @@ from .._limits import Limits
 from .._result import RunResult, RunTimings
 from .._stubgen import StubSet, render_stubs
 from .._tools import Tool
-from .crossing import LoopCrossing, current_crossing, run_in_worker
+from .crossing import LoopCrossing
 from .dispatch import Dispatcher
 from .epoch import RunGuard
 from .frames import FrameRefused
@@ -232,13 +232,15 @@ class Sandbox:
             try:
                 # The limiter bounds the runs executing at once (the wait for a
                 # slot counts against the run's timeout).
-                token = current_crossing.set(crossing)  # for the worker (a copy of this context)
-                try:
-                    response, startup = await run_in_worker(
-                        self.backend.execute, request, host_call, limits, guard, limiter=self._limiter
-                    )
-                finally:
-                    current_crossing.reset(token)
+                response, startup = await anyio.to_thread.run_sync(
+                    self.backend.execute,
+                    request,
+                    host_call,
+                    limits,
+                    guard,
+                    abandon_on_cancel=True,
+                    limiter=self._limiter,
+                )
             except anyio.get_cancelled_exc_class():
                 # Our caller gave up: stop the guest within a tick, not at its
                 # deadline, and the tool calls it waits on.
