@@ -375,3 +375,18 @@ async def test_events_of_sync_tools_reach_the_loop_in_order_before_the_run_ends(
         (kind, i) for i in range(3) for kind in ("tool_call_started", "tool_call_finished")
     ]
     assert all(on_loop for _, _, on_loop in events)
+
+
+async def test_a_sync_tool_that_returns_an_awaitable_is_awaited_on_the_loop(backend: str) -> None:
+    import threading
+
+    loop_thread = threading.get_ident()
+
+    async def on_loop(x: int) -> list[Any]:
+        return [x * 2, threading.get_ident() == loop_thread]
+
+    # A lambda is not a coroutine function: it is called on the worker thread,
+    # and what it returns is awaited on the event loop.
+    tools = [Tool(name="lazy", fn=lambda x: on_loop(x), input_schema={"type": "object", "properties": {"x": {}}})]
+    result = await Sandbox(backend=backend).run("await tools.lazy(x=21)", tools=tools)  # type: ignore[arg-type]
+    assert result.value == [42, True], result.error
