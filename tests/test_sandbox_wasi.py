@@ -14,7 +14,7 @@ from test_http import serving
 from wasmtime import Engine
 from wasmtime.component import Component
 
-from codemode import CodeMode, Limits, RunCancelled, RunTimeout, Sandbox
+from codemode import CodeMode, Limits, RunCancelled, RunTimeout, Sandbox, SandboxCrashed
 from codemode._sandbox import wasi
 from codemode._sandbox.epoch import RunGuard
 from codemode._sandbox.runner import _backend
@@ -123,6 +123,12 @@ async def test_ordinary_programs_see_clocks_randomness_and_nothing_else() -> Non
     assert value["open"] == "FileNotFoundError" and value["socket"] == "PermissionError"
     assert value["environ"] == {} and value["stdin"] == ""
     assert value["written"] == 11  # accepted, and discarded: not in stdout
+
+
+async def test_a_guest_that_exits_the_process_says_so() -> None:
+    result = await Sandbox().run("import os\nos._exit(3)")
+    assert isinstance(result.error, SandboxCrashed)
+    assert wasi.EXIT_TRAP in result.error.message, result.error.message
 
 
 def test_the_guest_imports_only_what_the_host_serves() -> None:

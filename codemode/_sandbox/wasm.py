@@ -434,6 +434,6 @@ def _trap_reason(text: str) -> str:
     often only "error while executing at wasm backtrace:", the cause comes last."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     for line in reversed(lines):
-        if line.startswith("wasm trap:"):
+        if line.startswith(("wasm trap:", "codemode:")):  # ours say what happened (e.g. os._exit)
             return line
     return lines[0] if lines else "unknown trap"
