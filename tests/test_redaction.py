@@ -88,6 +88,15 @@ async def test_code_never_holds_a_secret_a_server_returned() -> None:
     assert result.value == ["." + REDACTED[::-1] + " :eulav", "wbmvf;!+++/"]
 
 
+async def test_code_never_holds_a_secret_a_resource_returned() -> None:
+    # The same as for tool results: a resource read is redacted before code sees it.
+    code = "r = await echo.read_resource(uri='secret://API_KEY')\n[str(r)[::-1], str(r)]"
+    async with CodeMode(config=parse_config(_stdio_config())) as cm:
+        result = await cm.execute(code)
+    assert result.ok, result.error
+    assert SECRET[::-1] not in result.value[0] and REDACTED in result.value[1]
+
+
 @pytest.mark.parametrize("form", FORMS)
 async def test_a_secret_in_a_tool_error_is_redacted_in_every_form(form: str) -> None:
     code = f"""

@@ -612,7 +612,9 @@ class _Upstream:
         client = await self._ready_client()
         where = f"{self.namespace}.{READ_RESOURCE}({uri[:200]!r})"
         result = await self._request(where, client, lambda: client.read_resource(uri))
-        return contents_value(result)
+        # As for tool results: code must never hold a secret the server echoes.
+        contents: list[dict[str, Any]] = self.hub._redactor.value(contents_value(result))
+        return contents
 
     async def _request(self, where: str, client: Client, request: Callable[[], Awaitable[_T]]) -> _T:
         """One request to the server, within its timeout; every way it can fail becomes a `ToolError`."""
