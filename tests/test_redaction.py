@@ -220,3 +220,33 @@ def echo_http_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_a_secret_a_server_puts_in_its_tool_definitions_never_reaches_the_model() -> None:
+    # The echo server writes its key into a tool's description (base64), a
+    # parameter's description and a default: stubs, search, the prompt and the
+    # tool definition a model reads must not carry it in any form.
+    async with CodeMode(config=parse_config(_stdio_config())) as cm:
+        seen = [
+            cm.stubs(),
+            cm.stubs(["echo.signed"]),
+            json.dumps(cm.search_tools("sign key", with_stubs=True), default=str),
+            cm.system_prompt(),
+            json.dumps(cm.tool_definition(), default=str),
+            json.dumps([t.input_schema for t in cm.tools()], default=str),
+            json.dumps([t.description for t in cm.tools()]),
+        ]
+        result = await cm.execute("await echo.signed(text='abc')")
+    assert result.ok, result.error
+    assert result.value == "signed 3 characters"
+    for text in seen:
+        assert _leaks(text) == [], text[:300]
+    assert REDACTED in cm.stubs(["echo.signed"])
+    # A name cannot be redacted (calls need it), so a tool named with the key is left out.
+    assert sorted(t.name for t in cm.tools()) == [
+        "crash_on_stderr",
+        "read_resource",
+        "reveal",
+        "reveal_in_error",
+        "signed",
+    ]

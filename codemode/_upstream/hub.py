@@ -550,8 +550,17 @@ class _Upstream:
             return  # keep the same Tool objects, so stub caches keyed on them still hit
         self._signature = signature
         self._schemas = {t.name: t.output_schema for t in listed}
-        self.tools = [self._tool(t) for t in listed if self.server.codemode.permits(t.name)]
+        self.tools = [self._tool(t) for t in listed if self.server.codemode.permits(t.name) and self._nameable(t)]
         self.hub._tools_changed()
+
+    def _nameable(self, tool: types.Tool) -> bool:
+        """Whether `tool`'s name is free of configured secrets. A name cannot be
+        redacted (calls need it as it is), so a tool named with a secret is left
+        out, with one warning that does not quote it."""
+        if self.hub.redact(tool.name) == tool.name:
+            return True
+        logger.warning("MCP server %r: a tool whose name holds a configured secret was left out", self.server.name)
+        return False
 
     def _tool(self, tool: types.Tool) -> Tool:
         namespace, name = self.namespace, tool.name
@@ -563,13 +572,16 @@ class _Upstream:
         async def call(**arguments: Any) -> Any:
             return await hub.call_tool(namespace, name, arguments)
 
+        # A server may write a configured secret into its own definitions; they
+        # reach stubs, search and prompts, so they are redacted like results.
+        redact = hub._redactor.value
         return Tool(
             name=name,
             namespace=namespace,
             fn=call,
-            description=tool.description or "",
-            input_schema=tool.input_schema,
-            output_schema=inner if inner is not None else tool.output_schema,
+            description=hub.redact(tool.description or ""),
+            input_schema=redact(tool.input_schema),
+            output_schema=redact(inner if inner is not None else tool.output_schema),
         )
 
     async def _probe_resources(self, client: Client) -> None:
