@@ -278,6 +278,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--max-listeners",
+        type=int,
+        help=_env(
+            "event streams (SSE) open at once over all runs, at most 16 per run; more get 429 (default 1024)",
+            "max_listeners",
+            True,
+        ),
+    )
+    serve.add_argument(
         "--max-concurrency", type=int, help=_env("runs executing at once (default 4)", "max_concurrency", True)
     )
     serve.add_argument(

@@ -228,6 +228,37 @@ async def test_events_stream_each_tool_call_as_it_happens_then_the_result() -> N
     assert resumed == seen[2:]
 
 
+async def test_event_streams_are_bounded_per_run_and_in_all_and_counted_until_they_close() -> None:
+    # Each open stream holds a socket and a task until its run ends: 3,000 on
+    # one hanging run cost the service 115 MB, and nothing stopped 19,000 more.
+    async with serving(max_listeners_per_run=2, max_listeners=3) as client, contextlib.AsyncExitStack() as streams:
+        a, b = [(await client.post("/v1/runs", json={"code": "await tools.hang()"})).json()["id"] for _ in range(2)]
+
+        async def open_(run_id: str) -> httpx.Response:
+            response = await streams.enter_async_context(client.stream("GET", f"/v1/runs/{run_id}/events"))
+            if response.status_code != 200:
+                await response.aread()
+            return response
+
+        first = await open_(a)
+        assert (await open_(a)).status_code == 200
+        per_run = await open_(a)
+        assert (await open_(b)).status_code == 200
+        in_all = await open_(b)
+        # A stream that closes is no longer counted: the run takes a new one.
+        await first.aclose()
+        with anyio.fail_after(10):
+            while (again := await open_(a)).status_code != 200:
+                await anyio.sleep(0.05)
+        metrics = (await client.get("/metrics")).text
+
+    for refused in (per_run, in_all):
+        assert_problem(refused, 429, "too_many_listeners")
+        assert refused.headers["retry-after"] == "1"
+    assert again.status_code == 200
+    assert 'codemode_rejected_total{reason="too_many_listeners"}' in metrics
+
+
 async def test_delete_cancels_a_run_and_its_in_flight_tool_call() -> None:
     probe = Probe()
     async with serving(probe) as client:

@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from .._core import CodeMode
 from .._discovery import ToolNotFound
@@ -121,6 +123,11 @@ class HttpSettings:
     max_store_bytes: int = 256 * 2**20
     retry_after_s: int = 1
     sse_ping_s: float = 15.0
+    max_listeners_per_run: int = 16
+    """Event streams one run may have open at once on this replica (then 429 `too_many_listeners`)."""
+    max_listeners: int = 1_024
+    """Event streams open at once on this replica, over all runs: each holds a socket and a
+    task until its run ends, so they are bounded like every other thing a caller can pile up."""
     store: str | None = None
     """Where background runs live: None (or "memory") for this process's memory,
     `redis://…` (or `rediss://`, `unix://`) for a Redis shared by a fleet of replicas."""
@@ -168,6 +175,8 @@ class HttpSettings:
         if self.store not in (None, "", "memory") and not self.store.startswith(("redis://", "rediss://", "unix://")):
             # Not echoed: the URL may hold Redis's password.
             out.append("--store must be 'memory' or a redis://, rediss:// or unix:// URL")
+        if self.max_listeners < 1 or self.max_listeners_per_run < 1:
+            out.append("--max-listeners (and the per-run cap) must be at least 1")
         if self.lease_s <= 0:
             out.append("the replica lease must be a positive number of seconds")
         if not 0 <= self.port <= 65535:
@@ -349,6 +358,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
     executor = Executor(cm, metrics)
     runs = _open_store(settings, executor, admission)
+    listeners: Counter[str] = Counter()  # open event streams per run, this replica
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -453,10 +463,23 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
         run_id: str, request: Request, last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None
     ) -> Response:
         await find_run(run_id, request)
+        if listeners[run_id] >= settings.max_listeners_per_run or listeners.total() >= settings.max_listeners:
+            app.state.metrics.rejected.inc(reason="too_many_listeners")
+            raise ApiError(
+                429,
+                "too_many_listeners",
+                f"too many event streams are open (at most {settings.max_listeners_per_run} per run, "
+                f"{settings.max_listeners} in all); close one, or read the run with GET /v1/runs/{{id}}",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         stream = (_sse(name, seq, data) async for name, seq, data in runs.events(run_id, after, settings.sse_ping_s))
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return _CountedStream(
+            listeners,
+            run_id,
+            stream,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     @app.delete(
@@ -581,6 +604,24 @@ async def _run_unless_disconnected(
     return result
 
 
+class _CountedStream(StreamingResponse):
+    """An event stream counted in `listeners[run_id]` from its answer until it
+    ends, however it ends (the run finishes, the client leaves, a send fails)."""
+
+    def __init__(self, listeners: Counter[str], run_id: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listeners, self._run_id = listeners, run_id
+        listeners[run_id] += 1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._listeners[self._run_id] -= 1
+            if self._listeners[self._run_id] <= 0:
+                del self._listeners[self._run_id]
+
+
 def _sse(name: str, seq: int | None, data: Any) -> str:
     if name == "ping":
         return ": ping\n\n"
@@ -689,6 +730,7 @@ def cli_main(options: ServeSettings) -> int:
         queue=options.queue,
         max_body_bytes=options.max_body_bytes,
         max_store_bytes=int(options.max_store_mb * 2**20),
+        max_listeners=options.max_listeners,
         store=options.store,
         replica_id=options.replica_id,
         lease_s=options.lease,

@@ -105,6 +105,8 @@ class ServeSettings(_CommandSettings):
     tokens_file: Path | None = None
     max_store_mb: float = Field(default=256.0, gt=0)
     """Memory for background runs' results and events; the oldest finished runs are forgotten beyond it."""
+    max_listeners: int = Field(default=1_024, ge=1)
+    """Event streams (SSE) open at once, over all runs; then 429 `too_many_listeners`."""
     shutdown_grace: float = Field(default=10.0, ge=0)
     """Seconds runs in flight may take to finish after SIGTERM before they are answered 503."""
     store: str | None = None
