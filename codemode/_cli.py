@@ -342,6 +342,19 @@ def _parser() -> argparse.ArgumentParser:
         "--http", action="store_true", default=None, help=_env("serve Streamable HTTP instead of stdio", "http", True)
     )
     _add_network_flags(mcp, port=8765)
+    mcp.add_argument(
+        "--max-sessions",
+        type=int,
+        help=_env("with --http: sessions open at once; more get 503 (default 1000)", "max_sessions", True),
+    )
+    mcp.add_argument(
+        "--session-idle",
+        type=float,
+        metavar="SECONDS",
+        help=_env(
+            "with --http: a session without a request for this long is closed (default 600)", "session_idle", True
+        ),
+    )
     _add_backend_flag(mcp)
     _add_run_limits(mcp, env=True)
 

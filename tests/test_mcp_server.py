@@ -241,10 +241,13 @@ async def serve_http(config: Path, *extra: str) -> AsyncIterator[HttpServer]:
         match = await read_stderr_until(proc, re.compile(r"listening on (http://\S+/mcp)"))
         async with anyio.create_task_group() as tg:
             tg.start_soon(drain, proc)  # a full pipe would block the server's logging
-            yield HttpServer(url=match.group(1), proc=proc)
-            proc.send_signal(signal.SIGTERM)
-            with anyio.fail_after(15):
-                assert await proc.wait() == 0
+            try:
+                yield HttpServer(url=match.group(1), proc=proc)
+            finally:  # also when the test failed: else `drain` would keep the task group open forever
+                proc.send_signal(signal.SIGTERM)
+                with anyio.fail_after(15):
+                    code = await proc.wait()
+            assert code == 0
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +403,33 @@ async def test_limit_flags_apply_to_every_run(config_path: Path) -> None:
             calls = await client.call_tool("execute_code", {"code": "for i in range(5):\n    await demo.add(a=i, b=1)"})
             assert calls.structured_content is not None
             assert calls.structured_content["error"]["code"] == "tool_call_limit"
+
+
+async def test_http_sessions_are_bounded_and_closed_when_idle(config_path: Path) -> None:
+    # Each session held ~38 kB until the SDK's 30 minutes ran out, up to its
+    # 10,000: 3,000 opened and left added 114 MB to the server.
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {TOKEN}"}
+    async with (
+        serve_http(config_path, "--token", TOKEN, "--max-sessions", "2", "--session-idle", "1") as server,
+        httpx.AsyncClient(timeout=30, headers=headers) as http,
+    ):
+        opened = [await http.post(server.url, json=initialize) for _ in range(2)]
+        refused = await http.post(server.url, json=initialize)
+        first = opened[0].headers["mcp-session-id"]
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        with anyio.fail_after(20):  # idle for a second, the session is closed and its place is free again
+            while True:
+                await anyio.sleep(1.5)  # a ping is a request: only a wait longer than the idle time lets it close
+                if (await http.post(server.url, json=ping, headers={"mcp-session-id": first})).status_code == 404:
+                    break
+            while (again := await http.post(server.url, json=initialize)).status_code != 200:
+                await anyio.sleep(0.2)
+    assert [r.status_code for r in opened] == [200, 200]
+    assert refused.status_code == 503
+    assert again.headers["mcp-session-id"] not in {r.headers["mcp-session-id"] for r in opened}

@@ -345,6 +345,8 @@ async def _serve(options: McpSettings) -> None:
                     token=options.token,
                     allow_origins=list(options.allow_origin),
                     on_listening=on_listening,
+                    max_sessions=options.max_sessions,
+                    session_idle_s=options.session_idle,
                 )
             else:
                 await serve_stdio(server)

@@ -122,3 +122,7 @@ class McpSettings(_CommandSettings):
 
     http: bool = False
     port: int = Field(default=8765, ge=0, le=65535)
+    max_sessions: int = Field(default=1_000, ge=1)
+    """MCP sessions open at once over HTTP; each holds about 38 kB until it ends or idles out."""
+    session_idle: float = Field(default=600.0, gt=0)
+    """Seconds an HTTP session may go without a request before it is closed."""
