@@ -34,6 +34,7 @@ from benchmarks._workloads import Task, Workspace
 from codemode import CodeMode, Hub, RunResult, Sandbox, Tool, ToolError
 from codemode import build_mcp_server as build_server
 from codemode._serve.mcp_server import server_instructions
+from codemode._upstream.results import to_value
 
 __all__ = ["SYSTEM_PROMPT", "AgentRun", "BenchmarkError", "run_code_mode", "run_direct"]
 
@@ -65,9 +66,23 @@ class AgentRun:
         return sum(turn.tool_s for turn in self.conversation.turns)
 
 
-def _result_text(value: Any) -> str:
-    # What the model reads: text as the server sent it, structured data as compact JSON.
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+async def forwarded_call(hub: Hub, namespace: str, tool: str, arguments: dict[str, Any]) -> tuple[Any, str]:
+    """Call a tool over the hub's open session; return its value (as code
+    mode's `results` maps it, for the script) and the text an MCP client
+    forwards to the model: the text of its content blocks, as the server sent
+    them (structured content is not forwarded where text says the same).
+
+    Raises `ToolError` if the call fails or the tool reports an error."""
+    upstream = hub._upstreams[namespace]  # the benchmark reads the raw result, which the hub does not expose
+    client = await upstream._ready_client()
+    result = await upstream._request(f"{namespace}.{tool}", client, lambda: client.call_tool(tool, arguments))
+    value = to_value(result)
+    if upstream._unwrap.get(tool) and isinstance(value, dict) and "result" in value:
+        value = value["result"]  # as the hub unwraps a non-object result
+    text = "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+    if not text and value is not None:
+        text = json.dumps(value, ensure_ascii=False)
+    return value, text
 
 
 class _DirectCalls:
@@ -90,12 +105,13 @@ class _DirectCalls:
         ]
         self.conversation.model_turn(blocks)
         values: list[Any] = [None] * len(calls)
+        texts: list[str] = [""] * len(calls)
         failures: list[str] = []
 
         async def one(i: int, ns: str, tool: str, args: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             try:
-                values[i] = await self.hub.call_tool(ns, tool, args)
+                values[i], texts[i] = await forwarded_call(self.hub, ns, tool, args)
             except ToolError as exc:
                 failures.append(f"{ns}.{tool}: {exc.message}")
             self.durations.append(time.perf_counter() - t0)
@@ -108,7 +124,7 @@ class _DirectCalls:
         if failures:
             raise BenchmarkError("direct: " + "; ".join(failures))
         self.conversation.tool_results(
-            [(b["id"], _result_text(v), False) for b, v in zip(blocks, values, strict=True)], elapsed
+            [(b["id"], text, False) for b, text in zip(blocks, texts, strict=True)], elapsed
         )
         return values
 
@@ -133,18 +149,19 @@ async def run_direct(task: Task, ws: Workspace, hub: Hub, tools: list[Tool], *, 
 
 
 class _RecordingCodeMode(CodeMode):
-    """Keeps the last `RunResult`, for the sandbox's own timings and call log."""
+    """Keeps every `RunResult` (a probe, then the program), for the sandbox's own timings and call log."""
 
-    last_run: RunResult | None = None
+    runs: list[RunResult]
 
     async def execute(self, code: str | bytes, **kwargs: Any) -> RunResult:
         result = await super().execute(code, **kwargs)
-        self.last_run = result
+        self.runs.append(result)
         return result
 
 
 async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: Sandbox) -> AgentRun:
     cm = _RecordingCodeMode(tools=tools, sandbox=sandbox)
+    cm.runs = []
     async with cm, Client(build_server(cm)) as client:
         listed = (await client.list_tools()).tools
         definitions = [
@@ -159,6 +176,8 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
         steps: list[tuple[str, dict[str, Any]]] = (
             [execute] if inline else [("search_tools", {"query": task.search, "with_stubs": True}), execute]
         )
+        if task.probe is not None:  # a stub says `Content`: look at what the tool returns before parsing it
+            steps.insert(-1, ("execute_code", {"code": task.render(task.probe, ws)}))
         texts: dict[str, str] = {}
         while steps:
             name, arguments = steps.pop(0)
@@ -186,13 +205,12 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
                     steps.insert(0, ("get_tool_stubs", {"names": missing}))
         answer = json.loads(texts["execute_code"])
         conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
-        run = cm.last_run
-        assert run is not None
+        run = cm.runs[-1]
         return AgentRun(
             answer=answer,
             conversation=conversation,
             codemode_calls=sum(t.tool_calls for t in conversation.turns),
-            upstream_calls=len(run.tool_calls),
-            call_durations_s=[c.duration_s for c in run.tool_calls],
+            upstream_calls=sum(len(r.tool_calls) for r in cm.runs),
+            call_durations_s=[c.duration_s for r in cm.runs for c in r.tool_calls],
             sandbox={**run.timings.to_dict(), "batches": len({c.batch for c in run.tool_calls})},
         )

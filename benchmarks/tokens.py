@@ -32,9 +32,9 @@ import anyio
 from benchmarks._agents import AgentRun, BenchmarkError, run_code_mode, run_direct
 from benchmarks._report import render_markdown, write_chart, write_json
 from benchmarks._tokens import CACHE_READ_PRICE, ENCODING, ModelTiming
-from benchmarks._workloads import TASKS, Task, Workspace, server_config
+from benchmarks._workloads import TASKS, UNTYPED_SERVERS, Task, Workspace, server_config
 from codemode import Hub, Sandbox
-from tests.reference_servers import Unavailable
+from tests.reference_servers import Unavailable, installed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("input_tokens", "output_tokens", "total_tokens", "tool_calls", "model_turns", "measured_s", "modelled_s")
@@ -140,10 +140,32 @@ async def _run_agent(
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     timing = ModelTiming(ttft_s=args.ttft, prefill_tps=args.prefill_tps, decode_tps=args.decode_tps)
     tasks = [t for t in TASKS if not args.task or t.name in args.task]
+    skipped = []
+    if args.quick:  # a quick run never installs the untyped servers' venvs (the full run does, once)
+        absent = {ns for ns in UNTYPED_SERVERS if not installed(f"venv-{ns}")}
+        skipped = [t.name for t in tasks if absent & set(t.servers)]
+        if skipped:
+            print(
+                f"tokens: skipping {', '.join(skipped)}: {', '.join(sorted(absent))} not installed "
+                "(python -m tests.reference_servers --untyped)",
+                file=sys.stderr,
+            )
+        tasks = [t for t in tasks if t.name not in skipped]
+    needed = {ns for t in tasks for ns in t.servers}
     with _workdir() as tmp:
         ws = Workspace(tmp / "workspace", tmp / "memory.jsonl")
+        if "git" in needed:
+            ws.make_repo()
+        if "sqlite" in needed:
+            ws.make_db()
+        config = server_config(
+            ws.root,
+            ws.memory_file,
+            repo=ws.repo if "git" in needed else None,
+            db=ws.db if "sqlite" in needed else None,
+        )
         t0 = time.perf_counter()
-        async with Hub(server_config(ws.root, ws.memory_file)) as hub:
+        async with Hub(config) as hub:
             if hub.failures:
                 raise BenchmarkError(
                     "servers unavailable: " + "; ".join(f"{ns}: {f.message}" for ns, f in hub.failures.items())
@@ -188,6 +210,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     savings = {base: _savings(out_tasks, base) for base in ("direct", "direct_naive")}
     return {
         "quick": args.quick,
+        "skipped": skipped,
         "method": {
             "tokenizer": f"{ENCODING} BPE via bpe-openai 0.1.4 (offline, embedded vocabulary)",
             "serialization": "Each turn's request is the JSON of an Anthropic-style Messages body "
