@@ -123,9 +123,7 @@ class _DirectCalls:
         elapsed = time.perf_counter() - t0
         if failures:
             raise BenchmarkError("direct: " + "; ".join(failures))
-        self.conversation.tool_results(
-            [(b["id"], text, False) for b, text in zip(blocks, texts, strict=True)], elapsed
-        )
+        self.conversation.tool_results([(b["id"], text, False) for b, text in zip(blocks, texts, strict=True)], elapsed)
         return values
 
 
