@@ -2,6 +2,7 @@
 
     python -m benchmarks.tokens [--quick] [--out DIR] [--repeat N] [--task NAME ...]
                                 [--ttft S] [--prefill-tps N] [--decode-tps N]
+    python -m benchmarks.tokens --model anthropic:MODEL [--out DIR] [--task NAME ...]
 
 Runs every task in `_workloads` three times, once per scripted agent
 (`_agents`: direct with the best strategy per task, direct naive with one call
@@ -11,6 +12,11 @@ every answer; writes tokens.md, tokens.json and tokens.png to --out (default
 benchmarks/results/, or a new temporary directory with --quick, so a quick run
 never overwrites the committed results). Exits 1 if any answer is wrong or the
 agents disagree.
+
+With `--model`, a real model drives both agents instead of the scripts
+(`_model`; key from ANTHROPIC_API_KEY, endpoint from ANTHROPIC_BASE_URL) and
+its reported usage, time to first token, success and retries go to
+tokens_model.md and tokens_model.json. Off unless asked for; never in CI.
 """
 
 from __future__ import annotations
@@ -337,6 +343,104 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def measure_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Both agents on each task, driven by the real model `args.model`."""
+    from benchmarks._model import ModelClient, parse_model, run_code_mode_model, run_direct_model
+
+    provider, model = parse_model(args.model)
+    tasks = [t for t in TASKS if not args.task or t.name in args.task]
+    needed = {ns for t in tasks for ns in t.servers}
+    out_tasks = []
+    with _workdir() as tmp:
+        ws = Workspace(tmp / "workspace", tmp / "memory.jsonl")
+        if "git" in needed:
+            ws.make_repo()
+        if "sqlite" in needed:
+            ws.make_db()
+        config = server_config(
+            ws.root,
+            ws.memory_file,
+            repo=ws.repo if "git" in needed else None,
+            db=ws.db if "sqlite" in needed else None,
+        )
+        async with Hub(config) as hub, ModelClient(model) as client:
+            if hub.failures:
+                raise BenchmarkError(
+                    "servers unavailable: " + "; ".join(f"{ns}: {f.message}" for ns, f in hub.failures.items())
+                )
+            ws.hub = hub
+            sandbox = Sandbox()
+            await sandbox.load()
+            for task in tasks:
+                print(f"tokens ({args.model}): {task.name} …", file=sys.stderr, flush=True)
+                tools = [t for t in hub.tools() if t.namespace in task.servers]
+                row: dict[str, Any] = {"name": task.name, "servers": list(task.servers)}
+                for agent in ("direct", "code_mode"):
+                    if task.setup is not None:
+                        await task.setup(ws)
+                    before = task.expected(ws) if task.live else None
+                    if agent == "direct":
+                        run = await run_direct_model(task, ws, hub, tools, client)
+                    else:
+                        run = await run_code_mode_model(task, ws, tools, sandbox, client)
+                    run.success = run.answer in [task.expected(ws)] + ([before] if task.live else [])
+                    if task.verify is not None and (problem := await task.verify(ws)):
+                        run.success, run.problem = False, problem
+                    row[agent] = run.to_dict()
+                out_tasks.append(row)
+    return {
+        "provider": provider,
+        "model": model,
+        "method": "each agent's usage as the API reported it (input includes cache reads and writes); ttft: "
+        "from sending a request to its first streamed content event; success: the answer equals ground truth "
+        "and side effects check out; tool_errors: tool results that were errors; http_retries: retried requests",
+        "tasks": out_tasks,
+    }
+
+
+def render_model(data: dict[str, Any]) -> str:
+    lines = [
+        f"# codemode token benchmark, real model ({data['provider']}:{data['model']})",
+        "",
+        data["method"] + ".",
+        "",
+        "| task | success (direct / code mode) | model turns | input tokens | output tokens | cache read / write "
+        "(direct; code mode) | median ttft s | model s | tool errors | HTTP retries |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in data["tasks"]:
+        d, c = t["direct"], t["code_mode"]
+
+        def pair(key: str, d: dict[str, Any] = d, c: dict[str, Any] = c) -> str:
+            return f"{d[key]} / {c[key]}"
+
+        lines.append(
+            f"| {t['name']} | {pair('success')} | {pair('model_turns')} | {pair('input_tokens')} | "
+            f"{pair('output_tokens')} | {d['cache_read_input_tokens']}/{d['cache_creation_input_tokens']}; "
+            f"{c['cache_read_input_tokens']}/{c['cache_creation_input_tokens']} | {pair('ttft_s_median')} | "
+            f"{pair('model_s')} | {pair('tool_errors')} | {pair('http_retries')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _main_model(args: argparse.Namespace) -> int:
+    from benchmarks._model import ModelError
+
+    try:
+        data = anyio.run(measure_model, args)
+    except (BenchmarkError, Unavailable, ModelError) as exc:
+        print(f"tokens benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    out = args.out or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    report = render_model(data)
+    (out / "tokens_model.md").write_text(report)
+    write_json(data, out / "tokens_model.json")
+    print(report)
+    print(f"wrote {out / 'tokens_model.md'}, tokens_model.json")
+    return 0 if all(t[a]["success"] for t in data["tasks"] for a in ("direct", "code_mode")) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tokens", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run per agent and task (proves it works)")
@@ -354,7 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--decode-tps", type=float, default=ModelTiming.decode_tps, help="modelled output tokens per second"
     )
+    parser.add_argument(
+        "--model",
+        help="anthropic:MODEL: drive both agents with this real model (key from ANTHROPIC_API_KEY, endpoint "
+        "from ANTHROPIC_BASE_URL); writes tokens_model.md/.json",
+    )
     args = parser.parse_args(argv)
+    if args.model:
+        return _main_model(args)
     args.repeat = args.repeat or (1 if args.quick else 5)
     if args.out is None:  # quick figures are rough: keep them away from the committed ones
         args.out = Path(tempfile.mkdtemp(prefix="codemode-bench-tokens-")) if args.quick else RESULTS
