@@ -292,6 +292,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         "shape": task.shape,
                         "servers": list(task.servers),
                         "tools_offered": sum(1 for t in hub.tools() if t.namespace in task.servers),
+                        "probe": task.probe is not None,
                         "answer": direct[-1].answer,
                         "passed": not problems,
                         "problems": problems,
