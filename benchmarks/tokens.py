@@ -330,7 +330,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "startup_s": round(startup_s, 2),
             "direct_tool_results": "the text an MCP client forwards to the model: the text of the result's content "
             "blocks, as the server sent them",
-            "task_calls": "a task's upstream calls are those the naive agent makes, one per turn",
+            "task_calls": "the calls the naive agent makes, one per turn",
         },
         "tasks": out_tasks,
         "aggregate": aggregate,
