@@ -1,5 +1,5 @@
 """The public MCP reference servers the tests run against, pinned, installed on
-first use into the repo's `.cache/reference/` (npm packages, and a venv for the
+first use into the repo's `.cache/reference/` (npm packages, and a venv for each
 PyPI server so its own `mcp` pin cannot clash with ours).
 
     python -m tests.reference_servers      # install now (CI does this first)
@@ -81,12 +81,13 @@ def _pypi_venv(name: str, pins: dict[str, str]) -> Path:
     target = ROOT / name
     stamp = target / "codemode-pins.json"
     bindir = target / ("Scripts" if os.name == "nt" else "bin")
+    python = bindir / ("python.exe" if os.name == "nt" else "python")
     if not _stamp(stamp, pins):
         specs = [f"{k}{v}" if v[:1] in "<>=!" else f"{k}=={v}" for k, v in pins.items()]
         _log(f"installing {', '.join(specs)} into {target} (once)…")
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
         proc = subprocess.run(
-            [str(bindir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *specs],
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *specs],
             capture_output=True,
             text=True,
             timeout=600,
@@ -99,7 +100,8 @@ def _pypi_venv(name: str, pins: dict[str, str]) -> Path:
 
 def time_server() -> list[str]:
     """The command that runs the pinned `mcp-server-time` (installing it if needed)."""
-    return [str(_pypi_venv("venv-time", PYPI) / "python"), "-m", "mcp_server_time", "--local-timezone", "UTC"]
+    python = _pypi_venv("venv-time", PYPI) / ("python.exe" if os.name == "nt" else "python")
+    return [str(python), "-m", "mcp_server_time", "--local-timezone", "UTC"]
 
 
 def git_server(repository: Path) -> list[str]:
