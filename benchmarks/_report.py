@@ -32,10 +32,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         "Three scripted agents (no model is called; the scripts are what a competent model would emit) do each task "
         "for real against the same MCP servers, and every answer is checked against ground truth: **direct** "
         "(the best strategy a good model would use calling tools itself: independent calls in parallel, one call "
-        "where one does the job), **naive** (direct, one call per turn) and **code mode**.",
+        "where one does the job), **naive** (direct, one call per turn) and **code mode** (execute_code at once "
+        "when the stubs fit its budget, else search_tools first; where a stub says `Content`, a probe program "
+        "first, to see the text the tool returns).",
         "",
         "How the figures are made:",
         f"- **Tokens are counted**, not estimated: {method['tokenizer']}. {method['serialization']}",
+        f"- **Direct tool results** are {method['direct_tool_results']}.",
         f"- **Input tokens** are summed over all model turns (the history is re-read each turn). "
         f"**Output tokens**: {method['output_tokens']}",
         f"- **With prompt caching**: {method['caching']}",
