@@ -4,8 +4,9 @@
   connected tool's definition (`namespace__tool`, description, input schema:
   what a multi-server MCP client hands a model API) and the task; each turn
   the model emits the tool calls it can make now (all independent ones at
-  once, as the APIs allow), the hub runs them against the real server, and the
-  result texts are appended. The whole history is sent again next turn. With
+  once, as the APIs allow), the hub's session runs them against the real
+  server, and the result texts are appended as a client forwards them (the
+  text of the content blocks, as the server sent it). The whole history is sent again next turn. With
   `naive`, the task's naive script runs with one call per turn.
 - `run_code_mode`: the model sees only codemode's three tools, as codemode's
   own MCP server (`build_server`) lists them, reached through the SDK's
@@ -13,6 +14,8 @@
   description holds them and the model calls it at once (2 round trips:
   execute, answer); otherwise it calls search_tools with `with_stubs`,
   get_tool_stubs only for a tool the search did not bring, then execute_code.
+  Where a stub says `Content` (no output schema), a probe program runs first,
+  so the program that parses the tool's text is written after seeing it.
 
 No model is called: the scripts in `_workloads` are what a competent model
 would emit, and every argument and answer is derived from real results.

@@ -1,8 +1,9 @@
 """The token benchmark's tasks: multi-step work over real MCP servers.
 
 The servers are the pinned public reference servers (filesystem over a
-generated tree, memory, everything, time) plus `fixtures/shop_server.py` for
-the shapes they lack. Every task carries two scripts, written as a competent
+generated tree, memory, everything, time; git over a generated history and
+sqlite over a generated sales table, both untyped) plus
+`fixtures/shop_server.py` for the shapes they lack. Every task carries two scripts, written as a competent
 model would act: `direct` is the strongest strategy a good model would use
 calling tools itself (independent calls in parallel, in one turn; the shortcut
 where one call does the job, such as listing a directory and reading it with
