@@ -4,8 +4,9 @@
   connected tool's definition (`namespace__tool`, description, input schema:
   what a multi-server MCP client hands a model API) and the task; each turn
   the model emits the tool calls it can make now (all independent ones at
-  once, as the APIs allow), the hub runs them against the real server, and the
-  result texts are appended. The whole history is sent again next turn. With
+  once, as the APIs allow), the hub's session runs them against the real
+  server, and the result texts are appended as a client forwards them (the
+  text of the content blocks, as the server sent it). The whole history is sent again next turn. With
   `naive`, the task's naive script runs with one call per turn.
 - `run_code_mode`: the model sees only codemode's three tools, as codemode's
   own MCP server (`build_server`) lists them, reached through the SDK's
@@ -13,6 +14,8 @@
   description holds them and the model calls it at once (2 round trips:
   execute, answer); otherwise it calls search_tools with `with_stubs`,
   get_tool_stubs only for a tool the search did not bring, then execute_code.
+  Where a stub says `Content` (no output schema), a probe program runs first,
+  so the program that parses the tool's text is written after seeing it.
 
 No model is called: the scripts in `_workloads` are what a competent model
 would emit, and every argument and answer is derived from real results.
@@ -34,6 +37,7 @@ from benchmarks._workloads import Task, Workspace
 from codemode import CodeMode, Hub, RunResult, Sandbox, Tool, ToolError
 from codemode import build_mcp_server as build_server
 from codemode._serve.mcp_server import server_instructions
+from codemode._upstream.results import to_value
 
 __all__ = ["SYSTEM_PROMPT", "AgentRun", "BenchmarkError", "run_code_mode", "run_direct"]
 
@@ -65,9 +69,23 @@ class AgentRun:
         return sum(turn.tool_s for turn in self.conversation.turns)
 
 
-def _result_text(value: Any) -> str:
-    # What the model reads: text as the server sent it, structured data as compact JSON.
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+async def forwarded_call(hub: Hub, namespace: str, tool: str, arguments: dict[str, Any]) -> tuple[Any, str]:
+    """Call a tool over the hub's open session; return its value (as code
+    mode's `results` maps it, for the script) and the text an MCP client
+    forwards to the model: the text of its content blocks, as the server sent
+    them (structured content is not forwarded where text says the same).
+
+    Raises `ToolError` if the call fails or the tool reports an error."""
+    upstream = hub._upstreams[namespace]  # the benchmark reads the raw result, which the hub does not expose
+    client = await upstream._ready_client()
+    result = await upstream._request(f"{namespace}.{tool}", client, lambda: client.call_tool(tool, arguments))
+    value = to_value(result)
+    if upstream._unwrap.get(tool) and isinstance(value, dict) and "result" in value:
+        value = value["result"]  # as the hub unwraps a non-object result
+    text = "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+    if not text and value is not None:
+        text = json.dumps(value, ensure_ascii=False)
+    return value, text
 
 
 class _DirectCalls:
@@ -90,12 +108,13 @@ class _DirectCalls:
         ]
         self.conversation.model_turn(blocks)
         values: list[Any] = [None] * len(calls)
+        texts: list[str] = [""] * len(calls)
         failures: list[str] = []
 
         async def one(i: int, ns: str, tool: str, args: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             try:
-                values[i] = await self.hub.call_tool(ns, tool, args)
+                values[i], texts[i] = await forwarded_call(self.hub, ns, tool, args)
             except ToolError as exc:
                 failures.append(f"{ns}.{tool}: {exc.message}")
             self.durations.append(time.perf_counter() - t0)
@@ -107,9 +126,7 @@ class _DirectCalls:
         elapsed = time.perf_counter() - t0
         if failures:
             raise BenchmarkError("direct: " + "; ".join(failures))
-        self.conversation.tool_results(
-            [(b["id"], _result_text(v), False) for b, v in zip(blocks, values, strict=True)], elapsed
-        )
+        self.conversation.tool_results([(b["id"], text, False) for b, text in zip(blocks, texts, strict=True)], elapsed)
         return values
 
 
@@ -133,18 +150,19 @@ async def run_direct(task: Task, ws: Workspace, hub: Hub, tools: list[Tool], *, 
 
 
 class _RecordingCodeMode(CodeMode):
-    """Keeps the last `RunResult`, for the sandbox's own timings and call log."""
+    """Keeps every `RunResult` (a probe, then the program), for the sandbox's own timings and call log."""
 
-    last_run: RunResult | None = None
+    runs: list[RunResult]
 
     async def execute(self, code: str | bytes, **kwargs: Any) -> RunResult:
         result = await super().execute(code, **kwargs)
-        self.last_run = result
+        self.runs.append(result)
         return result
 
 
 async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: Sandbox) -> AgentRun:
     cm = _RecordingCodeMode(tools=tools, sandbox=sandbox)
+    cm.runs = []
     async with cm, Client(build_server(cm)) as client:
         listed = (await client.list_tools()).tools
         definitions = [
@@ -159,6 +177,8 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
         steps: list[tuple[str, dict[str, Any]]] = (
             [execute] if inline else [("search_tools", {"query": task.search, "with_stubs": True}), execute]
         )
+        if task.probe is not None:  # a stub says `Content`: look at what the tool returns before parsing it
+            steps.insert(-1, ("execute_code", {"code": task.render(task.probe, ws)}))
         texts: dict[str, str] = {}
         while steps:
             name, arguments = steps.pop(0)
@@ -186,13 +206,12 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
                     steps.insert(0, ("get_tool_stubs", {"names": missing}))
         answer = json.loads(texts["execute_code"])
         conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
-        run = cm.last_run
-        assert run is not None
+        run = cm.runs[-1]
         return AgentRun(
             answer=answer,
             conversation=conversation,
             codemode_calls=sum(t.tool_calls for t in conversation.turns),
-            upstream_calls=len(run.tool_calls),
-            call_durations_s=[c.duration_s for c in run.tool_calls],
+            upstream_calls=sum(len(r.tool_calls) for r in cm.runs),
+            call_durations_s=[c.duration_s for r in cm.runs for c in r.tool_calls],
             sandbox={**run.timings.to_dict(), "batches": len({c.batch for c in run.tool_calls})},
         )

@@ -11,7 +11,8 @@ JSON input, and the text of its answer.
 Prompt caching: at each turn the tokens the request shares, as a prefix, with
 the previous turn's request are read from the cache and billed at
 `CACHE_READ_PRICE` (10 %, Anthropic's cache-read price); everything else at
-100 %, with no premium for cache writes. A task starts with a cold cache.
+100 % (or, in the second figure, at `CACHE_WRITE_PRICE`, 125 %: written to the
+cache for the next turn). A task starts with a cold cache.
 
 Model time per turn is modelled, not measured (no model is called):
 time to first token + input tokens / prefill rate + output tokens / decode rate.
@@ -26,10 +27,12 @@ from typing import Any, ClassVar
 
 import bpe_openai  # type: ignore[import-untyped]
 
-__all__ = ["CACHE_READ_PRICE", "Conversation", "ModelTiming", "TurnCost", "count", "encode"]
+__all__ = ["CACHE_READ_PRICE", "CACHE_WRITE_PRICE", "Conversation", "ModelTiming", "TurnCost", "count", "encode"]
 
 ENCODING = "o200k_base"
 CACHE_READ_PRICE = 0.10
+CACHE_WRITE_PRICE = 1.25
+"""Anthropic's price for writing the 5-minute cache, as a share of the input price."""
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _encoding = bpe_openai.get_encoding(ENCODING)
@@ -90,6 +93,12 @@ class TurnCost:
     @property
     def billed_input_cached(self) -> float:
         return self.input_tokens - self.cached_input_tokens * (1 - CACHE_READ_PRICE)
+
+    @property
+    def billed_input_cached_write(self) -> float:
+        """As `billed_input_cached`, with every token not read from the cache written to it at the write premium."""
+        uncached = self.input_tokens - self.cached_input_tokens
+        return self.cached_input_tokens * CACHE_READ_PRICE + uncached * CACHE_WRITE_PRICE
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,9 @@
 """The token benchmark's tasks: multi-step work over real MCP servers.
 
 The servers are the pinned public reference servers (filesystem over a
-generated tree, memory, everything, time) plus `fixtures/shop_server.py` for
-the shapes they lack. Every task carries two scripts, written as a competent
+generated tree, memory, everything, time; git over a generated history and
+sqlite over a generated sales table, both untyped) plus
+`fixtures/shop_server.py` for the shapes they lack. Every task carries two scripts, written as a competent
 model would act: `direct` is the strongest strategy a good model would use
 calling tools itself (independent calls in parallel, in one turn; the shortcut
 where one call does the job, such as listing a directory and reading it with
@@ -15,11 +16,15 @@ from any tool.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import random
 import re
+import shutil
+import sqlite3
+import subprocess
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -31,12 +36,15 @@ from zoneinfo import ZoneInfo
 
 from benchmarks.fixtures import shop_server
 from codemode import Config, Hub, parse_config
-from tests.reference_servers import npm_bin, time_server
+from tests.reference_servers import git_server, npm_bin, sqlite_server, time_server
 
-__all__ = ["ALL_SERVERS", "TASKS", "Calls", "Task", "Workspace", "server_config"]
+__all__ = ["ALL_SERVERS", "EVERY_SERVER", "TASKS", "UNTYPED_SERVERS", "Calls", "Task", "Workspace", "server_config"]
 
 SEED = 1121
 ALL_SERVERS = ("filesystem", "memory", "everything", "time", "shop")
+# Servers without output schemas, each in its own venv (mcp-server-sqlite needs `mcp<2`).
+UNTYPED_SERVERS = ("git", "sqlite")
+EVERY_SERVER = ALL_SERVERS + UNTYPED_SERVERS
 _SHOP = Path(shop_server.__file__).resolve()
 
 
@@ -72,25 +80,31 @@ class Task:
     """The answer depends on the clock: `expected` is evaluated right after the run."""
     naive: Callable[[Calls, Workspace], Awaitable[Any]] | None = None
     """The naive direct script, run one call per turn; None: `direct`, one call per turn."""
+    probe: str | None = None
+    """An execute_code program code mode runs first, to see what a tool whose stub
+    says `Content` returns (the format its real program then parses)."""
 
     def render(self, text: str, ws: Workspace) -> str:
         return text.replace("{root}", str(ws.root))
 
 
-def server_config(root: Path, memory_file: Path) -> Config:
-    """An `mcpServers` config for every benchmark server."""
+def server_config(root: Path, memory_file: Path, *, repo: Path | None = None, db: Path | None = None) -> Config:
+    """An `mcpServers` config for every benchmark server (git with `repo`, sqlite with `db`)."""
     time_cmd = time_server()
-    return parse_config(
-        {
-            "mcpServers": {
-                "filesystem": {"command": str(npm_bin("mcp-server-filesystem")), "args": [str(root)]},
-                "memory": {"command": str(npm_bin("mcp-server-memory")), "env": {"MEMORY_FILE_PATH": str(memory_file)}},
-                "everything": {"command": str(npm_bin("mcp-server-everything")), "args": ["stdio"]},
-                "time": {"command": time_cmd[0], "args": time_cmd[1:]},
-                "shop": {"command": sys.executable, "args": [str(_SHOP)]},
-            }
-        }
-    )
+    servers: dict[str, Any] = {
+        "filesystem": {"command": str(npm_bin("mcp-server-filesystem")), "args": [str(root)]},
+        "memory": {"command": str(npm_bin("mcp-server-memory")), "env": {"MEMORY_FILE_PATH": str(memory_file)}},
+        "everything": {"command": str(npm_bin("mcp-server-everything")), "args": ["stdio"]},
+        "time": {"command": time_cmd[0], "args": time_cmd[1:]},
+        "shop": {"command": sys.executable, "args": [str(_SHOP)]},
+    }
+    if repo is not None:
+        git_cmd = git_server(repo)
+        servers["git"] = {"command": git_cmd[0], "args": git_cmd[1:]}
+    if db is not None:
+        sqlite_cmd = sqlite_server(db)
+        servers["sqlite"] = {"command": sqlite_cmd[0], "args": sqlite_cmd[1:]}
+    return parse_config({"mcpServers": servers})
 
 
 # -- generated data ------------------------------------------------------------------------------
@@ -156,6 +170,9 @@ _FIRST = (
     "Ravi",
 )
 _STATUSES = ("active", "paused", "done")
+_AUTHORS = ("Ada Byron", "Ben Okafor", "Cleo Marsh", "Dev Patel", "Eli Novak")
+_REGIONS = ("north", "south", "east", "west", "central")
+_PRODUCTS = ("anvil", "bolt", "crank", "dowel", "easel", "flange", "gasket", "hinge")
 _OWNERS = ("alice", "bruno", "chen", "dara")
 
 
@@ -173,6 +190,11 @@ class Workspace:
         self.team = self._team()
         self.projects = self._projects(30)
         (root / "reports").mkdir(parents=True, exist_ok=True)
+        # The git repository and the sqlite database, made by `make_repo`/`make_db`
+        # only when their servers are connected (their own rng: the data above stays as it was).
+        self.repo, self.db = root / "repo", root.parent / "sales.sqlite"
+        self.commits: list[dict[str, Any]] = []
+        self.sales: list[tuple[int, str, str, str, int, int]] = []
 
     def _write(self, relative: str, text: str) -> None:
         path = self.root / relative
@@ -250,7 +272,104 @@ class Workspace:
             for name in names
         ]
 
+    def make_repo(self, n: int = 60) -> None:
+        """A git history of `n` commits with fixed authors and dates (so fixed
+        hashes), written with one `git fast-import`."""
+        rng = random.Random(SEED + 1)
+        files: dict[str, str] = {"config.toml": '[service]\nname = "bench"\n'}
+        stream = []
+        start = datetime(2026, 10, 1, 9, 0, 0)
+        for i in range(1, n + 1):
+            author = rng.choice(_AUTHORS)
+            component = rng.choice(_COMPONENTS)
+            changed = [f"src/{component}.py"]
+            files[changed[0]] = files.get(changed[0], "") + "".join(
+                f"def {component}_{rng.choice(_WORDS)}_{i}_{k}():\n    return {rng.randrange(1000)}\n"
+                for k in range(rng.randrange(1, 4))
+            )
+            config_lines = 0
+            if i == 1 or rng.random() < 0.3:
+                config_lines = rng.randrange(1, 5)
+                files["config.toml"] += "".join(
+                    f"{component}_{rng.choice(_WORDS)}_{i}_{k} = {rng.randrange(100)}\n" for k in range(config_lines)
+                )
+                changed.append("config.toml")
+            message = f"c{i:03d}: {rng.choice(('tune', 'fix', 'extend', 'clean up'))} {component}"
+            stamp = int((start + timedelta(hours=5 * i)).replace(tzinfo=ZoneInfo("UTC")).timestamp())
+            ident = f"{author} <{author.split()[0].lower()}@example.org> {stamp} +0000"
+            stream.append(f"commit refs/heads/main\nmark :{i}\nauthor {ident}\ncommitter {ident}\n")
+            stream.append(f"data {len(message.encode())}\n{message}\n")
+            if i > 1:
+                stream.append(f"from :{i - 1}\n")
+            for path in changed:
+                body = files[path].encode()
+                stream.append(f"M 100644 inline {path}\ndata {len(body)}\n{files[path]}\n")
+            self.commits.append({"author": author, "message": message, "config_lines": config_lines})
+        if self.repo.exists():
+            shutil.rmtree(self.repo)
+        self.repo.mkdir(parents=True)
+        git = ["git", "-C", str(self.repo)]
+        subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+        subprocess.run([*git, "fast-import", "--quiet"], input="".join(stream).encode(), check=True)
+        subprocess.run([*git, "reset", "-q", "--hard"], check=True)
+
+    def make_db(self, rows: int = 3000) -> None:
+        """A `sales` table of `rows` rows (prices in integer cents, so sums are exact)."""
+        rng = random.Random(SEED + 2)
+        start = datetime(2026, 1, 1)
+        self.sales = [
+            (
+                i + 1,
+                (start + timedelta(days=rng.randrange(365))).date().isoformat(),
+                rng.choice(_REGIONS),
+                rng.choice(_PRODUCTS),
+                rng.randrange(1, 20),
+                rng.randrange(199, 9999),
+            )
+            for i in range(rows)
+        ]
+        self.db.unlink(missing_ok=True)
+        with sqlite3.connect(self.db) as conn:
+            conn.execute(
+                "CREATE TABLE sales (id INTEGER PRIMARY KEY, day TEXT, region TEXT, product TEXT, "
+                "qty INTEGER, unit_price_cents INTEGER)"
+            )
+            conn.executemany("INSERT INTO sales VALUES (?, ?, ?, ?, ?, ?)", self.sales)
+        conn.close()
+
     # -- ground truth --------------------------------------------------------------------------
+
+    def authors_truth(self, last: int = 50) -> dict[str, Any]:
+        ((author, n),) = Counter(c["author"] for c in self.commits[-last:]).most_common(1)
+        return {"author": author, "commits": n}
+
+    def config_truth(self, last: int = 12) -> dict[str, Any]:
+        touched = [c for c in self.commits[-last:] if c["config_lines"]]
+        return {
+            "commits": sorted(c["message"] for c in touched),
+            "lines_added": sum(c["config_lines"] for c in touched),
+        }
+
+    def october_truth(self) -> dict[str, Any]:
+        revenue: Counter[str] = Counter()
+        for _, day, region, _, qty, price in self.sales:
+            if day.startswith("2026-10"):
+                revenue[region] += qty * price
+        ((best, _),) = revenue.most_common(1)
+        return {"revenue_cents": dict(sorted(revenue.items())), "best_region": best}
+
+    def monthly_rows(self) -> list[tuple[str, str, int]]:
+        revenue: Counter[tuple[str, str]] = Counter()
+        for _, day, region, _, qty, price in self.sales:
+            revenue[(day[:7], region)] += qty * price
+        return [(month, region, cents) for (month, region), cents in sorted(revenue.items())]
+
+    def monthly_truth(self) -> dict[str, Any]:
+        by_month: Counter[str] = Counter()
+        for month, _, cents in self.monthly_rows():
+            by_month[month] += cents
+        ((best, _),) = by_month.most_common(1)
+        return {"rows": len(self.monthly_rows()), "best_month": best}
 
     def meetings_truth(self) -> dict[str, Any]:
         ids = []
@@ -700,5 +819,268 @@ TASKS: tuple[Task, ...] = (
         program=WEEKDAY_PROGRAM,
         expected=lambda ws: {"day_of_week": weekday_now("Pacific/Kiritimati")},
         live=True,
+    ),
+)
+
+
+# -- untyped servers (git, sqlite), server-side SQL, every server at once -------------------------
+# Their tools declare no output schema: the stubs say `Content`, so code mode
+# first runs a probe to see the text a tool returns, then the program that
+# parses it. The direct scripts read the same text, as the model would.
+
+
+def _git_config_changes(commits: list[tuple[str, str]], shows: list[str]) -> dict[str, Any]:
+    touched, added = [], 0
+    for (_, message), show in zip(commits, shows, strict=True):
+        if diff := re.search(r"^\+\+\+ b/config\.toml\n(.*?)(?=^--- |\Z)", show, re.M | re.S):
+            touched.append(message)
+            added += sum(1 for line in diff.group(1).splitlines() if line.startswith("+"))
+    return {"commits": sorted(touched), "lines_added": added}
+
+
+async def authors_direct(calls: Calls, ws: Workspace) -> Any:
+    log = await calls.call("git", "git_log", {"repo_path": str(ws.repo), "max_count": 50})
+    ((author, n),) = Counter(re.findall(r"^Author: (.+)$", log, re.M)).most_common(1)
+    return {"author": author, "commits": n}
+
+
+async def config_direct(calls: Calls, ws: Workspace) -> Any:
+    log = await calls.call("git", "git_log", {"repo_path": str(ws.repo), "max_count": 12})
+    commits = re.findall(r"^Commit: (\w+)\n.*?^Message: (.+?)$", log, re.M | re.S)
+    shows = await calls.parallel([("git", "git_show", {"repo_path": str(ws.repo), "revision": c}) for c, _ in commits])
+    return _git_config_changes(commits, shows)
+
+
+def _rows(text: str) -> list[dict[str, Any]]:
+    # The model reads the server's text (a Python repr of the rows) as it is.
+    rows: list[dict[str, Any]] = ast.literal_eval(text)
+    return rows
+
+
+_OCTOBER_SQL = (
+    "SELECT region, SUM(qty * unit_price_cents) AS cents FROM sales WHERE day LIKE '2026-10%' "
+    "GROUP BY region ORDER BY region"
+)
+_MONTHLY_SQL = (
+    "SELECT substr(day, 1, 7) AS month, region, SUM(qty * unit_price_cents) AS cents FROM sales "
+    "GROUP BY month, region ORDER BY month, region"
+)
+_BEST_MONTH_SQL = (
+    "SELECT substr(day, 1, 7) AS month FROM sales GROUP BY month ORDER BY SUM(qty * unit_price_cents) DESC LIMIT 1"
+)
+
+
+async def october_direct(calls: Calls, ws: Workspace) -> Any:
+    revenue = {
+        r["region"]: r["cents"] for r in _rows(await calls.call("sqlite", "read_query", {"query": _OCTOBER_SQL}))
+    }
+    return {"revenue_cents": revenue, "best_region": max(revenue, key=lambda r: revenue[r])}
+
+
+async def october_naive(calls: Calls, ws: Workspace) -> Any:
+    """Fetches October's rows and sums them in context, instead of asking SQL to."""
+    query = "SELECT region, qty, unit_price_cents FROM sales WHERE day LIKE '2026-10%'"
+    revenue: Counter[str] = Counter()
+    for r in _rows(await calls.call("sqlite", "read_query", {"query": query})):
+        revenue[r["region"]] += r["qty"] * r["unit_price_cents"]
+    return {"revenue_cents": dict(sorted(revenue.items())), "best_region": revenue.most_common(1)[0][0]}
+
+
+async def monthly_direct(calls: Calls, ws: Workspace) -> Any:
+    monthly, best = await calls.parallel(
+        [("sqlite", "read_query", {"query": _MONTHLY_SQL}), ("sqlite", "read_query", {"query": _BEST_MONTH_SQL})]
+    )
+    rows = _rows(monthly)
+    report = "month,region,revenue_cents\n" + "".join(f"{r['month']},{r['region']},{r['cents']}\n" for r in rows)
+    await calls.call("filesystem", "write_file", {"path": f"{ws.root}/reports/sales_by_month.csv", "content": report})
+    return {"rows": len(rows), "best_month": _rows(best)[0]["month"]}
+
+
+async def restock_sql_direct(calls: Calls, ws: Workspace) -> Any:
+    skus = [p["sku"] for p in await calls.call("shop", "list_products", {})]
+    products = await calls.parallel([("shop", "get_product", {"sku": sku}) for sku in skus])
+    low = sorted((p["sku"], 2 * p["reorder_level"] - p["stock"]) for p in products if p["stock"] < p["reorder_level"])
+    values = ", ".join(f"('{sku}', {qty})" for sku, qty in low)
+    await calls.call("sqlite", "write_query", {"query": f"INSERT INTO restock (sku, qty) VALUES {values}"})
+    return {"skus": [sku for sku, _ in low], "units": sum(qty for _, qty in low)}
+
+
+GIT_PROBE = """\
+await git.git_log(repo_path="{root}/repo", max_count=2)
+"""
+
+AUTHORS_PROGRAM = """\
+import re
+from collections import Counter
+log = await git.git_log(repo_path="{root}/repo", max_count=50)
+author, n = Counter(re.findall(r"^Author: (.+)$", log, re.M)).most_common(1)[0]
+{"author": author, "commits": n}
+"""
+
+CONFIG_PROBE = """\
+[await git.git_log(repo_path="{root}/repo", max_count=1), await git.git_show(repo_path="{root}/repo", revision="HEAD")]
+"""
+
+CONFIG_PROGRAM = """\
+import asyncio, re
+repo = "{root}/repo"
+log = await git.git_log(repo_path=repo, max_count=12)
+commits = re.findall(r"^Commit: (\\w+)\\n.*?^Message: (.+?)$", log, re.M | re.S)
+shows = await asyncio.gather(*(git.git_show(repo_path=repo, revision=sha) for sha, _ in commits))
+touched, added = [], 0
+for (sha, message), show in zip(commits, shows):
+    if diff := re.search(r"^\\+\\+\\+ b/config\\.toml\\n(.*?)(?=^--- |\\Z)", show, re.M | re.S):
+        touched.append(message)
+        added += sum(1 for line in diff.group(1).splitlines() if line.startswith("+"))
+{"commits": sorted(touched), "lines_added": added}
+"""
+
+SQL_PROBE = """\
+await sqlite.read_query(query="SELECT day, region, qty, unit_price_cents FROM sales LIMIT 2")
+"""
+
+OCTOBER_PROGRAM = """\
+import re
+rows = await sqlite.read_query(query="SQL")
+revenue = {r: int(c) for r, c in re.findall(r"'region': '([^']*)', 'cents': (\\d+)", rows)}
+{"revenue_cents": revenue, "best_region": max(revenue, key=revenue.get)}
+""".replace('"SQL"', f'"{_OCTOBER_SQL}"')
+
+MONTHLY_PROGRAM = """\
+import re
+from collections import Counter
+rows = re.findall(r"'month': '([^']*)', 'region': '([^']*)', 'cents': (\\d+)", await sqlite.read_query(query="SQL"))
+report = "month,region,revenue_cents\\n" + "".join(f"{m},{r},{c}\\n" for m, r, c in rows)
+await filesystem.write_file(path="{root}/reports/sales_by_month.csv", content=report)
+by_month = Counter()
+for m, _, c in rows:
+    by_month[m] += int(c)
+{"rows": len(rows), "best_month": by_month.most_common(1)[0][0]}
+""".replace('"SQL"', f'"{_MONTHLY_SQL}"')
+
+RESTOCK_SQL_PROGRAM = """\
+import asyncio
+products = await asyncio.gather(*(shop.get_product(sku=p["sku"]) for p in await shop.list_products()))
+low = sorted((p["sku"], 2 * p["reorder_level"] - p["stock"]) for p in products if p["stock"] < p["reorder_level"])
+values = ", ".join(f"('{sku}', {qty})" for sku, qty in low)
+await sqlite.write_query(query=f"INSERT INTO restock (sku, qty) VALUES {values}")
+{"skus": [sku for sku, _ in low], "units": sum(qty for _, qty in low)}
+"""
+
+
+def restock_sql_truth() -> dict[str, Any]:
+    low = sorted(
+        (p["sku"], 2 * p["reorder_level"] - p["stock"])
+        for p in shop_server.catalog().values()
+        if p["stock"] < p["reorder_level"]
+    )
+    return {"skus": [sku for sku, _ in low], "units": sum(qty for _, qty in low)}
+
+
+async def _empty_restock(ws: Workspace) -> None:
+    with sqlite3.connect(ws.db) as conn:
+        conn.execute("DROP TABLE IF EXISTS restock")
+        conn.execute("CREATE TABLE restock (sku TEXT, qty INTEGER)")
+    conn.close()
+
+
+async def _verify_restock(ws: Workspace) -> str | None:
+    with sqlite3.connect(ws.db) as conn:
+        rows = sorted(conn.execute("SELECT sku, qty FROM restock").fetchall())
+    conn.close()
+    truth = restock_sql_truth()
+    if [sku for sku, _ in rows] != truth["skus"] or sum(q for _, q in rows) != truth["units"]:
+        return f"the restock table holds {len(rows)} rows, not the low-stock products"
+    return None
+
+
+async def _clear_monthly(ws: Workspace) -> None:
+    (ws.root / "reports" / "sales_by_month.csv").unlink(missing_ok=True)
+
+
+async def _verify_monthly(ws: Workspace) -> str | None:
+    path = ws.root / "reports" / "sales_by_month.csv"
+    want = "month,region,revenue_cents\n" + "".join(f"{m},{r},{c}\n" for m, r, c in ws.monthly_rows())
+    if not path.exists() or path.read_text() != want:
+        return "reports/sales_by_month.csv does not hold the expected report"
+    return None
+
+
+_SALES_SCHEMA = (
+    "The sqlite database has a table sales(id INTEGER, day TEXT 'YYYY-MM-DD', region TEXT, product TEXT, "
+    "qty INTEGER, unit_price_cents INTEGER); revenue is qty * unit_price_cents."
+)
+
+TASKS += (
+    Task(
+        name="git_authors",
+        shape="untyped server (git): one log of 50 commits, count authors",
+        servers=("git",),
+        prompt="In the git repository {root}/repo, who authored the most of the last 50 commits, and how many? "
+        'Return JSON {"author": <name>, "commits": ...}.',
+        direct=authors_direct,
+        search="git commit log",
+        stubs=("git.git_log",),
+        probe=GIT_PROBE,
+        program=AUTHORS_PROGRAM,
+        expected=lambda ws: ws.authors_truth(),
+    ),
+    Task(
+        name="git_config_changes",
+        shape="untyped server (git): log, then 12 independent shows with diffs",
+        servers=("git",),
+        prompt="In the git repository {root}/repo, which of the last 12 commits changed config.toml, and how many "
+        'lines did they add to it in all? Return JSON {"commits": [their messages, sorted], "lines_added": ...}.',
+        direct=config_direct,
+        search="git commit log; show a commit",
+        stubs=("git.git_log", "git.git_show"),
+        probe=CONFIG_PROBE,
+        program=CONFIG_PROGRAM,
+        expected=lambda ws: ws.config_truth(),
+    ),
+    Task(
+        name="sql_october",
+        shape="server-side SQL does the work: one GROUP BY query (naive: fetch the rows)",
+        servers=("sqlite",),
+        prompt=_SALES_SCHEMA + " What was the revenue per region in October 2026? Return JSON "
+        '{"revenue_cents": {region: cents}, "best_region": <region with the most>}.',
+        direct=october_direct,
+        naive=october_naive,
+        search="run a SQL select query",
+        stubs=("sqlite.read_query",),
+        probe=SQL_PROBE,
+        program=OCTOBER_PROGRAM,
+        expected=lambda ws: ws.october_truth(),
+    ),
+    Task(
+        name="sql_monthly_report",
+        shape="server-side SQL, then a file: 2 queries, write a 60-row CSV",
+        servers=("sqlite", "filesystem"),
+        prompt=_SALES_SCHEMA + " Write {root}/reports/sales_by_month.csv with the header "
+        "`month,region,revenue_cents` and one line per month (YYYY-MM) and region, sorted by month then region. "
+        'Return JSON {"rows": <data lines>, "best_month": <month with the highest total revenue>}.',
+        direct=monthly_direct,
+        search="run a SQL select query; write a file",
+        stubs=("sqlite.read_query", "filesystem.write_file"),
+        probe=SQL_PROBE,
+        program=MONTHLY_PROGRAM,
+        expected=lambda ws: ws.monthly_truth(),
+        setup=_clear_monthly,
+        verify=_verify_monthly,
+    ),
+    Task(
+        name="restock_every_server",
+        shape="every server connected (all seven): 40 lookups, one SQL insert",
+        servers=EVERY_SERVER,
+        prompt="Find every shop product whose stock is below its reorder level and record each in the sqlite "
+        "table restock(sku TEXT, qty INTEGER) (it exists and is empty), with qty = 2 × reorder level − stock, "
+        'in one INSERT. Return JSON {"skus": [sorted SKUs], "units": <total qty>}.',
+        direct=restock_sql_direct,
+        search="product stock and reorder level; insert rows with a SQL query",
+        stubs=("shop.list_products", "shop.get_product", "sqlite.write_query"),
+        program=RESTOCK_SQL_PROGRAM,
+        expected=lambda ws: restock_sql_truth(),
+        setup=_empty_restock,
+        verify=_verify_restock,
     ),
 )

@@ -1,5 +1,5 @@
 """The public MCP reference servers the tests run against, pinned, installed on
-first use into the repo's `.cache/reference/` (npm packages, and a venv for the
+first use into the repo's `.cache/reference/` (npm packages, and a venv for each
 PyPI server so its own `mcp` pin cannot clash with ours).
 
     python -m tests.reference_servers      # install now (CI does this first)
@@ -24,6 +24,10 @@ NPM = {
     "@modelcontextprotocol/inspector": "2.12.0",
 }
 PYPI = {"mcp-server-time": "2026.10.19"}
+# Untyped servers the token benchmark connects: each in its own venv, since
+# mcp-server-sqlite needs the SDK's v1 (`mcp<2`).
+PYPI_GIT = {"mcp-server-git": "2026.10.19"}
+PYPI_SQLITE = {"mcp-server-sqlite": "2025.4.25", "mcp": "<2"}
 
 
 class Unavailable(Exception):
@@ -70,35 +74,56 @@ def ensure_npm() -> None:
     stamp.write_text(json.dumps(NPM))
 
 
-def time_server() -> list[str]:
-    """The command that runs the pinned `mcp-server-time` (installing it if needed)."""
-    target = ROOT / "venv-time"
+def _pypi_venv(name: str, pins: dict[str, str]) -> Path:
+    """The bin directory of `.cache/reference/<name>`, a venv holding `pins`
+    (installing them if its stamp differs). A pin starting with `<`, `>`, `=`
+    or `!` is a specifier, else an exact version."""
+    target = ROOT / name
     stamp = target / "codemode-pins.json"
-    python = target / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    if not _stamp(stamp, PYPI):
-        _log(f"installing {', '.join(f'{k}=={v}' for k, v in PYPI.items())} into {target} (once)…")
+    bindir = target / ("Scripts" if os.name == "nt" else "bin")
+    python = bindir / ("python.exe" if os.name == "nt" else "python")
+    if not _stamp(stamp, pins):
+        specs = [f"{k}{v}" if v[:1] in "<>=!" else f"{k}=={v}" for k, v in pins.items()]
+        _log(f"installing {', '.join(specs)} into {target} (once)…")
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
         proc = subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                *(f"{k}=={v}" for k, v in PYPI.items()),
-            ],
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *specs],
             capture_output=True,
             text=True,
             timeout=600,
         )
         if proc.returncode != 0:
             raise Unavailable(f"pip install failed: {proc.stderr.strip()[-1000:]}")
-        stamp.write_text(json.dumps(PYPI))
+        stamp.write_text(json.dumps(pins))
+    return bindir
+
+
+def time_server() -> list[str]:
+    """The command that runs the pinned `mcp-server-time` (installing it if needed)."""
+    python = _pypi_venv("venv-time", PYPI) / ("python.exe" if os.name == "nt" else "python")
     return [str(python), "-m", "mcp_server_time", "--local-timezone", "UTC"]
+
+
+def git_server(repository: Path) -> list[str]:
+    """The command that runs the pinned `mcp-server-git` on `repository` (installing it if needed)."""
+    return [str(_pypi_venv("venv-git", PYPI_GIT) / "mcp-server-git"), "--repository", str(repository)]
+
+
+def sqlite_server(db_path: Path) -> list[str]:
+    """The command that runs the pinned `mcp-server-sqlite` on `db_path` (installing it if needed)."""
+    return [str(_pypi_venv("venv-sqlite", PYPI_SQLITE) / "mcp-server-sqlite"), "--db-path", str(db_path)]
+
+
+def installed(name: str) -> bool:
+    """Whether `.cache/reference/<name>` is already installed with its pins (nothing is installed)."""
+    pins = {"venv-time": PYPI, "venv-git": PYPI_GIT, "venv-sqlite": PYPI_SQLITE}[name]
+    return _stamp(ROOT / name / "codemode-pins.json", pins)
 
 
 if __name__ == "__main__":
     ensure_npm()
     time_server()
+    if "--untyped" in sys.argv:  # the token benchmark's git and sqlite servers
+        _pypi_venv("venv-git", PYPI_GIT)
+        _pypi_venv("venv-sqlite", PYPI_SQLITE)
     _log(f"ready in {ROOT}")
