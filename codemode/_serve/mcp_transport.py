@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import uvicorn
@@ -35,11 +35,22 @@ SHUTDOWN_GRACE_S = 5
 """Seconds open SSE streams get to finish on shutdown before they are cut."""
 
 
-def http_app(server: MCPServer, *, host: str, token: str | None, allow_origins: Sequence[str]) -> ASGIApp:
-    """The server's Streamable HTTP app at `/mcp`, behind the shared `Guard`."""
+def http_app(
+    server: MCPServer,
+    *,
+    host: str,
+    token: str | None,
+    allow_origins: Sequence[str],
+    tokens: Mapping[str, str] | None = None,
+) -> ASGIApp:
+    """The server's Streamable HTTP app at `/mcp`, behind the shared `Guard`.
+    `tokens` maps more bearer tokens to their clients' names; `token` is client "default"."""
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, host=host)
-    settings = GuardSettings(host=host, tokens={token: "default"} if token else {}, allow_origins=tuple(allow_origins))
+    accepted = dict(tokens or {})
+    if token:
+        accepted[token] = "default"
+    settings = GuardSettings(host=host, tokens=accepted, allow_origins=tuple(allow_origins))
     return cast(ASGIApp, Guard(cast(Any, app), settings=settings))
 
 
@@ -78,6 +89,7 @@ async def serve_http(
     port: int,
     token: str | None,
     allow_origins: Sequence[str],
+    tokens: Mapping[str, str] | None = None,
     on_listening: Callable[[Callable[[], None]], None] | None = None,
 ) -> None:
     """Serve until stopped: `on_listening` is handed a function that starts a
@@ -85,7 +97,7 @@ async def serve_http(
 
     Raises `OSError` if the address cannot be bound."""
     config = uvicorn.Config(
-        http_app(server, host=host, token=token, allow_origins=allow_origins),
+        http_app(server, host=host, token=token, allow_origins=allow_origins, tokens=tokens),
         host=host,
         port=port,
         log_config=None,

@@ -122,3 +122,9 @@ class McpSettings(_CommandSettings):
 
     http: bool = False
     port: int = Field(default=8765, ge=0, le=65535)
+    tokens_file: Path | None = None
+    """More bearer tokens, one client each (`--http`); a task is seen only by the client that started it."""
+    store: str | None = None
+    """Where `--http` keeps execute_code tasks: "memory" (the default) or a redis:// URL shared by replicas."""
+    replica_id: str | None = None
+    lease: float = Field(default=5.0, gt=0)

@@ -1,0 +1,287 @@
+"""MCP tasks for `execute_code`: call now, fetch the result later, from any replica.
+
+The tasks utility of MCP 2025-11-25 (SEP-1686; after 2026-07-28 it lives on as
+the `io.modelcontextprotocol/tasks` extension). mcp 2.3 ships its wire types
+but serves none of it, so this module does, on sessions that negotiated
+2025-11-25:
+
+    tools/call execute_code with `task: {ttl}`  ->  CreateTaskResult {task: {taskId, status: "working", ...}}
+    tasks/get     {taskId}  ->  the task's status now
+    tasks/result  {taskId}  ->  the CallToolResult a plain call would have returned (waits, bounded, until it ends)
+    tasks/cancel  {taskId}  ->  the task, cancelled
+
+A task is a background run in the same `store.Runs` that `codemode serve` keeps
+its `POST /v1/runs` in: this process's memory, or a Redis shared by every
+replica (`--store redis://…`), so a client can start a program, go away, and
+fetch its result from any replica. The task id is the run id (12 random
+bytes from `secrets`); retention is the store's (`ttl` in the task is its
+`run_ttl_s`, whatever the client asked for); a run belongs to the client whose
+token started it, and any other client is told it does not exist, exactly as
+for an id that never existed (`-32602`).
+
+How it plugs into the SDK: a server middleware answers a task-augmented
+`tools/call` before the SDK's result check (which knows only `CallToolResult`
+for `tools/call`) and adds the `tasks` capability to `initialize` and
+`execution.taskSupport: "optional"` to execute_code in `tools/list`; the three
+methods are request handlers of their own. Sessions on other protocol versions
+see none of it: a `task` field there is ignored and the call runs as a plain one.
+
+Not offered: `tasks/list`, `notifications/tasks/status`, and approval inside a
+task (a call the policy asks about is refused by the Redis store and waits
+out the approval timeout in memory: there is no MCP request to decide it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    CallToolResult,
+    CancelTaskRequestParams,
+    CancelTaskResult,
+    CreateTaskResult,
+    GetTaskPayloadRequestParams,
+    GetTaskRequestParams,
+    GetTaskResult,
+    ServerTasksCapability,
+    ServerTasksRequestsCapability,
+    Task,
+    TasksCallCapability,
+    TasksCancelCapability,
+    TaskStatus,
+    TasksToolsCapability,
+    TextContent,
+)
+from mcp_types.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
+from pydantic import BaseModel, ValidationError
+
+from .._limits import Limits
+from .._result import RunResult
+from .guards import ANONYMOUS
+from .runs import Busy
+from .store import Runs
+
+__all__ = ["TASKS_VERSIONS", "TASK_TOOL", "McpTasks"]
+
+logger = logging.getLogger("codemode.mcp")
+
+TASKS_VERSIONS = frozenset({"2025-11-25"})
+"""Protocol versions whose sessions are offered tasks."""
+TASK_TOOL = "execute_code"
+RELATED_TASK = "io.modelcontextprotocol/related-task"
+BUSY = -32000
+"""JSON-RPC error code (implementation-defined range) when every run slot and queue place is taken."""
+
+_STATUS: dict[str, TaskStatus] = {
+    "queued": "working",
+    "running": "working",
+    "waiting_approval": "working",
+    "succeeded": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+_TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class _ExecuteArgs(BaseModel):
+    code: str
+    trace: bool = False
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _client(ctx: ServerRequestContext[Any, Any]) -> str:
+    """Who is asking: the client name `guards.Guard` put on the HTTP request, else anonymous."""
+    state = getattr(ctx.request, "state", None)
+    client = getattr(state, "client", None)
+    return client if isinstance(client, str) and client else ANONYMOUS
+
+
+class McpTasks:
+    """Tasks over `runs` (which the caller opens and closes around serving).
+
+    `ttl_s` is how long the store keeps a finished run; `cancel_wait_s` bounds
+    how long `tasks/cancel` waits for the run to wind down; `result_wait_s`
+    (default: the run timeout plus a minute) bounds `tasks/result`."""
+
+    def __init__(
+        self,
+        runs: Runs,
+        *,
+        ttl_s: float,
+        poll_interval_ms: int = 1_000,
+        cancel_wait_s: float = 5.0,
+        result_wait_s: float | None = None,
+    ) -> None:
+        self.runs = runs
+        self.ttl_ms = int(ttl_s * 1000)
+        self.poll_interval_ms = poll_interval_ms
+        self.cancel_wait_s = cancel_wait_s
+        self.result_wait_s = result_wait_s
+        self.limits = Limits()
+
+    def install(self, server: MCPServer, limits: Limits) -> None:
+        """Offer tasks on `server`, whose execute_code runs with `limits`."""
+        self.limits = limits
+        server.middleware.append(self._middleware)
+        lowlevel = server._lowlevel_server  # the SDK's one way to add request handlers
+        lowlevel.add_request_handler("tasks/get", GetTaskRequestParams, self._get)
+        lowlevel.add_request_handler("tasks/result", GetTaskPayloadRequestParams, self._result)
+        lowlevel.add_request_handler("tasks/cancel", CancelTaskRequestParams, self._cancel)
+
+    # -- the middleware: initialize, tools/list, task-augmented tools/call -------------------------------------------
+
+    async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method == "tools/call" and ctx.protocol_version in TASKS_VERSIONS:
+            params = ctx.params or {}
+            if params.get("task") is not None and params.get("name") == TASK_TOOL:
+                return await self._create(ctx, params)
+        result = await call_next(ctx)
+        if not isinstance(result, dict):
+            return result
+        if ctx.method == "initialize" and result.get("protocolVersion") in TASKS_VERSIONS:
+            capability = ServerTasksCapability(
+                cancel=TasksCancelCapability(),
+                requests=ServerTasksRequestsCapability(tools=TasksToolsCapability(call=TasksCallCapability())),
+            )
+            capabilities = result.setdefault("capabilities", {})
+            capabilities["tasks"] = capability.model_dump(by_alias=True, mode="json", exclude_none=True)
+        elif ctx.method == "tools/list" and ctx.protocol_version in TASKS_VERSIONS:
+            for tool in result.get("tools", []):
+                if isinstance(tool, dict) and tool.get("name") == TASK_TOOL:
+                    tool["execution"] = {"taskSupport": "optional"}
+        return result
+
+    async def _create(self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            args = _ExecuteArgs.model_validate(params.get("arguments") or {})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise MCPError(code=INVALID_PARAMS, message=f"execute_code arguments: {problems}") from None
+        try:
+            info = await self.runs.submit(args.code, self.limits, trace=args.trace, owner=_client(ctx))
+        except Busy as exc:
+            raise MCPError(
+                code=BUSY,
+                message="every run slot and queue place is taken; retry after a moment",
+                data={"code": "busy", "retry_after_s": exc.retry_after_s},
+            ) from None
+        logger.info("task %s started", info["id"])
+        return CreateTaskResult(task=self._task(info)).model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    # -- tasks/* ------------------------------------------------------------------------------------------------------
+
+    async def _get(self, ctx: ServerRequestContext[Any, Any], params: GetTaskRequestParams) -> GetTaskResult:
+        info = await self._find(ctx, params.task_id)
+        return GetTaskResult(**self._task(info).model_dump())
+
+    async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: CancelTaskRequestParams) -> CancelTaskResult:
+        info = await self._find(ctx, params.task_id)
+        if _STATUS.get(info["status"]) in _TERMINAL:
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"task {params.task_id!r} has already ended ({_STATUS[info['status']]}); it cannot be cancelled",
+            )
+        info = await self.runs.cancel(params.task_id, self.cancel_wait_s) or info
+        return CancelTaskResult(**self._task(info).model_dump())
+
+    async def _result(self, ctx: ServerRequestContext[Any, Any], params: GetTaskPayloadRequestParams) -> dict[str, Any]:
+        info = await self._find(ctx, params.task_id)
+        wait_s = self.result_wait_s if self.result_wait_s is not None else self.limits.timeout + 60
+        with anyio.move_on_after(wait_s):
+            while _STATUS.get(info["status"]) not in _TERMINAL:
+                async for name, _, data in self.runs.events(params.task_id, 0, ping_s=min(wait_s, 15.0)):
+                    if name == "result":
+                        info = data
+                        break
+                else:  # the stream ended without a result: the run was forgotten meanwhile
+                    info = await self._find(ctx, params.task_id)
+        if _STATUS.get(info["status"]) not in _TERMINAL:
+            raise MCPError(
+                code=REQUEST_TIMEOUT,
+                message=f"task {params.task_id!r} is still working after {wait_s:g} s; ask for its result again",
+            )
+        result = _call_result(info).model_dump(by_alias=True, mode="json", exclude_none=True)
+        result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": params.task_id}}
+        return result
+
+    # -- helpers ------------------------------------------------------------------------------------------------------
+
+    async def _find(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+        """The caller's run `task_id`, or the JSON-RPC error for a task that is not there.
+
+        Raises `MCPError` -32602 for an unknown, forgotten or another client's task,
+        -32601 on sessions that were not offered tasks."""
+        if ctx.protocol_version not in TASKS_VERSIONS:
+            raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=ctx.method)
+        client = _client(ctx)
+        info = await self.runs.info(task_id, client)
+        if info is not None:
+            return info
+        why = await self.runs.why_forgotten(task_id, client)
+        if why is not None:
+            raise MCPError(code=INVALID_PARAMS, message=f"task {task_id!r} has ended and is no longer kept: {why}")
+        raise MCPError(
+            code=INVALID_PARAMS,
+            message=f"there is no task {task_id!r} of yours: it never existed, or ended long ago and was forgotten",
+        )
+
+    def _task(self, info: Mapping[str, Any]) -> Task:
+        status = _STATUS.get(str(info.get("status")), "working")
+        created = float(info.get("created_at") or 0.0)
+        updated = info.get("finished_at") or info.get("started_at") or created
+        message = None
+        if status == "failed":
+            message = _failure_line(info)
+        elif info.get("status") == "waiting_approval":
+            message = "waiting for a tool call's approval"
+        return Task(
+            task_id=str(info["id"]),
+            status=status,
+            status_message=message,
+            created_at=_iso(created),
+            last_updated_at=_iso(float(updated)),
+            ttl=self.ttl_ms,
+            poll_interval=self.poll_interval_ms,
+        )
+
+
+def _failure_line(info: Mapping[str, Any]) -> str:
+    result, failure = info.get("result"), info.get("error")
+    if isinstance(result, dict) and isinstance(result.get("error"), dict):
+        error = result["error"]
+        kind = f"{error['exc_type']}: " if error.get("exc_type") else ""
+        return f"[{error.get('code')}] {kind}{error.get('message', '')}"
+    if isinstance(failure, dict):
+        return f"[{failure.get('code')}] {failure.get('detail', '')}"
+    return "the run failed"
+
+
+def _call_result(info: Mapping[str, Any]) -> CallToolResult:
+    """What a plain execute_code call would have answered for the run `info` describes."""
+    from .mcp_server import format_run  # mcp_server imports this module
+
+    result = info.get("result")
+    if isinstance(result, dict):
+        return format_run(RunResult.from_dict(result), trace="tool_calls" in result)
+    failure = info.get("error")
+    if isinstance(failure, dict):
+        code, detail = failure.get("code", "internal_error"), failure.get("detail", "")
+    elif info.get("status") == "cancelled":
+        code, detail = "cancelled", "the task was cancelled before it finished"
+    else:
+        code, detail = "internal_error", "the run ended without a result"
+    return CallToolResult(
+        content=[TextContent(type="text", text=f"Error [{code}]: {detail}")],
+        structured_content={"ok": False, "value": None, "error": {"code": code, "message": detail}},
+        is_error=True,
+    )

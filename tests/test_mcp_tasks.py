@@ -1,0 +1,286 @@
+"""execute_code as an MCP task over Streamable HTTP, end to end: real `codemode mcp
+--http` processes, the official SDK client on a 2025-11-25 session, the fixture
+server as the upstream, and for the fleet a real redis-server.
+
+The SDK's client checks every `tools/call` answer against `CallToolResult`
+(mcp 2.3 serves and checks no tasks), so the one task-augmented `tools/call`
+goes through its session's raw request path; `tasks/*` go through
+`ClientSession.send_request` with the SDK's own request types."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from anyio.abc import Process
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    CallToolResult,
+    CancelTaskRequest,
+    CancelTaskRequestParams,
+    CancelTaskResult,
+    CreateTaskResult,
+    GetTaskPayloadRequest,
+    GetTaskPayloadRequestParams,
+    GetTaskRequest,
+    GetTaskRequestParams,
+    GetTaskResult,
+    TextContent,
+)
+from mcp_types.jsonrpc import INVALID_PARAMS
+
+from codemode._sandbox.wasm import WasmBackend
+from tests.fixtures.helpers import stdio_entry
+
+pytestmark = pytest.mark.anyio
+pytest_plugins = ["tests.fixtures.redis"]  # the `redis_url` fixture
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_S = 60
+ALICE, BOB = "tasks-token-alice-7c1f", "tasks-token-bob-93ad"
+SLOW = 'r = await demo.slow(seconds=SECONDS)\n{"said": r, "n": 6 * 7}'
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guest_built() -> None:
+    """Build (or load) the guest once, before any server is spawned."""
+    WasmBackend().load()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the mcpServers config, the tokens file)."""
+    root = tmp_path_factory.mktemp("tasks")
+    config, tokens = root / "mcp.json", root / "tokens"
+    config.write_text(json.dumps({"mcpServers": {"demo": stdio_entry()}}))
+    tokens.write_text(f"{ALICE} alice\n{BOB} bob\n")
+    return config, tokens
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    proc: Process
+
+
+async def _drain(proc: Process) -> None:
+    assert proc.stderr is not None
+    async for _ in proc.stderr:
+        pass
+
+
+@asynccontextmanager
+async def serve(files: tuple[Path, Path], *extra: str) -> AsyncIterator[Server]:
+    """`codemode mcp --http --port 0 --tokens-file …` as a process; SIGTERMed at the end
+    (then it must exit 0) unless the test killed it."""
+    config, tokens = files
+    argv = [sys.executable, "-m", "codemode", "mcp", "--config", str(config), "--http", "--port", "0"]
+    argv += ["--tokens-file", str(tokens), *extra]
+    async with await anyio.open_process(argv, env={**os.environ, "PYTHONPATH": str(REPO)}) as proc:
+        assert proc.stderr is not None
+        seen = ""
+        with anyio.fail_after(STARTUP_S):
+            async for chunk in proc.stderr:
+                seen += chunk.decode(errors="replace")
+                if match := re.search(r"listening on (http://\S+/mcp)", seen):
+                    break
+            else:
+                raise AssertionError(f"the server exited before listening:\n{seen}")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, proc)  # a full pipe would block the server's logging
+            try:
+                yield Server(url=match.group(1), proc=proc)
+            finally:
+                killed = proc.returncode is not None
+                if not killed:
+                    proc.send_signal(signal.SIGTERM)
+                with anyio.fail_after(15):
+                    code = await proc.wait()
+                tg.cancel_scope.cancel()
+            assert killed or code == 0  # a clean stop, with the run store open
+
+
+@asynccontextmanager
+async def connect(url: str, token: str = ALICE) -> AsyncIterator[Client]:
+    """The SDK client on a 2025-11-25 (handshake) session, the era whose protocol has tasks."""
+    async with httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=120)
+    ) as http:
+        with anyio.fail_after(30):
+            async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+                yield client
+
+
+async def start_task(client: Client, code: str, ttl_ms: int = 60_000) -> CreateTaskResult:
+    params = {"name": "execute_code", "arguments": {"code": code}, "task": {"ttl": ttl_ms}}
+    with anyio.fail_after(10):  # answered at once, not when the program ends
+        raw = await client.session._dispatcher.send_raw_request("tools/call", params, {"timeout": 10})
+    return CreateTaskResult.model_validate(raw, by_name=False)
+
+
+async def get_task(client: Client, task_id: str) -> GetTaskResult:
+    request = GetTaskRequest(params=GetTaskRequestParams(task_id=task_id))
+    return await client.session.send_request(request, GetTaskResult)
+
+
+async def task_result(client: Client, task_id: str) -> CallToolResult:
+    request = GetTaskPayloadRequest(params=GetTaskPayloadRequestParams(task_id=task_id))
+    return await client.session.send_request(request, CallToolResult)
+
+
+async def cancel_task(client: Client, task_id: str) -> CancelTaskResult:
+    request = CancelTaskRequest(params=CancelTaskRequestParams(task_id=task_id))
+    return await client.session.send_request(request, CancelTaskResult)
+
+
+async def poll_until_done(client: Client, task_id: str) -> GetTaskResult:
+    with anyio.fail_after(60):
+        while True:
+            task = await get_task(client, task_id)
+            if task.status in TERMINAL:
+                return task
+            await anyio.sleep(0.1)  # polling is the protocol here: there is no event to wait on
+
+
+def text_of(result: CallToolResult) -> str:
+    assert len(result.content) == 1 and isinstance(result.content[0], TextContent)
+    return result.content[0].text
+
+
+@pytest.fixture(scope="module")
+async def server(files: tuple[Path, Path]) -> AsyncIterator[Server]:
+    async with serve(files) as running:
+        yield running
+
+
+async def test_handshake_sessions_are_offered_tasks_for_execute_code_only(server: Server) -> None:
+    async with connect(server.url) as client:
+        capabilities = client.session.server_capabilities
+        assert capabilities is not None and capabilities.tasks is not None
+        assert capabilities.tasks.cancel is not None
+        assert capabilities.tasks.requests is not None and capabilities.tasks.requests.tools is not None
+        assert capabilities.tasks.requests.tools.call is not None
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        execute = tools["execute_code"]
+        assert execute.execution is not None and execute.execution.task_support == "optional"
+        assert tools["search_tools"].execution is None  # only execute_code runs as a task
+    # 2026-07-28 sessions are not offered the 2025-11-25 tasks (there they are a different extension).
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as http:
+        async with Client(streamable_http_client(server.url, http_client=http)) as modern:
+            assert modern.session.protocol_version == "2026-07-28"
+            tools = {t.name: t for t in (await modern.list_tools()).tools}
+            assert tools["execute_code"].execution is None
+            with pytest.raises(MCPError):
+                await get_task(modern, "run_doesnotexist000")
+
+
+async def test_a_task_is_answered_at_once_then_polled_and_its_result_fetched(server: Server) -> None:
+    async with connect(server.url) as client:
+        created = await start_task(client, SLOW.replace("SECONDS", "1.5"))
+        task = created.task
+        assert task.status == "working"
+        assert task.task_id.startswith("run_") and len(task.task_id) >= 16
+        assert task.ttl is not None and task.ttl > 0 and task.poll_interval is not None
+        assert task.created_at.endswith("Z")
+        done = await poll_until_done(client, task.task_id)
+        assert done.status == "completed" and done.task_id == task.task_id
+        result = await task_result(client, task.task_id)
+        assert not result.is_error
+        assert result.structured_content is not None
+        assert result.structured_content["value"] == {"said": "slept 1.5", "n": 42}
+        assert '"n": 42' in text_of(result)
+        assert result.meta == {"io.modelcontextprotocol/related-task": {"taskId": task.task_id}}
+        # A plain call, without `task`, still answers the result itself.
+        plain = await client.call_tool("execute_code", {"code": "6 * 7"})
+        assert not plain.is_error and plain.structured_content is not None
+        assert plain.structured_content["value"] == 42
+
+
+async def test_tasks_result_waits_for_the_end_and_a_failing_program_is_a_failed_task(server: Server) -> None:
+    async with connect(server.url) as client:
+        task = (await start_task(client, SLOW.replace("SECONDS", "1") + "\n1 / 0")).task
+        with anyio.fail_after(60):
+            result = await task_result(client, task.task_id)  # blocks until the run ends
+        assert result.is_error and result.structured_content is not None
+        error = result.structured_content["error"]
+        assert (error["code"], error["exc_type"]) == ("uncaught_exception", "ZeroDivisionError")
+        done = await get_task(client, task.task_id)
+        assert done.status == "failed"
+        assert done.status_message is not None and "ZeroDivisionError" in done.status_message
+
+
+async def test_a_cancelled_task_ends_cancelled_and_cannot_be_cancelled_again(server: Server) -> None:
+    async with connect(server.url) as client:
+        task = (await start_task(client, SLOW.replace("SECONDS", "30"))).task
+        with anyio.fail_after(20):
+            cancelled = await cancel_task(client, task.task_id)
+        assert cancelled.status == "cancelled"
+        assert (await get_task(client, task.task_id)).status == "cancelled"
+        result = await task_result(client, task.task_id)
+        assert result.is_error and result.structured_content is not None
+        assert result.structured_content["error"]["code"] == "cancelled"
+        with pytest.raises(MCPError) as again:
+            await cancel_task(client, task.task_id)
+        assert again.value.code == INVALID_PARAMS
+
+
+async def test_unknown_and_other_clients_task_ids_are_the_same_clear_error(server: Server) -> None:
+    async with connect(server.url) as alice:
+        task = (await start_task(alice, "6 * 7")).task
+        await poll_until_done(alice, task.task_id)
+        async with connect(server.url, token=BOB) as bob:
+            for ask in (get_task, task_result, cancel_task):
+                with pytest.raises(MCPError) as foreign:
+                    await ask(bob, task.task_id)
+                with pytest.raises(MCPError) as unknown:
+                    await ask(bob, "run_doesnotexist000")
+                assert foreign.value.code == unknown.value.code == INVALID_PARAMS
+                assert "no task" in foreign.value.message and "of yours" in foreign.value.message
+        assert (await get_task(alice, task.task_id)).status == "completed"
+
+
+# --- a fleet: the run store in Redis --------------------------------------------------------------
+
+
+async def test_a_task_outlives_its_replica_and_any_replica_returns_its_result(
+    files: tuple[Path, Path], redis_url: str
+) -> None:
+    store = ("--store", redis_url)
+    async with serve(files, *store, "--replica-id", "a") as a, serve(files, *store, "--replica-id", "b") as b:
+        async with connect(a.url) as on_a:
+            task = (await start_task(on_a, SLOW.replace("SECONDS", "1.5"))).task
+            assert (await poll_until_done(on_a, task.task_id)).status == "completed"
+        a.proc.send_signal(signal.SIGKILL)
+        with anyio.fail_after(10):
+            await a.proc.wait()
+        async with connect(b.url) as on_b:
+            assert (await get_task(on_b, task.task_id)).status == "completed"
+            result = await task_result(on_b, task.task_id)
+            assert result.structured_content is not None
+            assert result.structured_content["value"] == {"said": "slept 1.5", "n": 42}
+        async with connect(b.url, token=BOB) as bob:
+            with pytest.raises(MCPError) as foreign:
+                await get_task(bob, task.task_id)
+            assert foreign.value.code == INVALID_PARAMS
+    # A restarted replica finds it too: nothing about it lived in the processes.
+    async with serve(files, *store, "--replica-id", "a") as again, connect(again.url) as client:
+        result = await task_result(client, task.task_id)
+        assert result.structured_content is not None and result.structured_content["value"]["n"] == 42
