@@ -24,6 +24,7 @@ import httpx2
 import pytest
 from anyio.abc import Process
 from mcp import Client
+from mcp.client.extension import ClientExtension, NotificationBinding
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -37,6 +38,7 @@ from mcp.types import (
     GetTaskRequest,
     GetTaskRequestParams,
     GetTaskResult,
+    TaskStatusNotificationParams,
     TextContent,
 )
 from mcp_types.jsonrpc import INVALID_PARAMS
@@ -118,14 +120,38 @@ async def serve(files: tuple[Path, Path], *extra: str) -> AsyncIterator[Server]:
             assert killed or code == 0  # a clean stop, with the run store open
 
 
+class StatusWatch(ClientExtension):
+    """Hands the client's `notifications/tasks/status` to the test (the SDK drops
+    notifications its 2025-11-25 tables leave out unless a binding asks for them)."""
+
+    identifier = "test.codemode/task-status"
+
+    def __init__(self) -> None:
+        self.seen: list[TaskStatusNotificationParams] = []
+        self.changed = anyio.Event()
+
+    def notifications(self) -> list[NotificationBinding[TaskStatusNotificationParams]]:
+        return [
+            NotificationBinding(
+                method="notifications/tasks/status", params_type=TaskStatusNotificationParams, handler=self._on
+            )
+        ]
+
+    async def _on(self, params: TaskStatusNotificationParams) -> None:
+        self.seen.append(params)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
 @asynccontextmanager
-async def connect(url: str, token: str = ALICE) -> AsyncIterator[Client]:
+async def connect(url: str, token: str = ALICE, watch: StatusWatch | None = None) -> AsyncIterator[Client]:
     """The SDK client on a 2025-11-25 (handshake) session, the era whose protocol has tasks."""
     async with httpx2.AsyncClient(
         headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=120)
     ) as http:
         with anyio.fail_after(30):
-            async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            transport = streamable_http_client(url, http_client=http)
+            async with Client(transport, mode="legacy", extensions=[watch] if watch else []) as client:
                 yield client
 
 
@@ -212,6 +238,17 @@ async def test_a_task_is_answered_at_once_then_polled_and_its_result_fetched(ser
         plain = await client.call_tool("execute_code", {"code": "6 * 7"})
         assert not plain.is_error and plain.structured_content is not None
         assert plain.structured_content["value"] == 42
+
+
+async def test_a_connected_client_is_told_when_its_task_ends(server: Server) -> None:
+    watch = StatusWatch()
+    async with connect(server.url, watch=watch) as client:
+        task = (await start_task(client, SLOW.replace("SECONDS", "1"))).task
+        with anyio.fail_after(60):
+            while not any(n.task_id == task.task_id for n in watch.seen):
+                await watch.changed.wait()
+        (note,) = [n for n in watch.seen if n.task_id == task.task_id]
+        assert note.status == "completed" and note.created_at == task.created_at
 
 
 async def test_tasks_result_waits_for_the_end_and_a_failing_program_is_a_failed_task(server: Server) -> None:

@@ -372,7 +372,7 @@ async def _serve_http(cm: CodeMode, options: McpSettings, tokens: dict[str, str]
     metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
     runs = _open_store(settings, Executor(cm, metrics), admission)
     tasks = McpTasks(runs, ttl_s=settings.run_ttl_s, cancel_wait_s=settings.cancel_wait_s)
-    async with runs:
+    async with runs, tasks:
         await runs.ping()  # an unreachable store is a clear exit 3, before the port opens
         server = build_server(cm, tasks=tasks)
         logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))

@@ -26,7 +26,10 @@ for `tools/call`) and adds the `tasks` capability to `initialize` and
 methods are request handlers of their own. Sessions on other protocol versions
 see none of it: a `task` field there is ignored and the call runs as a plain one.
 
-Not offered: `tasks/list`, `notifications/tasks/status`, and approval inside a
+When a task ends, the client that started it is sent `notifications/tasks/status`
+(on its session's standalone stream, if it is still connected: best effort).
+
+Not offered: `tasks/list`, and approval inside a
 task (a call the policy asks about is refused by the Redis store and waits
 out the approval timeout in memory: there is no MCP request to decide it).
 """
@@ -36,11 +39,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Self, cast
 
 import anyio
+import anyio.abc
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
+from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     CallToolResult,
@@ -56,6 +62,8 @@ from mcp.types import (
     TasksCallCapability,
     TasksCancelCapability,
     TaskStatus,
+    TaskStatusNotification,
+    TaskStatusNotificationParams,
     TasksToolsCapability,
     TextContent,
 )
@@ -107,11 +115,13 @@ def _client(ctx: ServerRequestContext[Any, Any]) -> str:
 
 
 class McpTasks:
-    """Tasks over `runs` (which the caller opens and closes around serving).
+    """Tasks over `runs` (which the caller opens and closes around serving); an
+    async context manager owning the task group that sends status notifications.
 
     `ttl_s` is how long the store keeps a finished run; `cancel_wait_s` bounds
     how long `tasks/cancel` waits for the run to wind down; `result_wait_s`
-    (default: the run timeout plus a minute) bounds `tasks/result`."""
+    (default: the run timeout plus a minute) bounds `tasks/result` and how long
+    a status notification is waited for."""
 
     def __init__(
         self,
@@ -128,6 +138,25 @@ class McpTasks:
         self.cancel_wait_s = cancel_wait_s
         self.result_wait_s = result_wait_s
         self.limits = Limits()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return None
+        tg.cancel_scope.cancel()  # pending notifications: their clients are being disconnected anyway
+        return await tg.__aexit__(exc_type, exc, tb)
+
+    @property
+    def wait_s(self) -> float:
+        return self.result_wait_s if self.result_wait_s is not None else self.limits.timeout + 60
 
     def install(self, server: MCPServer, limits: Limits) -> None:
         """Offer tasks on `server`, whose execute_code runs with `limits`."""
@@ -176,6 +205,8 @@ class McpTasks:
                 data={"code": "busy", "retry_after_s": exc.retry_after_s},
             ) from None
         logger.info("task %s started", info["id"])
+        if self._tg is not None:
+            self._tg.start_soon(self._notify_when_done, ctx.session, info["id"])
         return CreateTaskResult(task=self._task(info)).model_dump(by_alias=True, mode="json", exclude_none=True)
 
     # -- tasks/* ------------------------------------------------------------------------------------------------------
@@ -196,7 +227,7 @@ class McpTasks:
 
     async def _result(self, ctx: ServerRequestContext[Any, Any], params: GetTaskPayloadRequestParams) -> dict[str, Any]:
         info = await self._find(ctx, params.task_id)
-        wait_s = self.result_wait_s if self.result_wait_s is not None else self.limits.timeout + 60
+        wait_s = self.wait_s
         with anyio.move_on_after(wait_s):
             while _STATUS.get(info["status"]) not in _TERMINAL:
                 async for name, _, data in self.runs.events(params.task_id, 0, ping_s=min(wait_s, 15.0)):
@@ -213,6 +244,19 @@ class McpTasks:
         result = _call_result(info).model_dump(by_alias=True, mode="json", exclude_none=True)
         result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": params.task_id}}
         return result
+
+    async def _notify_when_done(self, session: ServerSession, run_id: str) -> None:
+        """Send `notifications/tasks/status` once the run ends (within `wait_s`), if the client is still there."""
+        try:
+            with anyio.move_on_after(self.wait_s):
+                async for name, _, data in self.runs.events(run_id, 0, ping_s=15.0):
+                    if name == "result":
+                        params = TaskStatusNotificationParams(**self._task(data).model_dump())
+                        with anyio.fail_after(5):  # a gone client's stream must not hold us
+                            await session.send_notification(cast(Any, TaskStatusNotification(params=params)))
+                        return
+        except Exception as exc:  # top level of a background task: a notification is best effort
+            logger.info("task %s: the status notification was not sent (%s)", run_id, exc)
 
     # -- helpers ------------------------------------------------------------------------------------------------------
 
