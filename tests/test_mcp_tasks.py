@@ -28,6 +28,8 @@ from mcp.client.extension import ClientExtension, NotificationBinding
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
+    CallToolRequest,
+    CallToolRequestParams,
     CallToolResult,
     CancelTaskRequest,
     CancelTaskRequestParams,
@@ -38,6 +40,7 @@ from mcp.types import (
     GetTaskRequest,
     GetTaskRequestParams,
     GetTaskResult,
+    TaskMetadata,
     TaskStatusNotificationParams,
     TextContent,
 )
@@ -207,7 +210,7 @@ async def test_handshake_sessions_are_offered_tasks_for_execute_code_only(server
         tools = {t.name: t for t in (await client.list_tools()).tools}
         execute = tools["execute_code"]
         assert execute.execution is not None and execute.execution.task_support == "optional"
-        assert tools["search_tools"].execution is None  # only execute_code runs as a task
+        assert tools["search_tools"].execution is None and tools["get_tool_stubs"].execution is None
     # 2026-07-28 sessions are not offered the 2025-11-25 tasks (there they are a different extension).
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as http:
         async with Client(streamable_http_client(server.url, http_client=http)) as modern:
@@ -216,6 +219,9 @@ async def test_handshake_sessions_are_offered_tasks_for_execute_code_only(server
             assert tools["execute_code"].execution is None
             with pytest.raises(MCPError):
                 await get_task(modern, "run_doesnotexist000")
+            params = CallToolRequestParams(name="execute_code", arguments={"code": "6 * 7"}, task=TaskMetadata(ttl=1))
+            plain = await modern.session.send_request(CallToolRequest(params=params), CallToolResult)
+            assert plain.structured_content is not None and plain.structured_content["value"] == 42
 
 
 async def test_a_task_is_answered_at_once_then_polled_and_its_result_fetched(server: Server) -> None:
@@ -224,7 +230,8 @@ async def test_a_task_is_answered_at_once_then_polled_and_its_result_fetched(ser
         task = created.task
         assert task.status == "working"
         assert task.task_id.startswith("run_") and len(task.task_id) >= 16
-        assert task.ttl is not None and task.ttl > 0 and task.poll_interval is not None
+        assert task.ttl == 600_000  # the store keeps finished runs 600 s, whatever the client asked (60 s)
+        assert task.poll_interval is not None
         assert task.created_at.endswith("Z")
         done = await poll_until_done(client, task.task_id)
         assert done.status == "completed" and done.task_id == task.task_id
