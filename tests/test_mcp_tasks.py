@@ -301,6 +301,17 @@ async def test_unknown_and_other_clients_task_ids_are_the_same_clear_error(serve
         assert (await get_task(alice, task.task_id)).status == "completed"
 
 
+async def test_a_task_with_bad_arguments_is_a_clear_error_not_a_task(server: Server) -> None:
+    async with connect(server.url) as client:
+        for arguments in ({}, {"code": 42}, {"code": "1", "trace": "very"}):
+            params = {"name": "execute_code", "arguments": arguments, "task": {"ttl": 1000}}
+            with pytest.raises(MCPError) as bad:
+                await client.session._dispatcher.send_raw_request("tools/call", params, {"timeout": 10})
+            assert bad.value.code == INVALID_PARAMS and "execute_code arguments" in bad.value.message
+        # The server is still fine.
+        assert (await start_task(client, "1")).task.status == "working"
+
+
 # --- a fleet: the run store in Redis --------------------------------------------------------------
 
 
