@@ -301,6 +301,31 @@ async def test_unknown_and_other_clients_task_ids_are_the_same_clear_error(serve
         assert (await get_task(alice, task.task_id)).status == "completed"
 
 
+async def test_tasks_result_waiters_are_bounded_per_task(server: Server) -> None:
+    async with connect(server.url) as client:
+        task = (await start_task(client, SLOW.replace("SECONDS", "30"))).task
+        results: list[CallToolResult] = []
+        refused: list[MCPError] = []
+        one_refused = anyio.Event()
+
+        async def wait() -> None:
+            try:
+                results.append(await task_result(client, task.task_id))
+            except MCPError as exc:
+                refused.append(exc)
+                one_refused.set()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(17):  # one more than may wait on one task
+                tg.start_soon(wait)
+            with anyio.fail_after(30):
+                await one_refused.wait()
+            await cancel_task(client, task.task_id)  # every waiter gets the cancelled result
+        assert [(e.code, e.data) for e in refused] == [(-32000, {"code": "too_many_waiters"})]
+        assert len(results) == 16 and all(r.is_error for r in results)
+        assert (await task_result(client, task.task_id)).is_error  # ended: answered at once, never refused
+
+
 async def test_a_task_with_bad_arguments_is_a_clear_error_not_a_task(server: Server) -> None:
     async with connect(server.url) as client:
         for arguments in ({}, {"code": 42}, {"code": "1", "trace": "very"}):

@@ -37,6 +37,7 @@ out the approval timeout in memory: there is no MCP request to decide it).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
@@ -121,7 +122,10 @@ class McpTasks:
     `ttl_s` is how long the store keeps a finished run; `cancel_wait_s` bounds
     how long `tasks/cancel` waits for the run to wind down; `result_wait_s`
     (default: the run timeout plus a minute) bounds `tasks/result` and how long
-    a status notification is waited for."""
+    a status notification is waited for. At most `max_waiters_per_task`
+    `tasks/result` calls wait on one task, `max_waiters` on all (each holds a
+    stream and a task, like `serve`'s event streams); beyond, the call is
+    refused at once with `BUSY`."""
 
     def __init__(
         self,
@@ -131,6 +135,8 @@ class McpTasks:
         poll_interval_ms: int = 1_000,
         cancel_wait_s: float = 5.0,
         result_wait_s: float | None = None,
+        max_waiters_per_task: int = 16,
+        max_waiters: int = 1_024,
     ) -> None:
         self.runs = runs
         self.ttl_ms = int(ttl_s * 1000)
@@ -138,6 +144,9 @@ class McpTasks:
         self.cancel_wait_s = cancel_wait_s
         self.result_wait_s = result_wait_s
         self.limits = Limits()
+        self.max_waiters_per_task = max_waiters_per_task
+        self.max_waiters = max_waiters
+        self._waiters: Counter[str] = Counter()  # `tasks/result` calls waiting, per task
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
@@ -228,14 +237,8 @@ class McpTasks:
     async def _result(self, ctx: ServerRequestContext[Any, Any], params: GetTaskPayloadRequestParams) -> dict[str, Any]:
         info = await self._find(ctx, params.task_id)
         wait_s = self.wait_s
-        with anyio.move_on_after(wait_s):
-            while _STATUS.get(info["status"]) not in _TERMINAL:
-                async for name, _, data in self.runs.events(params.task_id, 0, ping_s=min(wait_s, 15.0)):
-                    if name == "result":
-                        info = data
-                        break
-                else:  # the stream ended without a result: the run was forgotten meanwhile
-                    info = await self._find(ctx, params.task_id)
+        if _STATUS.get(info["status"]) not in _TERMINAL:
+            info = await self._wait(ctx, params.task_id, wait_s)
         if _STATUS.get(info["status"]) not in _TERMINAL:
             raise MCPError(
                 code=REQUEST_TIMEOUT,
@@ -244,6 +247,34 @@ class McpTasks:
         result = _call_result(info).model_dump(by_alias=True, mode="json", exclude_none=True)
         result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": params.task_id}}
         return result
+
+    async def _wait(self, ctx: ServerRequestContext[Any, Any], task_id: str, wait_s: float) -> dict[str, Any]:
+        """The run's info once it ends, or as it stands after `wait_s`.
+
+        Raises `MCPError` `BUSY` when too many calls wait already."""
+        if self._waiters[task_id] >= self.max_waiters_per_task or self._waiters.total() >= self.max_waiters:
+            raise MCPError(
+                code=BUSY,
+                message=f"too many tasks/result calls are waiting (at most {self.max_waiters_per_task} per task, "
+                f"{self.max_waiters} in all); poll tasks/get instead",
+                data={"code": "too_many_waiters"},
+            )
+        self._waiters[task_id] += 1
+        try:
+            info: dict[str, Any] | None = None
+            with anyio.move_on_after(wait_s):
+                while info is None or _STATUS.get(info["status"]) not in _TERMINAL:
+                    async for name, _, data in self.runs.events(task_id, 0, ping_s=min(wait_s, 15.0)):
+                        if name == "result":
+                            info = data
+                            break
+                    else:  # the stream ended without a result: the run was forgotten meanwhile
+                        info = await self._find(ctx, task_id)
+            return info if info is not None else await self._find(ctx, task_id)
+        finally:
+            self._waiters[task_id] -= 1
+            if self._waiters[task_id] <= 0:
+                del self._waiters[task_id]
 
     async def _notify_when_done(self, session: ServerSession, run_id: str) -> None:
         """Send `notifications/tasks/status` once the run ends (within `wait_s`), if the client is still there."""
