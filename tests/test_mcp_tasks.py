@@ -333,6 +333,11 @@ async def test_a_task_with_bad_arguments_is_a_clear_error_not_a_task(server: Ser
             with pytest.raises(MCPError) as bad:
                 await client.session._dispatcher.send_raw_request("tools/call", params, {"timeout": 10})
             assert bad.value.code == INVALID_PARAMS and "execute_code arguments" in bad.value.message
+        for task in ("soon", {"ttl": "long"}):
+            params = {"name": "execute_code", "arguments": {"code": "1"}, "task": task}
+            with pytest.raises(MCPError) as bad:
+                await client.session._dispatcher.send_raw_request("tools/call", params, {"timeout": 10})
+            assert bad.value.code == INVALID_PARAMS and "task" in bad.value.message
         # The server is still fine.
         assert (await start_task(client, "1")).task.status == "working"
 

@@ -50,6 +50,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
+    CallToolRequestParams,
     CallToolResult,
     CancelTaskRequestParams,
     CancelTaskResult,
@@ -179,10 +180,9 @@ class McpTasks:
     # -- the middleware: initialize, tools/list, task-augmented tools/call -------------------------------------------
 
     async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        if ctx.method == "tools/call" and ctx.protocol_version in TASKS_VERSIONS:
-            params = ctx.params or {}
-            if params.get("task") is not None and params.get("name") == TASK_TOOL:
-                return await self._create(ctx, params)
+        params = ctx.params
+        if self._is_task_call(ctx) and isinstance(params, Mapping):
+            return await self._create(ctx, params)
         result = await call_next(ctx)
         if not isinstance(result, dict):
             return result
@@ -199,12 +199,28 @@ class McpTasks:
                     tool["execution"] = {"taskSupport": "optional"}
         return result
 
+    @staticmethod
+    def _is_task_call(ctx: ServerRequestContext[Any, Any]) -> bool:
+        """A task-augmented call of execute_code on a session offered tasks."""
+        params = ctx.params
+        return (
+            ctx.method == "tools/call"
+            and ctx.protocol_version in TASKS_VERSIONS
+            and isinstance(params, Mapping)
+            and params.get("task") is not None
+            and params.get("name") == TASK_TOOL
+        )
+
     async def _create(self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        # Unchecked so far: the middleware runs before the SDK validates params.
+        try:
+            CallToolRequestParams.model_validate(params, by_name=False)
+        except ValidationError as exc:
+            raise MCPError(code=INVALID_PARAMS, message=f"tools/call params: {_problems(exc)}") from None
         try:
             args = _ExecuteArgs.model_validate(params.get("arguments") or {})
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise MCPError(code=INVALID_PARAMS, message=f"execute_code arguments: {problems}") from None
+            raise MCPError(code=INVALID_PARAMS, message=f"execute_code arguments: {_problems(exc)}") from None
         try:
             info = await self.runs.submit(args.code, self.limits, trace=args.trace, owner=_client(ctx))
         except Busy as exc:
@@ -328,6 +344,11 @@ class McpTasks:
             ttl=self.ttl_ms,
             poll_interval=self.poll_interval_ms,
         )
+
+
+def _problems(exc: ValidationError) -> str:
+    """Where and what, without the input (which may be large)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors())
 
 
 def _failure_line(info: Mapping[str, Any]) -> str:
