@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import anyio
 import httpx2
 import pytest
 from anyio.abc import Process
 from mcp import Client
-from mcp.client.extension import ClientExtension, NotificationBinding
+from mcp.client.extension import ClaimContext, ClientExtension, NotificationBinding, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -44,7 +45,8 @@ from mcp.types import (
     TaskStatusNotificationParams,
     TextContent,
 )
-from mcp_types.jsonrpc import INVALID_PARAMS
+from mcp_types import Result
+from mcp_types.jsonrpc import INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY
 
 from codemode._sandbox.wasm import WasmBackend
 from tests.fixtures.helpers import stdio_entry
@@ -155,6 +157,82 @@ async def connect(url: str, token: str = ALICE, watch: StatusWatch | None = None
         with anyio.fail_after(30):
             transport = streamable_http_client(url, http_client=http)
             async with Client(transport, mode="legacy", extensions=[watch] if watch else []) as client:
+                yield client
+
+
+# --- 2026-07-28: the io.modelcontextprotocol/tasks extension (SEP-2663), through the SDK's claims -------
+
+
+class TaskHandle(Result):
+    """`CreateTaskResult` of the extension: the answer to tools/call when the server makes a task."""
+
+    result_type: Literal["task"] = "task"
+    task_id: str
+    status: str
+    created_at: str
+    last_updated_at: str
+    ttl_ms: int | None
+    poll_interval_ms: int | None = None
+
+
+class DetailedTask(Result):
+    """The extension's `tasks/get` answer."""
+
+    task_id: str
+    status: str
+    status_message: str | None = None
+    created_at: str
+    last_updated_at: str
+    ttl_ms: int | None
+    poll_interval_ms: int | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class TasksExtension(ClientExtension):
+    """The client half, as an SDK client extension: declares the extension on every
+    request and resolves a task handle by polling `tasks/get`."""
+
+    identifier = "io.modelcontextprotocol/tasks"
+
+    def __init__(self) -> None:
+        self.handles: list[TaskHandle] = []
+
+    def claims(self) -> list[ResultClaim[TaskHandle]]:
+        return [ResultClaim(result_type="task", model=TaskHandle, resolve=self._resolve)]
+
+    async def _resolve(self, handle: TaskHandle, ctx: ClaimContext) -> CallToolResult:
+        self.handles.append(handle)
+        task = await poll_detailed(ctx.session, handle.task_id)
+        assert task.status == "completed" and task.result is not None, task
+        return CallToolResult.model_validate(task.result, by_name=False)
+
+
+async def get_detailed(session: Any, task_id: str) -> DetailedTask:
+    request = GetTaskRequest(params=GetTaskRequestParams(task_id=task_id))
+    detailed: DetailedTask = await session.send_request(request, DetailedTask)
+    return detailed
+
+
+async def poll_detailed(session: Any, task_id: str) -> DetailedTask:
+    with anyio.fail_after(60):
+        while True:
+            task = await get_detailed(session, task_id)
+            if task.status in TERMINAL:
+                return task
+            await anyio.sleep(0.1)  # polling is the protocol here: there is no event to wait on
+
+
+@asynccontextmanager
+async def connect_modern(url: str, token: str = ALICE, tasks: bool = True) -> AsyncIterator[Client]:
+    """The SDK client on a 2026-07-28 session, declaring the tasks extension (or not)."""
+    async with httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=120)
+    ) as http:
+        with anyio.fail_after(30):
+            transport = streamable_http_client(url, http_client=http)
+            async with Client(transport, extensions=[TasksExtension()] if tasks else []) as client:
+                assert client.session.protocol_version == "2026-07-28"
                 yield client
 
 
@@ -342,6 +420,69 @@ async def test_a_task_with_bad_arguments_is_a_clear_error_not_a_task(server: Ser
         assert (await start_task(client, "1")).task.status == "working"
 
 
+async def test_a_2026_client_declaring_the_extension_gets_a_task_the_sdk_resolves(server: Server) -> None:
+    extension = TasksExtension()
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as http:
+        async with Client(streamable_http_client(server.url, http_client=http), extensions=[extension]) as client:
+            capabilities = client.session.server_capabilities
+            assert capabilities is not None and capabilities.extensions is not None
+            assert capabilities.extensions.get("io.modelcontextprotocol/tasks") == {}
+            result = await client.call_tool("execute_code", {"code": SLOW.replace("SECONDS", "1")})
+            assert result.structured_content is not None
+            assert result.structured_content["value"] == {"said": "slept 1.0", "n": 42}
+            (handle,) = extension.handles  # it came back as a task, resolved by polling tasks/get
+            assert handle.status == "working" and handle.ttl_ms == 600_000 and handle.task_id.startswith("run_")
+            # Other tools answer as before.
+            found = await client.call_tool("search_tools", {"query": "weather"})
+            assert not found.is_error and len(extension.handles) == 1
+
+
+async def test_2026_tasks_are_polled_cancelled_and_owned(server: Server) -> None:
+    async with connect_modern(server.url) as client:
+        handle = await client.session.call_tool("execute_code", {"code": "1 / 0"}, allow_claimed=True)
+        assert isinstance(handle, TaskHandle)
+        done = await poll_detailed(client.session, handle.task_id)
+        # The extension keeps `failed` for protocol errors: a failing program is a completed task.
+        assert done.status == "completed" and done.result is not None and done.result["isError"] is True
+        assert done.result["structuredContent"]["error"]["exc_type"] == "ZeroDivisionError"
+
+        slow = await client.session.call_tool(
+            "execute_code", {"code": SLOW.replace("SECONDS", "30")}, allow_claimed=True
+        )
+        assert isinstance(slow, TaskHandle)
+        request = CancelTaskRequest(params=CancelTaskRequestParams(task_id=slow.task_id))
+        with anyio.fail_after(20):
+            await client.session.send_request(request, Result)  # an empty acknowledgement
+        assert (await poll_detailed(client.session, slow.task_id)).status == "cancelled"
+
+        with pytest.raises(MCPError) as unknown:
+            await get_detailed(client.session, "run_doesnotexist000")
+        assert unknown.value.code == INVALID_PARAMS
+        async with connect_modern(server.url, token=BOB) as bob:
+            with pytest.raises(MCPError) as foreign:
+                await get_detailed(bob.session, handle.task_id)
+            assert foreign.value.code == INVALID_PARAMS and "of yours" in foreign.value.message
+        async with connect_modern(server.url, tasks=False) as undeclared:
+            with pytest.raises(MCPError) as missing:
+                await get_detailed(undeclared.session, handle.task_id)
+            assert missing.value.code == MISSING_REQUIRED_CLIENT_CAPABILITY
+            plain = await undeclared.call_tool("execute_code", {"code": "6 * 7"})  # no task for it
+            assert plain.structured_content is not None and plain.structured_content["value"] == 42
+
+
+async def test_2026_calls_are_not_made_tasks_when_the_policy_may_ask(files: tuple[Path, Path], tmp_path: Path) -> None:
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"demo": stdio_entry(approve=["slow"])}}))
+    extension = TasksExtension()
+    async with serve((config, files[1])) as running:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as http:
+            transport = streamable_http_client(running.url, http_client=http)
+            async with Client(transport, extensions=[extension]) as client:
+                result = await client.call_tool("execute_code", {"code": "6 * 7"})
+    assert result.structured_content is not None and result.structured_content["value"] == 42
+    assert extension.handles == []  # answered as a plain call: approval rounds need the call itself
+
+
 # --- a fleet: the run store in Redis --------------------------------------------------------------
 
 
@@ -361,6 +502,10 @@ async def test_a_task_outlives_its_replica_and_any_replica_returns_its_result(
             result = await task_result(on_b, task.task_id)
             assert result.structured_content is not None
             assert result.structured_content["value"] == {"said": "slept 1.5", "n": 42}
+        async with connect_modern(b.url) as modern:  # the same run, through the extension
+            detailed = await get_detailed(modern.session, task.task_id)
+            assert detailed.status == "completed" and detailed.result is not None
+            assert detailed.result["structuredContent"]["value"]["n"] == 42
         async with connect(b.url, token=BOB) as bob:
             with pytest.raises(MCPError) as foreign:
                 await get_task(bob, task.task_id)

@@ -200,7 +200,7 @@ def build_server(
         return format_run(result, trace=trace)
 
     if tasks is not None:
-        tasks.install(server, limits)
+        tasks.install(server, limits, approvals=cm.policy_enabled)
     return server
 
 

@@ -1,37 +1,44 @@
 """MCP tasks for `execute_code`: call now, fetch the result later, from any replica.
 
-The tasks utility of MCP 2025-11-25 (SEP-1686; after 2026-07-28 it lives on as
-the `io.modelcontextprotocol/tasks` extension). mcp 2.3 ships its wire types
-but serves none of it, so this module does, on sessions that negotiated
-2025-11-25:
+Two wire forms of the same thing, one per protocol era. mcp 2.3 ships the
+2025-11-25 wire types and client hooks for extensions, but serves neither, so
+this module does:
+
+2025-11-25 sessions, the tasks utility (SEP-1686); the client asks:
 
     tools/call execute_code with `task: {ttl}`  ->  CreateTaskResult {task: {taskId, status: "working", ...}}
     tasks/get     {taskId}  ->  the task's status now
     tasks/result  {taskId}  ->  the CallToolResult a plain call would have returned (waits, bounded, until it ends)
     tasks/cancel  {taskId}  ->  the task, cancelled
+    notifications/tasks/status when it ends, if the client is still connected (best effort)
+
+2026-07-28 sessions, the `io.modelcontextprotocol/tasks` extension (SEP-2663);
+the server decides, and makes every execute_code call a task when the request
+declares the extension (unless the tool-call policy may ask for approval: its
+rounds need the call itself):
+
+    tools/call execute_code  ->  {resultType: "task", taskId, status: "working", ttlMs, pollIntervalMs, ...}
+    tasks/get     {taskId}  ->  the task, with `result` (the CallToolResult) once completed
+    tasks/cancel, tasks/update  ->  an acknowledgement (no task here ever asks for input)
 
 A task is a background run in the same `store.Runs` that `codemode serve` keeps
 its `POST /v1/runs` in: this process's memory, or a Redis shared by every
 replica (`--store redis://…`), so a client can start a program, go away, and
-fetch its result from any replica. The task id is the run id (12 random
-bytes from `secrets`); retention is the store's (`ttl` in the task is its
-`run_ttl_s`, whatever the client asked for); a run belongs to the client whose
-token started it, and any other client is told it does not exist, exactly as
-for an id that never existed (`-32602`).
+fetch its result from any replica, in either form. The task id is the run id
+(12 random bytes from `secrets`); retention is the store's (the task's ttl is
+its `run_ttl_s`, whatever the client asked for); a run belongs to the client
+whose token started it, and any other client is told it does not exist,
+exactly as for an id that never existed (`-32602`).
 
-How it plugs into the SDK: a server middleware answers a task-augmented
+How it plugs into the SDK: a server middleware answers the task-making
 `tools/call` before the SDK's result check (which knows only `CallToolResult`
-for `tools/call`) and adds the `tasks` capability to `initialize` and
-`execution.taskSupport: "optional"` to execute_code in `tools/list`; the three
-methods are request handlers of their own. Sessions on other protocol versions
-see none of it: a `task` field there is ignored and the call runs as a plain one.
+on 2025-11-25), and adds the `tasks` capability to `initialize`,
+`execution.taskSupport: "optional"` to execute_code in `tools/list`, and the
+extension to `server/discover`; `tasks/*` are request handlers of their own.
+Earlier protocol versions see none of it.
 
-When a task ends, the client that started it is sent `notifications/tasks/status`
-(on its session's standalone stream, if it is still connected: best effort).
-
-Not offered: `tasks/list`, and approval inside a
-task (a call the policy asks about is refused by the Redis store and waits
-out the approval timeout in memory: there is no MCP request to decide it).
+Not offered: `tasks/list`, the extension's `notifications/tasks` (over
+`subscriptions/listen`), and approval inside a task (no MCP request answers it).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import anyio
 import anyio.abc
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.server import require_client_extension
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -58,6 +66,7 @@ from mcp.types import (
     GetTaskPayloadRequestParams,
     GetTaskRequestParams,
     GetTaskResult,
+    RequestParams,
     ServerTasksCapability,
     ServerTasksRequestsCapability,
     Task,
@@ -69,7 +78,8 @@ from mcp.types import (
     TasksToolsCapability,
     TextContent,
 )
-from mcp_types.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
+from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 
 from .._limits import Limits
@@ -78,12 +88,14 @@ from .guards import ANONYMOUS
 from .runs import Busy
 from .store import Runs
 
-__all__ = ["TASKS_VERSIONS", "TASK_TOOL", "McpTasks"]
+__all__ = ["EXTENSION", "TASKS_VERSIONS", "TASK_TOOL", "McpTasks"]
 
 logger = logging.getLogger("codemode.mcp")
 
 TASKS_VERSIONS = frozenset({"2025-11-25"})
-"""Protocol versions whose sessions are offered tasks."""
+"""Protocol versions whose sessions are offered the tasks utility (SEP-1686)."""
+EXTENSION = "io.modelcontextprotocol/tasks"
+"""The tasks extension (SEP-2663), offered on 2026-07-28 sessions to clients that declare it."""
 TASK_TOOL = "execute_code"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 BUSY = -32000
@@ -98,6 +110,11 @@ _STATUS: dict[str, TaskStatus] = {
     "cancelled": "cancelled",
 }
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class _UpdateTaskParams(RequestParams):
+    task_id: str
+    input_responses: dict[str, Any] | None = None
 
 
 class _ExecuteArgs(BaseModel):
@@ -145,6 +162,7 @@ class McpTasks:
         self.cancel_wait_s = cancel_wait_s
         self.result_wait_s = result_wait_s
         self.limits = Limits()
+        self.approvals = False
         self.max_waiters_per_task = max_waiters_per_task
         self.max_waiters = max_waiters
         self._waiters: Counter[str] = Counter()  # `tasks/result` calls waiting, per task
@@ -168,24 +186,31 @@ class McpTasks:
     def wait_s(self) -> float:
         return self.result_wait_s if self.result_wait_s is not None else self.limits.timeout + 60
 
-    def install(self, server: MCPServer, limits: Limits) -> None:
-        """Offer tasks on `server`, whose execute_code runs with `limits`."""
+    def install(self, server: MCPServer, limits: Limits, *, approvals: bool = False) -> None:
+        """Offer tasks on `server`, whose execute_code runs with `limits`. With
+        `approvals` (a tool-call policy that may ask), 2026-07-28 calls are not
+        made tasks: their approval rounds need the call itself."""
         self.limits = limits
+        self.approvals = approvals
         server.middleware.append(self._middleware)
         lowlevel = server._lowlevel_server  # the SDK's one way to add request handlers
         lowlevel.add_request_handler("tasks/get", GetTaskRequestParams, self._get)
         lowlevel.add_request_handler("tasks/result", GetTaskPayloadRequestParams, self._result)
         lowlevel.add_request_handler("tasks/cancel", CancelTaskRequestParams, self._cancel)
+        lowlevel.add_request_handler("tasks/update", _UpdateTaskParams, self._update)
 
     # -- the middleware: initialize, tools/list, task-augmented tools/call -------------------------------------------
 
     async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         params = ctx.params
-        if self._is_task_call(ctx) and isinstance(params, Mapping):
+        if (self._is_task_call(ctx) or self._is_extension_call(ctx)) and isinstance(params, Mapping):
             return await self._create(ctx, params)
         result = await call_next(ctx)
         if not isinstance(result, dict):
             return result
+        if ctx.method == "server/discover" and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            capabilities = result.setdefault("capabilities", {})
+            capabilities.setdefault("extensions", {})[EXTENSION] = {}
         if ctx.method == "initialize" and result.get("protocolVersion") in TASKS_VERSIONS:
             capability = ServerTasksCapability(
                 cancel=TasksCancelCapability(),
@@ -211,6 +236,20 @@ class McpTasks:
             and params.get("name") == TASK_TOOL
         )
 
+    def _is_extension_call(self, ctx: ServerRequestContext[Any, Any]) -> bool:
+        """A call of execute_code on a 2026-07-28 session whose client declared the
+        tasks extension on this request: the server decides, and makes it a task."""
+        params = ctx.params
+        return (
+            ctx.method == "tools/call"
+            and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+            and not self.approvals
+            and _declares_extension(ctx)
+            and isinstance(params, Mapping)
+            and params.get("name") == TASK_TOOL
+            and not params.get("requestState")  # a retry of an approval round is not a new call
+        )
+
     async def _create(self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any]) -> dict[str, Any]:
         # Unchecked so far: the middleware runs before the SDK validates params.
         try:
@@ -230,18 +269,37 @@ class McpTasks:
                 data={"code": "busy", "retry_after_s": exc.retry_after_s},
             ) from None
         logger.info("task %s started", info["id"])
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return {**self._detailed(info), "resultType": "task"}
         if self._tg is not None:
             self._tg.start_soon(self._notify_when_done, ctx.session, info["id"])
         return CreateTaskResult(task=self._task(info)).model_dump(by_alias=True, mode="json", exclude_none=True)
 
     # -- tasks/* ------------------------------------------------------------------------------------------------------
 
-    async def _get(self, ctx: ServerRequestContext[Any, Any], params: GetTaskRequestParams) -> GetTaskResult:
+    async def _get(
+        self, ctx: ServerRequestContext[Any, Any], params: GetTaskRequestParams
+    ) -> GetTaskResult | dict[str, Any]:
         info = await self._find(ctx, params.task_id)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return self._detailed(info)
         return GetTaskResult(**self._task(info).model_dump())
 
-    async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: CancelTaskRequestParams) -> CancelTaskResult:
+    async def _update(self, ctx: ServerRequestContext[Any, Any], params: _UpdateTaskParams) -> dict[str, Any]:
+        """Acknowledged: a task here never asks for input, so every response is for no outstanding request."""
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=ctx.method)
+        await self._find(ctx, params.task_id)
+        return {}
+
+    async def _cancel(
+        self, ctx: ServerRequestContext[Any, Any], params: CancelTaskRequestParams
+    ) -> CancelTaskResult | dict[str, Any]:
         info = await self._find(ctx, params.task_id)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:  # an acknowledgement, even for an ended task
+            if _STATUS.get(info["status"]) not in _TERMINAL:
+                await self.runs.cancel(params.task_id, self.cancel_wait_s)
+            return {}
         if _STATUS.get(info["status"]) in _TERMINAL:
             raise MCPError(
                 code=INVALID_PARAMS,
@@ -251,6 +309,8 @@ class McpTasks:
         return CancelTaskResult(**self._task(info).model_dump())
 
     async def _result(self, ctx: ServerRequestContext[Any, Any], params: GetTaskPayloadRequestParams) -> dict[str, Any]:
+        if ctx.protocol_version not in TASKS_VERSIONS:  # the extension has the result in tasks/get
+            raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=ctx.method)
         info = await self._find(ctx, params.task_id)
         wait_s = self.wait_s
         if _STATUS.get(info["status"]) not in _TERMINAL:
@@ -311,8 +371,11 @@ class McpTasks:
         """The caller's run `task_id`, or the JSON-RPC error for a task that is not there.
 
         Raises `MCPError` -32602 for an unknown, forgotten or another client's task,
+        -32021 on 2026-07-28 for a client that did not declare the extension,
         -32601 on sessions that were not offered tasks."""
-        if ctx.protocol_version not in TASKS_VERSIONS:
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            require_client_extension(ctx, EXTENSION)
+        elif ctx.protocol_version not in TASKS_VERSIONS:
             raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=ctx.method)
         client = _client(ctx)
         info = await self.runs.info(task_id, client)
@@ -344,6 +407,33 @@ class McpTasks:
             ttl=self.ttl_ms,
             poll_interval=self.poll_interval_ms,
         )
+
+    def _detailed(self, info: Mapping[str, Any]) -> dict[str, Any]:
+        """The extension's `DetailedTask`: a program that failed is a completed task
+        whose result has `isError`; `failed` is kept for a run the service could not
+        carry out (a JSON-RPC internal error)."""
+        task = self._task(info)
+        out: dict[str, Any] = {
+            "taskId": task.task_id,
+            "status": task.status,
+            "createdAt": task.created_at,
+            "lastUpdatedAt": task.last_updated_at,
+            "ttlMs": task.ttl,
+            "pollIntervalMs": task.poll_interval,
+        }
+        if task.status_message is not None:
+            out["statusMessage"] = task.status_message
+        if isinstance(info.get("result"), dict):
+            out["status"] = "completed"
+            out["result"] = _call_result(info).model_dump(by_alias=True, mode="json", exclude_none=True)
+        elif task.status == "failed":
+            out["error"] = {"code": INTERNAL_ERROR, "message": task.status_message or "the run failed"}
+        return out
+
+
+def _declares_extension(ctx: ServerRequestContext[Any, Any]) -> bool:
+    capabilities = ctx.session.client_capabilities
+    return bool(capabilities and capabilities.extensions and EXTENSION in capabilities.extensions)
 
 
 def _problems(exc: ValidationError) -> str:
