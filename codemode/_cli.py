@@ -355,6 +355,39 @@ def _parser() -> argparse.ArgumentParser:
             "with --http: a session without a request for this long is closed (default 600)", "session_idle", True
         ),
     )
+    mcp.add_argument(
+        "--tokens-file",
+        metavar="PATH",
+        help=_env(
+            "with --http: accept each token in PATH (one a line: TOKEN [NAME]); a task is seen only by the token "
+            "that started it",
+            "tokens_file",
+            True,
+        ),
+    )
+    mcp.add_argument(
+        "--store",
+        metavar="URL",
+        help=_env(
+            "with --http: where execute_code tasks live: 'memory' (this process, the default) or "
+            "redis://HOST:PORT/DB, shared by every replica (needs pip install 'codemode[redis]')",
+            "store",
+            True,
+        ),
+    )
+    mcp.add_argument(
+        "--replica-id", help=_env("this replica's name with --store redis (default hostname-pid)", "replica_id", True)
+    )
+    mcp.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help=_env(
+            "with --store redis: a replica silent this long is taken for dead; its running tasks fail (default 5)",
+            "lease",
+            True,
+        ),
+    )
     _add_backend_flag(mcp)
     _add_run_limits(mcp, env=True)
 

@@ -21,9 +21,11 @@ and earlier) the server asks mid-call; on 2026-07-28 sessions the call answers
 an `InputRequiredResult` and the paused run waits for the client's retry
 (`mcp_rounds.py`). A client that does not support elicitation cannot be asked,
 so such calls are refused with a reason that says so (the program gets
-`ToolError` `approval_denied`). The 2025-11-25 tasks extension is not
-offered: mcp 2.3 ships its wire types but no server support (its method
-tables leave `tasks/*` out on purpose), and hand-rolling it is out of scope.
+`ToolError` `approval_denied`).
+
+Over HTTP, execute_code is also offered as an MCP task (2025-11-25 sessions):
+the program runs in the run store `codemode serve` uses, so its result can be
+fetched later, from any replica sharing a Redis store (`mcp_tasks.py`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIP
 from .._render import render_for_model
 from .._result import RunResult
 from .mcp_rounds import NO_ELICITATION, Rounds, approval_message
+from .mcp_tasks import McpTasks
 from .settings import McpSettings
 
 __all__ = ["build_server", "cli_main", "format_run", "serve_stdio", "server_instructions"]
@@ -107,13 +110,18 @@ def server_instructions(cm: CodeMode) -> str:
 
 
 def build_server(
-    cm: CodeMode, *, max_concurrent_runs: int = MAX_CONCURRENT_RUNS, limits: Limits | None = None
+    cm: CodeMode,
+    *,
+    max_concurrent_runs: int = MAX_CONCURRENT_RUNS,
+    limits: Limits | None = None,
+    tasks: McpTasks | None = None,
 ) -> MCPServer:
     """An `MCPServer` whose three tools work on `cm`, which must be open.
 
     When every tool's stubs fit `cm.stubs_budget`, execute_code's description
     carries them (as the catalog stood when the server was built), so a model
-    can go straight to execute_code.
+    can go straight to execute_code. With `tasks`, execute_code may also be
+    called as an MCP task, run in `tasks`' run store.
 
     Raises `CodemodeError` (e.g. `ToolDefinitionChanged`) if the tool catalog
     cannot be read."""
@@ -191,6 +199,8 @@ def build_server(
                 return _error_result(exc)
         return format_run(result, trace=trace)
 
+    if tasks is not None:
+        tasks.install(server, limits, approvals=cm.policy_enabled)
     return server
 
 
@@ -313,7 +323,7 @@ async def _watch_signals(shutdown: _Shutdown, *, task_status: TaskStatus[None] =
             shutdown()
 
 
-async def _serve(options: McpSettings) -> None:
+async def _serve(options: McpSettings, tokens: dict[str, str]) -> None:
     async with anyio.create_task_group() as tg:
         shutdown = _Shutdown(tg.cancel_scope)
         await tg.start(_watch_signals, shutdown)  # before startup: a signal then aborts it cleanly too
@@ -330,27 +340,57 @@ async def _serve(options: McpSettings) -> None:
             else CodeMode(backend=options.backend, limits=limits, stubs_budget=options.stubs_budget)
         )
         async with cm:  # a server that failed to start is logged by the hub
-            server = build_server(cm)
-            logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))
             if options.http:
-                from .mcp_transport import serve_http
-
-                def on_listening(stop: Callable[[], None]) -> None:
-                    shutdown.graceful = stop
-
-                await serve_http(
-                    server,
-                    host=options.host,
-                    port=options.port,
-                    token=options.token,
-                    allow_origins=list(options.allow_origin),
-                    on_listening=on_listening,
-                    max_sessions=options.max_sessions,
-                    session_idle_s=options.session_idle,
-                )
+                await _serve_http(cm, options, tokens, shutdown)
             else:
+                server = build_server(cm)
+                logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))
                 await serve_stdio(server)
         tg.cancel_scope.cancel()
+
+
+async def _serve_http(cm: CodeMode, options: McpSettings, tokens: dict[str, str], shutdown: _Shutdown) -> None:
+    """Serve Streamable HTTP, with execute_code tasks in the run store `options.store` names.
+
+    Raises `StoreUnavailable` if that store cannot be reached, `ImportError` if
+    Redis is asked for without its client."""
+    from .app import HttpSettings, _open_store
+    from .mcp_transport import serve_http
+    from .metrics import Metrics
+    from .runs import Admission, Executor
+
+    settings = HttpSettings(
+        host=options.host,
+        store=options.store,
+        replica_id=options.replica_id,
+        lease_s=options.lease,
+        max_concurrency=MAX_CONCURRENT_RUNS,
+    )
+    admission = Admission(
+        max_running=settings.max_concurrency, max_waiting=settings.queue, retry_after_s=settings.retry_after_s
+    )
+    metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
+    runs = _open_store(settings, Executor(cm, metrics), admission)
+    tasks = McpTasks(runs, ttl_s=settings.run_ttl_s, cancel_wait_s=settings.cancel_wait_s)
+    async with runs, tasks:
+        await runs.ping()  # an unreachable store is a clear exit 3, before the port opens
+        server = build_server(cm, tasks=tasks)
+        logger.info("serving %d tools of %d namespaces", len(cm.tools()), len(cm.list_servers()))
+
+        def on_listening(stop: Callable[[], None]) -> None:
+            shutdown.graceful = stop
+
+        await serve_http(
+            server,
+            host=options.host,
+            port=options.port,
+            token=options.token,
+            tokens=tokens,
+            allow_origins=list(options.allow_origin),
+            on_listening=on_listening,
+            max_sessions=options.max_sessions,
+            session_idle_s=options.session_idle,
+        )
 
 
 async def serve_stdio(server: MCPServer) -> None:
@@ -412,29 +452,46 @@ def cli_main(options: McpSettings) -> int:
 
     Returns 0 after a clean shutdown, 2 when asked to bind a non-loopback
     address without a token, 3 for a bad configuration or no sandbox."""
-    from .guards import is_loopback
+    from .guards import is_loopback, read_tokens_file
 
-    if options.http and not is_loopback(options.host) and not options.token:
+    tokens: dict[str, str] = {}
+    if options.tokens_file is not None:
+        try:
+            tokens = read_tokens_file(str(options.tokens_file))
+        except ValueError as exc:
+            print(f"codemode: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if options.store not in (None, "", "memory") and not options.store.startswith(("redis://", "rediss://", "unix://")):
+        print("codemode: --store must be 'memory' or a redis://, rediss:// or unix:// URL", file=sys.stderr)
+        return EXIT_USAGE
+    if options.http and not is_loopback(options.host) and not (options.token or tokens):
         print(
             f"codemode: refusing to serve on {options.host} without a token: anyone who can reach it could run "
             "code with your tools. Pass --token or set CODEMODE_TOKEN.",
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if not options.http and (options.token or options.allow_origin or options.host != "127.0.0.1"):
-        print("codemode: --host, --port, --token and --allow-origin apply to --http only", file=sys.stderr)
+    if not options.http and (
+        options.token or options.allow_origin or options.host != "127.0.0.1" or tokens or options.store
+    ):
+        print(
+            "codemode: --host, --port, --token, --tokens-file, --allow-origin and --store apply to --http only",
+            file=sys.stderr,
+        )
     if not options.config:
         print("codemode: no --config given: serving without any tools", file=sys.stderr)
     _configure_logging()
     failed: list[str] = []
     # except*: the serving task group wraps what fails inside it in an ExceptionGroup.
     try:
-        anyio.run(_serve, options)
+        anyio.run(_serve, options, tokens)
     except* (ConfigError, SandboxUnavailable) as group:
         failed += [str(exc) for exc in group.exceptions]
     except* CodemodeError as group:  # e.g. tool definitions changed since they were pinned
         failed += [f"[{exc.code}] {exc}" for exc in group.exceptions if isinstance(exc, CodemodeError)]
     except* OSError as group:  # the address is taken or not ours
+        failed += [str(exc) for exc in group.exceptions]
+    except* ImportError as group:  # an optional extra, e.g. the Redis client for --store redis://
         failed += [str(exc) for exc in group.exceptions]
     for message in failed:
         print(f"codemode: {message}", file=sys.stderr)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import uvicorn
@@ -45,10 +45,12 @@ def http_app(
     host: str,
     token: str | None,
     allow_origins: Sequence[str],
+    tokens: Mapping[str, str] | None = None,
     max_sessions: int = MAX_SESSIONS,
     session_idle_s: float = SESSION_IDLE_S,
 ) -> ASGIApp:
     """The server's Streamable HTTP app at `/mcp`, behind the shared `Guard`.
+    `tokens` maps more bearer tokens to their clients' names; `token` is client "default".
 
     Sessions are bounded: each holds about 38 kB until it ends (3,000 opened
     and left added 114 MB, kept for the SDK's 30 minutes, up to its 10,000), so
@@ -62,7 +64,10 @@ def http_app(
         max_sessions=max_sessions,
         session_idle_timeout=session_idle_s,
     )
-    settings = GuardSettings(host=host, tokens={token: "default"} if token else {}, allow_origins=tuple(allow_origins))
+    accepted = dict(tokens or {})
+    if token:
+        accepted[token] = "default"
+    settings = GuardSettings(host=host, tokens=accepted, allow_origins=tuple(allow_origins))
     return cast(ASGIApp, Guard(cast(Any, app), settings=settings))
 
 
@@ -101,6 +106,7 @@ async def serve_http(
     port: int,
     token: str | None,
     allow_origins: Sequence[str],
+    tokens: Mapping[str, str] | None = None,
     on_listening: Callable[[Callable[[], None]], None] | None = None,
     max_sessions: int = MAX_SESSIONS,
     session_idle_s: float = SESSION_IDLE_S,
@@ -115,6 +121,7 @@ async def serve_http(
             host=host,
             token=token,
             allow_origins=allow_origins,
+            tokens=tokens,
             max_sessions=max_sessions,
             session_idle_s=session_idle_s,
         ),

@@ -126,3 +126,9 @@ class McpSettings(_CommandSettings):
     """MCP sessions open at once over HTTP; each holds about 38 kB until it ends or idles out."""
     session_idle: float = Field(default=600.0, gt=0)
     """Seconds an HTTP session may go without a request before it is closed."""
+    tokens_file: Path | None = None
+    """More bearer tokens, one client each (`--http`); a task is seen only by the client that started it."""
+    store: str | None = None
+    """Where `--http` keeps execute_code tasks: "memory" (the default) or a redis:// URL shared by replicas."""
+    replica_id: str | None = None
+    lease: float = Field(default=5.0, gt=0)
