@@ -357,7 +357,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     )
     metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
     executor = Executor(cm, metrics)
-    runs = _open_store(settings, executor, admission)
+    runs = open_store(settings, executor, admission)
     listeners: Counter[str] = Counter()  # open event streams per run, this replica
 
     @asynccontextmanager
@@ -540,7 +540,7 @@ def create_app(cm: CodeMode, settings: HttpSettings | None = None) -> FastAPI:
     return app
 
 
-def _open_store(settings: HttpSettings, executor: Executor, admission: Admission) -> Runs:
+def open_store(settings: HttpSettings, executor: Executor, admission: Admission) -> Runs:
     """The run store `settings.store` names (this process's memory by default).
 
     Raises `ImportError` naming the extra to install if Redis is asked for without its client."""

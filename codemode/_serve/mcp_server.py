@@ -354,7 +354,7 @@ async def _serve_http(cm: CodeMode, options: McpSettings, tokens: dict[str, str]
 
     Raises `StoreUnavailable` if that store cannot be reached, `ImportError` if
     Redis is asked for without its client."""
-    from .app import HttpSettings, _open_store
+    from .app import HttpSettings, open_store
     from .mcp_transport import serve_http
     from .metrics import Metrics
     from .runs import Admission, Executor
@@ -370,7 +370,7 @@ async def _serve_http(cm: CodeMode, options: McpSettings, tokens: dict[str, str]
         max_running=settings.max_concurrency, max_waiting=settings.queue, retry_after_s=settings.retry_after_s
     )
     metrics = Metrics(queue_depth=lambda: admission.waiting, in_flight=lambda: admission.running)
-    runs = _open_store(settings, Executor(cm, metrics), admission)
+    runs = open_store(settings, Executor(cm, metrics), admission)
     tasks = McpTasks(runs, ttl_s=settings.run_ttl_s, cancel_wait_s=settings.cancel_wait_s)
     async with runs, tasks:
         await runs.ping()  # an unreachable store is a clear exit 3, before the port opens
