@@ -20,7 +20,8 @@ STUBS = Path(__file__).resolve().parent.parent / "stubs"
 
 
 async def render_all() -> dict[str, str]:
-    """{server: stub source}, one server at a time so each file stands alone."""
+    """{server: file text}, one server at a time so each file stands alone: the
+    stubs a model reads, under a header that names their template and input."""
     from tests.test_reference_servers import reference_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -32,7 +33,9 @@ async def render_all() -> dict[str, str]:
             async with CodeMode(config=parse_config({"mcpServers": {name: entry}})) as cm:
                 if cm.failures:
                     raise RuntimeError(f"{name}: {cm.failures[name].message}")
-                out[name] = cm.stubs()
+                stubs = cm.sandbox.stubs(cm.tools())
+                assert stubs.source == cm.stubs()  # what a model reads, under the file's header
+                out[name] = stubs.header + stubs.source
         return out
 
 

@@ -34,13 +34,12 @@ READ_RESOURCE = "read_resource"
 """The tool's name, in stubs and for allow/deny patterns."""
 
 _DESCRIPTION = (
-    "Read one of this server's resources by its URI, e.g. the `uri` of a resource link\n"
-    '({"type": "resource_link", "uri": ...}) that one of its tools returned.\n'
-    "Returns the contents, one entry per part: `text` for text; `blob` (base64) and `size` for binary data."
+    "Read one of this server's resources by URI, e.g. the `uri` of a resource link one of its tools returned. "
+    "One entry per part of the contents."
 )
 _INPUT_SCHEMA: Mapping[str, Any] = {
     "type": "object",
-    "properties": {"uri": {"type": "string", "description": "The resource's URI, as the server gave it."}},
+    "properties": {"uri": {"type": "string"}},
     "required": ["uri"],
     "additionalProperties": False,
 }
