@@ -8,11 +8,11 @@
   server, and the result texts are appended as a client forwards them (the
   text of the content blocks, as the server sent it). The whole history is sent again next turn. With
   `naive`, the task's naive script runs with one call per turn.
-- `run_code_mode`: the model sees only codemode's three tools, as codemode's
+- `run_code_mode`: the model sees only codemode's tools, as codemode's
   own MCP server (`build_server`) lists them, reached through the SDK's
   in-memory client. When every stub fits the budget, execute_code's
-  description holds them and the model calls it at once (2 round trips:
-  execute, answer); otherwise it calls search_tools with `with_stubs`,
+  description holds them, it is the only tool, and the model calls it at
+  once (2 round trips: execute, answer); otherwise it calls search_tools with `with_stubs`,
   get_tool_stubs only for a tool the search did not bring, then execute_code.
   Where a stub says `Content` (no output schema), a probe program runs first,
   so the program that parses the tool's text is written after seeing it.

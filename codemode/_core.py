@@ -31,7 +31,7 @@ from ._prompt import (
     EXECUTE_SUMMARY,
     SEARCH_STUB_HITS,
     approx_tokens,
-    with_stubs,
+    inline_contract,
 )
 from ._redact import Redactor, install_log_redaction
 from ._result import RunResult
@@ -323,7 +323,7 @@ class CodeMode:
         stubs = self.inline_stubs()
         if stubs is not None:
             unavailable = f"Unavailable: {', '.join(sorted(self.failures))}\n" if self.failures else ""
-            return with_stubs(CODE_CONTRACT, stubs) + unavailable
+            return inline_contract(stubs) + unavailable
         lines = [CODE_CONTRACT, "Available namespaces (use search_tools / get_tool_stubs for details):"]
         for server in self.list_servers():
             names = ", ".join(server.tools[:12]) + (", …" if len(server.tools) > 12 else "")
@@ -354,8 +354,8 @@ class CodeMode:
         }
         description = EXECUTE_DESCRIPTION if contract else EXECUTE_SUMMARY
         stubs = self.inline_stubs() if contract else None
-        if stubs is not None:
-            description = with_stubs(description, stubs)
+        if stubs is not None:  # the contract for just these tools, and the tools
+            description = inline_contract(stubs)
         if format == "openai":
             return {
                 "type": "function",

@@ -3,6 +3,8 @@ system prompt and tool definitions and by the MCP server's tool descriptions."""
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CODE_CONTRACT",
     "DEFAULT_STUBS_BUDGET",
@@ -12,6 +14,9 @@ __all__ = [
     "SEARCH_DESCRIPTION",
     "SEARCH_STUB_HITS",
     "approx_tokens",
+    "code_contract",
+    "inline_contract",
+    "uses_content",
     "with_stubs",
 ]
 
@@ -22,20 +27,33 @@ round trips: execute, answer) instead of searching and reading stubs first."""
 SEARCH_STUB_HITS = 3
 """How many of the best hits `search_tools(with_stubs=True)` brings the stubs of."""
 
-CODE_CONTRACT = """\
-Write Python 3 to do the task in one step; it runs in a sandbox and only its final value comes back.
-- Each MCP server is a namespace of async functions: `await server.tool(arg=...)`, keyword arguments only.
-  Their typed stubs (signatures, docstrings, TypedDicts) say what each takes and returns.
-- A tool returns its declared type. `-> Content` means it declares none: then the value is the result's
-  text as a str, parsed into a dict or list when the whole text is a JSON object or array; an image, audio
-  or resource comes as a dict, several blocks as a list.
-- Top-level `await` works. The value of the last expression is the result (keep it small: filter,
-  count or summarize in code instead of returning raw data). `print` output is returned separately.
-- Run independent calls concurrently: `await asyncio.gather(*(server.tool(x=i) for i in items))`.
-- A failed call raises `ToolError` (with `.code`); catch it to handle the failure.
-- Available modules: json, re, math, datetime, collections, itertools, functools, statistics, asyncio and
-  the rest of a small standard-library set. No files, network or processes: use the tools.
-"""
+# One line per point: a model reads no wrapping, and in JSON each wrap costs tokens.
+_CONTRACT_HEAD = (
+    "Write one Python 3 program for the task; it runs in a sandbox. Top-level `await` works. The value of its "
+    "last expression comes back (keep it small: filter, count or summarize in code), and so does `print` output.\n"
+    "- Call tools as their typed stubs show: `await server.tool(arg=...)`, keyword arguments only. Run independent "
+    "calls concurrently: `await asyncio.gather(*(server.tool(x=i) for i in items))`.\n"
+)
+_CONTENT_RULE = (
+    "- `-> Content` means no declared type: the value is the result's text as a str (a JSON object or array "
+    "parsed), a dict per image, audio or resource, a list if several.\n"
+)
+_CONTRACT_TAIL = (
+    "- A failed call raises `ToolError` (with `.code`), which the program can catch.\n"
+    "- Modules: json, re, math, datetime, collections, itertools, functools, statistics, asyncio and a few more "
+    "of the standard library; no files, network or processes.\n"
+)
+
+
+def code_contract(*, untyped: bool = True) -> str:
+    """What a model must know to write a program: the contract, with the rule
+    for `-> Content` only when `untyped` (some tool it may call lacks an output
+    schema, or which tools it will read is not known yet)."""
+    return _CONTRACT_HEAD + (_CONTENT_RULE if untyped else "") + _CONTRACT_TAIL
+
+
+CODE_CONTRACT = code_contract()
+"""The whole contract, for a model that may meet any tool."""
 
 SEARCH_DESCRIPTION = (
     "Find tools by what they do. Returns one line per tool: `namespace.tool(signature) -> type  # summary`. "
@@ -52,12 +70,26 @@ EXECUTE_SUMMARY = "Run a Python program that composes tool calls, and return its
 
 EXECUTE_DESCRIPTION = EXECUTE_SUMMARY + "\n\n" + CODE_CONTRACT
 
-_INLINE_INTRO = "The typed stubs of every tool (call execute_code directly; there is nothing to search):"
+_INLINE_INTRO = "Stubs of every tool:"
+
+_UNTYPED = re.compile(r"^Content = Any$", re.M)
+
+
+def uses_content(stubs: str) -> bool:
+    """Whether `stubs` (from `render_stubs`) has a tool that returns `Content`."""
+    return _UNTYPED.search(stubs) is not None
 
 
 def with_stubs(text: str, stubs: str) -> str:
     """`text` followed by every tool's stubs, for a toolset within the budget."""
     return f"{text.rstrip()}\n\n{_INLINE_INTRO}\n```python\n{stubs.rstrip()}\n```\n"
+
+
+def inline_contract(stubs: str) -> str:
+    """The contract for exactly these tools, followed by their stubs: what a
+    model needs when every stub fits the budget (no search, and the `Content`
+    rule only if some tool returns `Content`)."""
+    return with_stubs(code_contract(untyped=uses_content(stubs)), stubs)
 
 
 def approx_tokens(text: str) -> int:

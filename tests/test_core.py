@@ -127,9 +127,8 @@ async def test_an_untyped_tool_returns_content_and_the_contract_says_what_that_i
         module = ast.parse(stubs)
         alias = next(i for i, n in enumerate(module.body) if isinstance(n, ast.Assign))
         assert ast.unparse(module.body[alias]) == "Content = Any"
-        doc = module.body[alias + 1]
-        assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
-        assert "the text as str" in doc.value.value and "\n" not in doc.value.value  # one line
+        # A bare alias: the contract, which a model reads with any stubs, says what it is.
+        assert not isinstance(module.body[alias + 1], ast.Expr)
         assert "def json_text() -> Content:" in stubs and "def two_texts() -> Content:" in stubs
         assert "def weather(*, city: str) -> Content" not in stubs  # it declares an output schema
         # What the alias and the contract promise is what comes back.
@@ -137,7 +136,22 @@ async def test_an_untyped_tool_returns_content_and_the_contract_says_what_that_i
         assert result.ok, result.error
         assert result.value == [{"items": [1, 2, 3]}, ["first", "second"]]
         for text in (cm.system_prompt(), cm.tool_definition("anthropic")["description"]):
-            assert "`-> Content` means it declares none" in text and "JSON object or array" in text
+            assert "`-> Content` means no declared type" in text and "JSON object or array" in text
+
+
+async def test_the_contract_leaves_out_the_content_rule_when_every_inline_tool_is_typed() -> None:
+    async def double(n: int) -> dict[str, int]:
+        return {"n": 2 * n}
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    typed = Tool(name="double", fn=double, input_schema=schema, output_schema=schema)
+    async with CodeMode(tools=[typed]) as cm:
+        for text in (cm.system_prompt(), cm.tool_definition("anthropic")["description"]):
+            assert "async def double(*, n: int) -> " in text and "Content" not in text
+            assert "asyncio.gather" in text and "ToolError" in text  # the rest of the contract stays
+    # Stubs not inline: which tools the model will read is unknown, so the rule stays.
+    async with CodeMode(tools=[typed], stubs_budget=0) as cm:
+        assert "`-> Content` means no declared type" in cm.system_prompt()
 
 
 async def test_a_toolset_within_the_stubs_budget_goes_into_the_prompt_and_the_tool_definition(
@@ -147,7 +161,7 @@ async def test_a_toolset_within_the_stubs_budget_goes_into_the_prompt_and_the_to
         stubs = cm.stubs()
         assert cm.inline_stubs() == stubs
         for text in (cm.system_prompt(), cm.tool_definition("openai")["function"]["description"]):
-            assert stubs.rstrip() in text and "call execute_code directly" in text
+            assert stubs.rstrip() in text and "Stubs of every tool:" in text
             assert "search_tools" not in text
         # With the system prompt, the tool definition need not repeat them.
         assert "async def" not in cm.tool_definition("anthropic", contract=False)["description"]

@@ -26,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 
-from codemode import CodeMode, Tool
+from codemode import CodeMode, Tool, parse_config
 from codemode import build_mcp_server as build_server
 from codemode._cli import main as codemode_main
 from codemode._sandbox.wasm import WasmBackend
@@ -97,21 +97,23 @@ async def stdio_client(config_path: Path) -> AsyncIterator[Client]:
             yield client
 
 
-async def test_stdio_server_offers_three_tools_that_teach_the_code_contract(stdio_client: Client) -> None:
+async def test_stdio_server_offers_execute_code_with_the_contract_and_every_stub(stdio_client: Client) -> None:
     tools = {t.name: t for t in (await stdio_client.list_tools()).tools}
-    assert sorted(tools) == ["execute_code", "get_tool_stubs", "search_tools"]
+    # The fixture's stubs fit the default budget: execute_code carries them, so a
+    # model needs no search, and the discovery tools are not offered at all.
+    assert sorted(tools) == ["execute_code"]
     execute = tools["execute_code"]
     assert execute.input_schema["required"] == ["code"]
     assert execute.input_schema["properties"]["trace"]["default"] is False
     description = (execute.description or "").lower()
     for lesson in ("top-level `await`", "last expression", "asyncio.gather", "toolerror"):
         assert lesson in description
-    assert tools["search_tools"].annotations is not None and tools["search_tools"].annotations.read_only_hint
-    # The instructions carry the compact index of namespaces.
-    assert re.search(r"^- demo \(\d+ tools\): add, ", stdio_client.instructions or "", re.M)
-    # The fixture's stubs fit the default budget: execute_code carries them, so a model needs no search.
     assert "async def weather(*, city: str)" in (execute.description or "")
-    assert "call execute_code directly" in (stdio_client.instructions or "")
+    # Some fixture tools declare no output schema: the contract says what `-> Content` is.
+    assert "-> content` means no declared type" in description
+    assert "execute_code" in (stdio_client.instructions or "") and "search_tools" not in (
+        stdio_client.instructions or ""
+    )
 
 
 async def test_the_stubs_budget_decides_between_inline_stubs_and_search_with_stubs() -> None:
@@ -121,15 +123,34 @@ async def test_the_stubs_budget_decides_between_inline_stubs_and_search_with_stu
     tool = Tool(name="double", fn=double, input_schema={"type": "object", "properties": {"n": {"type": "integer"}}})
     async with CodeMode(tools=[tool], stubs_budget=0) as cm, Client(build_server(cm)) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert sorted(tools) == ["execute_code", "get_tool_stubs", "search_tools"]
+        assert tools["search_tools"].annotations is not None and tools["search_tools"].annotations.read_only_hint
         assert "async def" not in (tools["execute_code"].description or "")
+        # Which tools the model will read is not known: the contract has the `Content` rule.
+        assert "`-> Content` means no declared type" in (tools["execute_code"].description or "")
         assert "search_tools" in (client.instructions or "")
+        # The instructions carry the compact index of namespaces.
+        assert re.search(r"^- tools \(1 tools\): double$", client.instructions or "", re.M)
         plain = text_of(await client.call_tool("search_tools", {"query": "double a number"}))
         assert plain == "tools.double(*, n: int | None = None) -> Content  # Calls the tool 'double'."
         found = text_of(await client.call_tool("search_tools", {"query": "double a number", "with_stubs": True}))
         assert found.startswith(plain + "\n\n```python\n") and "    async def double(" in found
     async with CodeMode(tools=[tool]) as cm, Client(build_server(cm)) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert sorted(tools) == ["execute_code"]
         assert cm.stubs().rstrip() in (tools["execute_code"].description or "")
+
+
+async def test_a_server_that_is_down_keeps_the_discovery_tools(config_path: Path) -> None:
+    # It may come up later with tools the inline stubs lack: search is how a model would find them.
+    config = json.loads(config_path.read_text())
+    config["mcpServers"]["down"] = {"command": "/nonexistent/mcp-server"}
+    async with CodeMode(config=parse_config(config)) as cm, Client(build_server(cm)) as client:
+        assert "down" in cm.failures and cm.inline_stubs() is not None
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert sorted(tools) == ["execute_code", "get_tool_stubs", "search_tools"]
+        assert "async def" not in (tools["execute_code"].description or "")
+        assert "Unavailable right now: down" in (client.instructions or "")
 
 
 async def test_execute_code_returns_only_the_final_value(stdio_client: Client) -> None:
@@ -188,12 +209,14 @@ async def test_failed_tool_call_is_an_error_with_the_tool_error_code(stdio_clien
     assert text_of(result).startswith("Error [tool_error]:") and "refused: nope" in text_of(result)
 
 
-async def test_search_then_stubs_then_unknown_names_get_suggestions(stdio_client: Client) -> None:
-    found = text_of(await stdio_client.call_tool("search_tools", {"query": "weather in a city", "limit": 3}))
-    assert found.splitlines()[0].startswith("demo.weather(")
-    stubs = await stdio_client.call_tool("get_tool_stubs", {"names": ["demo.weather"]})
-    assert not stubs.is_error and "async def weather(" in text_of(stubs)
-    missing = await stdio_client.call_tool("get_tool_stubs", {"names": ["demo.wether"]})
+async def test_search_then_stubs_then_unknown_names_get_suggestions(config_path: Path) -> None:
+    config = parse_config(json.loads(config_path.read_text()))
+    async with CodeMode(config=config, stubs_budget=0) as cm, Client(build_server(cm)) as client:
+        found = text_of(await client.call_tool("search_tools", {"query": "weather in a city", "limit": 3}))
+        assert found.splitlines()[0].startswith("demo.weather(")
+        stubs = await client.call_tool("get_tool_stubs", {"names": ["demo.weather"]})
+        assert not stubs.is_error and "async def weather(" in text_of(stubs)
+        missing = await client.call_tool("get_tool_stubs", {"names": ["demo.wether"]})
     assert missing.is_error and missing.structured_content is not None
     assert missing.structured_content["error"]["code"] == "tool_not_found"
     assert missing.structured_content["error"]["suggestions"] == {"demo.wether": ["demo.weather"]}
@@ -268,11 +291,7 @@ async def http_client(url: str, token: str = TOKEN) -> AsyncIterator[Client]:
 
 async def test_http_client_runs_a_program_and_gets_only_the_final_value(http_server: HttpServer) -> None:
     async with http_client(http_server.url) as client:
-        assert sorted(t.name for t in (await client.list_tools()).tools) == [
-            "execute_code",
-            "get_tool_stubs",
-            "search_tools",
-        ]
+        assert sorted(t.name for t in (await client.list_tools()).tools) == ["execute_code"]
         progress = Progress()
         result = await client.call_tool("execute_code", {"code": PROGRAM}, progress_callback=progress)
         assert not result.is_error and json.loads(text_of(result)) == FINAL
@@ -366,7 +385,7 @@ async def test_inspector_lists_and_calls_tools_over_stdio(inspector_bin: str, co
     # `--` ends the Inspector's options: our `--config` is not its own `--config`.
     server = ["-e", f"CODEMODE_CACHE_DIR={os.environ['CODEMODE_CACHE_DIR']}", "--", *codemode_cmd(config_path)]
     listed = await run_inspector(inspector_bin, "--method", "tools/list", *server)
-    assert sorted(t["name"] for t in listed["tools"]) == ["execute_code", "get_tool_stubs", "search_tools"]
+    assert sorted(t["name"] for t in listed["tools"]) == ["execute_code"]  # every stub fits its description
     called = await run_inspector(
         inspector_bin, "--method", "tools/call", "--tool-name", "execute_code", "--tool-arg", f"code={PROGRAM}", *server
     )

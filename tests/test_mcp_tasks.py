@@ -274,7 +274,8 @@ def text_of(result: CallToolResult) -> str:
 
 @pytest.fixture(scope="module")
 async def server(files: tuple[Path, Path]) -> AsyncIterator[Server]:
-    async with serve(files) as running:
+    # No stubs inline, so search_tools and get_tool_stubs are served beside execute_code.
+    async with serve(files, "--stubs-budget", "0") as running:
         yield running
 
 

@@ -2,7 +2,8 @@
 
 An MCP client (Claude Desktop, Cursor, an agent framework) connects to one
 server, codemode, instead of to every upstream server. The model finds tools,
-reads their typed stubs, and sends one program; codemode runs it in the
+reads their typed stubs (or, for a small catalog, reads them all in
+execute_code's description, and is offered no other tool), and sends one program; codemode runs it in the
 sandbox, proxies each tool call to the upstream server, and returns only the
 program's final value.
 
@@ -58,7 +59,7 @@ from .._core import CodeMode
 from .._errors import CodemodeError, ConfigError, SandboxUnavailable
 from .._limits import Limits
 from .._policy import Approval, ToolCall
-from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION, with_stubs
+from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION, inline_contract
 from .._render import render_for_model
 from .._result import RunResult
 from .mcp_rounds import NO_ELICITATION, Rounds, approval_message
@@ -84,20 +85,25 @@ _WORKFLOW = (
     "Find tools with search_tools, read the typed stubs of the few you need with get_tool_stubs, then run the "
     "program with execute_code; only its final value comes back."
 )
-_WORKFLOW_INLINE = (
-    "codemode: do multi-step work with tools by writing one Python program instead of calling tools one by one. "
-    "execute_code's description holds the typed stubs of every tool: write the program and call execute_code "
-    "directly; only its final value comes back."
-)
+_WORKFLOW_INLINE = "codemode: execute_code runs one Python program; its description has every tool's stubs."
+
+
+def _inline(cm: CodeMode) -> str | None:
+    """Every tool's stubs, when they fit the budget and every server is up:
+    then execute_code carries them and the discovery tools are not offered.
+    (A server still down may come up with tools the stubs lack: search finds them.)"""
+    return cm.inline_stubs() if not cm.failures else None
 
 
 def server_instructions(cm: CodeMode) -> str:
-    """The server's `instructions`: the workflow and a compact index of namespaces.
+    """The server's `instructions`: the workflow, and a compact index of
+    namespaces unless execute_code's description holds every stub.
 
     The code contract itself lives in execute_code's description, which every
     client shows the model; instructions are not always shown, so they stay short."""
-    workflow = _WORKFLOW_INLINE if cm.inline_stubs() is not None else _WORKFLOW
-    lines = [workflow, "", "Namespaces (call as `await namespace.tool(...)`):"]
+    if _inline(cm) is not None:
+        return _WORKFLOW_INLINE
+    lines = [_WORKFLOW, "", "Namespaces (call as `await namespace.tool(...)`):"]
     servers = cm.list_servers()
     for server in servers:
         names = ", ".join(server.tools[:_INDEX_TOOLS]) + (", …" if len(server.tools) > _INDEX_TOOLS else "")
@@ -116,11 +122,13 @@ def build_server(
     limits: Limits | None = None,
     tasks: McpTasks | None = None,
 ) -> MCPServer:
-    """An `MCPServer` whose three tools work on `cm`, which must be open.
+    """An `MCPServer` whose tools work on `cm`, which must be open.
 
-    When every tool's stubs fit `cm.stubs_budget`, execute_code's description
-    carries them (as the catalog stood when the server was built), so a model
-    can go straight to execute_code. With `tasks`, execute_code may also be
+    When every tool's stubs fit `cm.stubs_budget` and no server is down,
+    execute_code's description carries them with the contract for just those
+    tools (as the catalog stood when the server was built), and it is the only
+    tool: a model goes straight to it, and search_tools and get_tool_stubs
+    would only repeat its description. With `tasks`, execute_code may also be
     called as an MCP task, run in `tasks`' run store.
 
     Raises `CodemodeError` (e.g. `ToolDefinitionChanged`) if the tool catalog
@@ -131,6 +139,44 @@ def build_server(
     server: MCPServer = MCPServer(
         "codemode", instructions=server_instructions(cm), log_level="WARNING", lifespan=rounds.lifespan
     )
+
+    inline = _inline(cm)
+    if inline is None:
+        _add_discovery_tools(server, cm)
+    execute_description = inline_contract(inline) if inline is not None else EXECUTE_DESCRIPTION
+
+    @server.tool(
+        description=execute_description, annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True)
+    )
+    async def execute_code(
+        code: Annotated[str, Field(description="Python source.")],  # the description says the rest
+        ctx: Context,
+        trace: Annotated[bool, Field(description="Also return the tool-call log (debugging only).")] = False,
+    ) -> CallToolResult | InputRequiredResult:
+        if cm.policy_enabled and rounds.available and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            try:
+                outcome = await rounds.call(code, ctx)
+            except LookupError as exc:  # a retry whose run is gone
+                return _error_result(CodemodeError(str(exc)))
+            except CodemodeError as exc:
+                logger.exception("execute_code could not run")
+                return _error_result(exc)
+            return outcome if isinstance(outcome, InputRequiredResult) else format_run(outcome, trace=trace)
+        async with runs:
+            try:
+                result = await _run_reporting_progress(cm, code, limits, ctx)
+            except CodemodeError as exc:  # the sandbox or the catalog failed, not the code
+                logger.exception("execute_code could not run")
+                return _error_result(exc)
+        return format_run(result, trace=trace)
+
+    if tasks is not None:
+        tasks.install(server, limits, approvals=cm.policy_enabled)
+    return server
+
+
+def _add_discovery_tools(server: MCPServer, cm: CodeMode) -> None:
+    """search_tools and get_tool_stubs, for a catalog whose stubs are not all in execute_code's description."""
 
     # structured_output=False: plain text only, else the SDK would echo it as {"result": ...}.
     # `async def` although nothing awaits: the SDK runs sync tools in worker
@@ -168,40 +214,6 @@ def build_server(
             return _text(cm.stubs(names))
         except CodemodeError as exc:  # ToolNotFound: its message names close matches
             return _error_result(exc)
-
-    inline = cm.inline_stubs()
-    execute_description = with_stubs(EXECUTE_DESCRIPTION, inline) if inline is not None else EXECUTE_DESCRIPTION
-
-    @server.tool(
-        description=execute_description, annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True)
-    )
-    async def execute_code(
-        code: Annotated[str, Field(description="Python source; the value of its last expression is the result.")],
-        ctx: Context,
-        trace: Annotated[
-            bool, Field(description="Also return the log of tool calls (debugging only; costs tokens).")
-        ] = False,
-    ) -> CallToolResult | InputRequiredResult:
-        if cm.policy_enabled and rounds.available and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            try:
-                outcome = await rounds.call(code, ctx)
-            except LookupError as exc:  # a retry whose run is gone
-                return _error_result(CodemodeError(str(exc)))
-            except CodemodeError as exc:
-                logger.exception("execute_code could not run")
-                return _error_result(exc)
-            return outcome if isinstance(outcome, InputRequiredResult) else format_run(outcome, trace=trace)
-        async with runs:
-            try:
-                result = await _run_reporting_progress(cm, code, limits, ctx)
-            except CodemodeError as exc:  # the sandbox or the catalog failed, not the code
-                logger.exception("execute_code could not run")
-                return _error_result(exc)
-        return format_run(result, trace=trace)
-
-    if tasks is not None:
-        tasks.install(server, limits, approvals=cm.policy_enabled)
-    return server
 
 
 class _ApprovalForm(BaseModel):

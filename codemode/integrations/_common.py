@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._errors import CodemodeError
-from .._prompt import CODE_CONTRACT, with_stubs
+from .._prompt import CODE_CONTRACT, inline_contract
 from .._render import render_for_model
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def instructions(cm: CodeMode, *, discovery: bool | None = None) -> str:
     cannot be read."""
     inline = cm.inline_stubs()
     if uses_discovery(cm, discovery) != (inline is None):  # asked for the other form than the budget gives
-        return _index(cm) if discovery else with_stubs(CODE_CONTRACT, cm.stubs())
+        return _index(cm) if discovery else inline_contract(cm.stubs())
     return cm.system_prompt()
 
 
