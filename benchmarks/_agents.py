@@ -63,6 +63,8 @@ class AgentRun:
     """Code mode only: the sandbox run's own timings."""
     codemode_calls: int = 0
     """Code mode only: calls of codemode's own tools (search, stubs, execute)."""
+    tools_offered: int = 0
+    """Code mode only: how many tools codemode's MCP server listed."""
 
     @property
     def measured_s(self) -> float:
@@ -211,6 +213,7 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
             answer=answer,
             conversation=conversation,
             codemode_calls=sum(t.tool_calls for t in conversation.turns),
+            tools_offered=len(definitions),
             upstream_calls=sum(len(r.tool_calls) for r in cm.runs),
             call_durations_s=[c.duration_s for r in cm.runs for c in r.tool_calls],
             sandbox={**run.timings.to_dict(), "batches": len({c.batch for c in run.tool_calls})},

@@ -60,7 +60,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     for t in tasks:
         d, n, c = t["direct"], t["direct_naive"], t["code_mode"]
         lines.append(
-            f"| {t['name']} | {t['shape']} | {t['tools_offered']} / 3 | {d['tool_calls']} / {c['tool_calls']} | "
+            f"| {t['name']} | {t['shape']} | {t['tools_offered']} / {c.get('tools_offered', 3)} | "
+            f"{d['tool_calls']} / {c['tool_calls']} | "
             f"{d['model_turns']} / {n['model_turns']} / {c['model_turns']} | {d['input_tokens']:,} / "
             f"{c['input_tokens']:,} | {d['output_tokens']:,} / {c['output_tokens']:,} | {d['total_tokens']:,} / "
             f"{n['total_tokens']:,} / {c['total_tokens']:,} | {_pct(c['total_tokens'], d['total_tokens'])} | "

@@ -298,7 +298,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         "problems": problems,
                         "direct": summarize(direct, timing),
                         "direct_naive": summarize(naive, timing),
-                        "code_mode": {**summarize(code, timing), "codemode_tool_calls": code[-1].codemode_calls},
+                        "code_mode": {
+                            **summarize(code, timing),
+                            "codemode_tool_calls": code[-1].codemode_calls,
+                            "tools_offered": code[-1].tools_offered,
+                        },
                     }
                 )
     aggregate = {

@@ -41,12 +41,16 @@ def test_token_benchmark_runs_and_both_agents_reach_the_checked_answer(tmp_path:
             executes = 1 + task["probe"]
             assert task["code_mode"]["model_turns"] == 1 + executes
             assert task["code_mode"]["codemode_tool_calls"] == executes
+            assert task["code_mode"]["tools_offered"] == 1  # execute_code alone: its description has every stub
+        # A round trip per codemode call (search, stubs, probe, execute), then the answer.
+        assert task["code_mode"]["model_turns"] == task["code_mode"]["codemode_tool_calls"] + 1
     by_name = {t["name"]: t for t in data["tasks"]}
     # The best direct strategy reads the chain in two calls; the naive one reads file by file.
     assert by_name["file_chain"]["direct"]["tool_calls"] == 2
     assert by_name["file_chain"]["direct_naive"]["tool_calls"] == 12
-    # Past the budget (41 tools), one search with stubs, then execute: 3 round trips.
-    assert by_name["weekday_41_tools"]["code_mode"]["model_turns"] == 3
+    # A one-call task: at most one round trip more than direct (issue 12).
+    for name in ("weekday_41_tools", "weekday_2_tools"):
+        assert by_name[name]["code_mode"]["model_turns"] <= by_name[name]["direct"]["model_turns"] + 1
     if "sql_october" in by_name:  # server-side SQL: one query does it for the direct agent
         assert by_name["sql_october"]["direct"]["tool_calls"] == 1
         assert by_name["restock_every_server"]["tools_offered"] > by_name["weekday_41_tools"]["tools_offered"]
