@@ -206,7 +206,8 @@ async def run_code_mode(task: Task, ws: Workspace, tools: list[Tool], sandbox: S
                 missing = [s for s in task.stubs if f"async def {s.split('.', 1)[1]}(" not in text]
                 if missing:
                     steps.insert(0, ("get_tool_stubs", {"names": missing}))
-        answer = json.loads(texts["execute_code"])
+        text = texts["execute_code"]
+        answer = task.answer_from_text(text) if task.answer_from_text else json.loads(text)
         conversation.model_turn([{"type": "text", "text": json.dumps(answer, ensure_ascii=False)}])
         run = cm.runs[-1]
         return AgentRun(

@@ -83,6 +83,11 @@ class Task:
     probe: str | None = None
     """An execute_code program code mode runs first, to see what a tool whose stub
     says `Content` returns (the format its real program then parses)."""
+    answer_from_text: Callable[[str], Any] | None = None
+    """Set where code mode's best strategy is to return what the tool said and
+    answer from that text in its final turn, as the direct agent does (one call
+    whose result needs no parsing in code, so no probe): derives the answer from
+    the text execute_code returned."""
 
     def render(self, text: str, ws: Workspace) -> str:
         return text.replace("{root}", str(ws.root))
@@ -870,11 +875,14 @@ _BEST_MONTH_SQL = (
 )
 
 
-async def october_direct(calls: Calls, ws: Workspace) -> Any:
-    revenue = {
-        r["region"]: r["cents"] for r in _rows(await calls.call("sqlite", "read_query", {"query": _OCTOBER_SQL}))
-    }
+def _october_answer(text: str) -> Any:
+    """The answer a model writes from the GROUP BY's rows, as the server gave them."""
+    revenue = {r["region"]: r["cents"] for r in _rows(text)}
     return {"revenue_cents": revenue, "best_region": max(revenue, key=lambda r: revenue[r])}
+
+
+async def october_direct(calls: Calls, ws: Workspace) -> Any:
+    return _october_answer(await calls.call("sqlite", "read_query", {"query": _OCTOBER_SQL}))
 
 
 async def october_naive(calls: Calls, ws: Workspace) -> Any:
@@ -938,13 +946,6 @@ for (sha, message), show in zip(commits, shows):
 SQL_PROBE = """\
 await sqlite.read_query(query="SELECT day, region, qty, unit_price_cents FROM sales LIMIT 2")
 """
-
-OCTOBER_PROGRAM = """\
-import re
-rows = await sqlite.read_query(query="SQL")
-revenue = {r: int(c) for r, c in re.findall(r"'region': '([^']*)', 'cents': (\\d+)", rows)}
-{"revenue_cents": revenue, "best_region": max(revenue, key=revenue.get)}
-""".replace('"SQL"', f'"{_OCTOBER_SQL}"')
 
 MONTHLY_PROGRAM = """\
 import re
@@ -1048,8 +1049,9 @@ TASKS += (
         naive=october_naive,
         search="run a SQL select query",
         stubs=("sqlite.read_query",),
-        probe=SQL_PROBE,
-        program=OCTOBER_PROGRAM,
+        # One call whose rows the model reads as direct does: no probe, no parsing in code.
+        program=f'await sqlite.read_query(query="{_OCTOBER_SQL}")',
+        answer_from_text=_october_answer,
         expected=lambda ws: ws.october_truth(),
     ),
     Task(
