@@ -22,7 +22,7 @@ tracing records, to the call's span (`codemode.tool.decision`, `.decided_by`).
 
 Tools are wrapped where `CodeMode` builds them, so the runner and dispatcher
 know nothing of policies. Which run a call belongs to (for its call log, its
-events and a per-run approver) travels in a context variable, which anyio
+events and a per-run approver) travels in a context variable, which the runner
 carries into the sandbox's worker thread and back to the event loop.
 """
 
@@ -40,10 +40,10 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import anyio
-import anyio.from_thread
 
 from ._errors import ApprovalDenied, ToolDenied
 from ._result import ToolCallRecord
+from ._sandbox.crossing import await_on_loop
 from ._tools import Tool
 
 __all__ = ["Approval", "Approver", "Decision", "Policy", "PolicyFn", "ToolCall"]
@@ -222,11 +222,11 @@ class Gate:
             return dataclasses.replace(tool, fn=gated_async)
 
         def gated_sync(**arguments: Any) -> Any:
-            # Sync tools run on a worker thread; an approval waits on the event loop.
+            # Sync tools run on a worker thread; an approval waits on the run's event loop.
             call = self._call(tool, arguments)
             decision = self.decide(call)
             if decision == "ask":
-                anyio.from_thread.run(self._ask, tool, call)
+                await_on_loop(self._ask, tool, call)
             else:
                 self._settle(tool, call, decision)
             return inner(**arguments)

@@ -15,19 +15,33 @@ Failure policy: the wait is bounded (a blocking host call is not cut by the
 guest's epoch deadline), so a loop that stops answering costs the worker at
 most `timeout`; then `run` returns None, as it does for a cancelled task, and
 the runner ends the run.
+
+Code that runs on a run's worker thread outside the guest (a sync tool that
+returns an awaitable, the approval gate of a sync tool) reaches the loop with
+`await_on_loop`, through the crossing the runner bound to that thread; on
+anyio's own worker threads (a gather's sync tools) it uses `anyio.from_thread`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["LoopCrossing"]
+import anyio.from_thread
+
+__all__ = ["LoopCrossing", "await_on_loop", "bound"]
 
 T = TypeVar("T")
+
+# Past the run's deadline, a wait on the loop gets this long to end by itself.
+_GRACE_S = 1.0
+_local = threading.local()
 
 
 class LoopCrossing:
@@ -51,6 +65,12 @@ class LoopCrossing:
         seconds (it is then cancelled). Call from a thread other than the loop's.
 
         Raises `RuntimeError` if the loop is closed."""
+        finished, value = self._run(fn, args, timeout)
+        return value if finished else None
+
+    def _run(
+        self, fn: Callable[..., Coroutine[Any, Any, T]], args: tuple[Any, ...], timeout: float
+    ) -> tuple[bool, T | None]:
         done = threading.Lock()
         done.acquire()
         box: list[asyncio.Task[T]] = []
@@ -71,6 +91,34 @@ class LoopCrossing:
         self._loop.call_soon_threadsafe(start)
         if not done.acquire(timeout=max(0.0, timeout)):
             self._loop.call_soon_threadsafe(lambda: box[0].cancel() if box else None)
-            return None
+            return False, None
         task = box[0]
-        return None if task.cancelled() else task.result()
+        return (False, None) if task.cancelled() else (True, task.result())
+
+
+@contextmanager
+def bound(crossing: LoopCrossing, deadline: float) -> Iterator[None]:
+    """Within this block, `await_on_loop` on this thread goes through `crossing`,
+    bounded by `deadline` (`time.monotonic()`) plus a grace."""
+    _local.bound = (crossing, deadline)
+    try:
+        yield
+    finally:
+        _local.bound = None
+
+
+def await_on_loop(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """From a worker thread: `await fn(*args)` on the run's event loop; its
+    result, or its exception raised here.
+
+    Raises `concurrent.futures.CancelledError` if the run was cancelled or its
+    deadline (plus a grace) passed first, and `anyio.NoEventLoopError` on a
+    thread that belongs to no run and is not one of anyio's."""
+    current: tuple[LoopCrossing, float] | None = getattr(_local, "bound", None)
+    if current is None:
+        return anyio.from_thread.run(fn, *args)
+    crossing, deadline = current
+    finished, value = crossing._run(fn, args, deadline - time.monotonic() + _GRACE_S)
+    if not finished:
+        raise concurrent.futures.CancelledError("the run ended while waiting on its event loop")
+    return value  # type: ignore[return-value]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 import jsonschema
 
@@ -36,6 +35,7 @@ from .._limits import Limits
 from .._result import ToolCallRecord
 from .._stubgen import ToolBinding
 from .._tools import Tool
+from .crossing import await_on_loop
 from .frames import Call, FrameRefused, log_refusal
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ class Dispatcher:
             binding, wire_args = self._prepare(item, known)
             value = binding.tool.fn(**wire_args)
             if hasattr(value, "__await__"):  # a sync function that returned an awaitable
-                value = anyio.from_thread.run(_await, value)
+                value = await_on_loop(_await, value)
             return self._success(item, binding, wire_args, value, started, batch)
         except Exception as exc:
             return self._failure(item, binding, wire_args, exc, started, batch)

@@ -2,7 +2,7 @@
 
 It checks the code, renders the stubs for the run's tools (once per tool set;
 the guest binds them lazily, see guest_tools.py), and hands one JSON request
-to a backend on a worker thread. While the guest runs, each batch of
+to a backend on a worker thread (`workers`). While the guest runs, each batch of
 tool calls comes back to this event loop (`crossing.LoopCrossing`), where the
 `Dispatcher` carries it out. The guest's JSON answer becomes a typed result.
 """
@@ -40,13 +40,14 @@ from .._limits import Limits
 from .._result import RunResult, RunTimings
 from .._stubgen import StubSet, render_stubs
 from .._tools import Tool
-from .crossing import LoopCrossing
+from .crossing import LoopCrossing, bound
 from .dispatch import Dispatcher
 from .epoch import RunGuard
 from .frames import FrameRefused
 from .frames import parse as parse_frame
 from .guest_tools import GuestTools, identifiers
 from .pooling import PoolSettings
+from .workers import WorkerPool
 
 if TYPE_CHECKING:
     from .._tracing import RunTrace
@@ -71,6 +72,8 @@ class Backend(Protocol):
     def execute(self, request_json: str, host_call: Any, limits: Limits, guard: RunGuard) -> tuple[str, float]: ...
 
 
+# The threads runs execute on, shared by every Sandbox of the process.
+_workers = WorkerPool()
 _shared_wasm: dict[PoolSettings, Backend] = {}
 _shared_lock = threading.Lock()
 
@@ -232,14 +235,8 @@ class Sandbox:
             try:
                 # The limiter bounds the runs executing at once (the wait for a
                 # slot counts against the run's timeout).
-                response, startup = await anyio.to_thread.run_sync(
-                    self.backend.execute,
-                    request,
-                    host_call,
-                    limits,
-                    guard,
-                    abandon_on_cancel=True,
-                    limiter=self._limiter,
+                response, startup = await _workers.run(
+                    _execute, self.backend, request, host_call, limits, guard, crossing, limiter=self._limiter
                 )
             except anyio.get_cancelled_exc_class():
                 # Our caller gave up: stop the guest within a tick, not at its
@@ -312,6 +309,15 @@ class Sandbox:
         )
         calls = list(dispatcher.calls) if dispatcher else []
         return RunResult(timings=timings, tool_calls=calls, backend=self.backend.name, **fields)
+
+
+def _execute(
+    backend: Backend, request: str, host_call: _HostCalls, limits: Limits, guard: RunGuard, crossing: LoopCrossing
+) -> tuple[str, float]:
+    """On the worker thread: the run, with its crossing bound to the thread for
+    code other than the guest's that needs the loop (see `crossing.await_on_loop`)."""
+    with bound(crossing, guard.deadline):
+        return backend.execute(request, host_call, limits, guard)
 
 
 class _HostCalls:

@@ -1,0 +1,89 @@
+"""The threads runs execute on (codemode/_sandbox/workers.py)."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+
+import anyio
+import pytest
+
+from codemode._sandbox import workers
+from codemode._sandbox.crossing import LoopCrossing, await_on_loop, bound
+from codemode._sandbox.workers import WorkerPool
+
+pytestmark = pytest.mark.anyio
+
+_who = contextvars.ContextVar("who", default="nobody")
+
+
+async def test_a_job_runs_off_the_loop_in_the_callers_context_and_its_outcome_comes_back() -> None:
+    pool = WorkerPool()
+    limiter = anyio.CapacityLimiter(2)
+    loop_thread = threading.get_ident()
+    _who.set("caller")
+
+    def probe(x: int) -> tuple[int, str, bool]:
+        return x * 2, _who.get(), threading.get_ident() == loop_thread
+
+    def fail() -> None:
+        raise KeyError("boom")
+
+    with anyio.fail_after(20):
+        assert await pool.run(probe, 21, limiter=limiter) == (42, "caller", False)
+        with pytest.raises(KeyError):
+            await pool.run(fail, limiter=limiter)
+
+
+async def test_a_cancelled_caller_stops_waiting_and_the_job_runs_on() -> None:
+    pool = WorkerPool()
+    release, finished = threading.Event(), threading.Event()
+
+    def job() -> None:
+        release.wait(20)
+        finished.set()
+
+    with anyio.fail_after(20):
+        with anyio.move_on_after(0.05) as scope:
+            await pool.run(job, limiter=anyio.CapacityLimiter(1))
+        assert scope.cancelled_caught and not finished.is_set()
+        release.set()
+        while not finished.is_set():
+            await anyio.sleep(0.01)
+
+
+async def test_code_on_a_worker_reaches_the_loop_through_the_runs_crossing() -> None:
+    pool = WorkerPool()
+    crossing = LoopCrossing()
+    loop_thread = threading.get_ident()
+
+    async def on_loop() -> bool:
+        return threading.get_ident() == loop_thread
+
+    deadline = anyio.current_time() + 20
+
+    def job() -> bool:
+        with bound(crossing, deadline):
+            return await_on_loop(on_loop)
+
+    with anyio.fail_after(20):
+        assert await pool.run(job, limiter=anyio.CapacityLimiter(1)) is True
+
+
+async def test_idle_workers_end_and_leave_no_thread_records_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "IDLE_S", 0.05)
+    pool = WorkerPool()
+    limiter = anyio.CapacityLimiter(8)
+    before = set(threading.enumerate())
+    gate = threading.Barrier(8, timeout=20)
+
+    def job() -> str:
+        gate.wait()  # eight workers at once
+        return threading.current_thread().name  # as logging asks
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(lambda: pool.run(job, limiter=limiter))
+        while set(threading.enumerate()) - before:
+            await anyio.sleep(0.02)
