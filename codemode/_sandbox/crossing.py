@@ -4,8 +4,7 @@ A guest's batch of async tool calls is carried out on the event loop the run
 was started from, while the worker thread that runs the guest waits. The hop
 is the least that does it: one `call_soon_threadsafe` that starts the batch as
 a task (in a copy of the worker's context, so the run's trace span and
-anyio's backend are the caller's), and one lock the task's completion
-releases. (`anyio.from_thread.run` does the same through a
+anyio's backend are the caller's), and one lock the task releases as it ends. (`anyio.from_thread.run` does the same through a
 `concurrent.futures.Future`, a condition variable, a wrapper task and
 cancel-scope bookkeeping: about 3x the cost per crossing, measured in
 benchmarks/sandbox.py.) `cancel` (on the loop) cancels the tasks in flight and
@@ -73,27 +72,38 @@ class LoopCrossing:
     ) -> tuple[bool, T | None]:
         done = threading.Lock()
         done.acquire()
-        box: list[asyncio.Task[T]] = []
+        started: list[asyncio.Task[None]] = []
+        outcome: list[tuple[bool, Any]] = []  # (True, value) or (False, exception); empty if cancelled
         context = contextvars.copy_context()
 
-        def finished(task: asyncio.Task[T]) -> None:
-            self._tasks.discard(task)
-            done.release()
+        # The coroutine releases the worker itself as it ends: one pass of the
+        # loop fewer than a done callback.
+        async def carry() -> None:
+            try:
+                outcome.append((True, await fn(*args)))
+            except Exception as exc:
+                outcome.append((False, exc))
+            finally:
+                self._tasks.discard(started[0])
+                done.release()
 
         def start() -> None:
-            task = self._loop.create_task(fn(*args), context=context)
-            box.append(task)
+            task = self._loop.create_task(carry(), context=context)
+            started.append(task)
             self._tasks.add(task)
-            task.add_done_callback(finished)
             if self._cancelled:
                 task.cancel()
 
         self._loop.call_soon_threadsafe(start)
         if not done.acquire(timeout=max(0.0, timeout)):
-            self._loop.call_soon_threadsafe(lambda: box[0].cancel() if box else None)
+            self._loop.call_soon_threadsafe(lambda: started[0].cancel() if started else None)
             return False, None
-        task = box[0]
-        return (False, None) if task.cancelled() else (True, task.result())
+        if not outcome:
+            return False, None
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return True, value
 
 
 @contextmanager
