@@ -4,7 +4,8 @@ A guest's batch of async tool calls is carried out on the event loop the run
 was started from, while the worker thread that runs the guest waits. The hop
 is the least that does it: one `call_soon_threadsafe` that starts the batch as
 a task (in a copy of the worker's context, so the run's trace span and
-anyio's backend are the caller's), and one lock the task releases as it ends. (`anyio.from_thread.run` does the same through a
+anyio's backend are the caller's), and one lock the task releases as it
+ends. (`anyio.from_thread.run` does the same through a
 `concurrent.futures.Future`, a condition variable, a wrapper task and
 cancel-scope bookkeeping: about 3x the cost per crossing, measured in
 benchmarks/sandbox.py.) `cancel` (on the loop) cancels the tasks in flight and

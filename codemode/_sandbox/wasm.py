@@ -61,7 +61,7 @@ _SLOT_POLL_S = 0.05
 # long for it rather than take an on-demand slot, whose first touches of ~360
 # pages cost more than a reset (about 0.6 ms) or two.
 _RESET_WAIT_S = 0.003
-_RESET_POLL_S = 0.0001
+_RESET_POLL_S = 0.0001  # how often it looks for a spare meanwhile
 # wasmtime's words when every slot of a pool is taken.
 _POOL_FULL = "concurrent limit"
 
