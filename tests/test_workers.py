@@ -6,8 +6,10 @@ import contextvars
 import threading
 
 import anyio
+import anyio.from_thread
 import pytest
 
+from codemode import CodeMode, Tool
 from codemode._sandbox import workers
 from codemode._sandbox.crossing import LoopCrossing, await_on_loop, bound
 from codemode._sandbox.workers import WorkerPool
@@ -87,3 +89,20 @@ async def test_idle_workers_end_and_leave_no_thread_records_behind(monkeypatch: 
                 tg.start_soon(lambda: pool.run(job, limiter=limiter))
         while set(threading.enumerate()) - before:
             await anyio.sleep(0.02)
+
+
+async def test_a_sync_tool_may_call_anyio_from_thread_alone_or_in_a_gather() -> None:
+    # On anyio's own workers this always worked; on ours a lone call failed with
+    # NoEventLoopError while the same tool in a gather (anyio's threads) worked.
+    async def fetch() -> int:
+        await anyio.sleep(0)
+        return 5
+
+    def sync_tool() -> int:
+        return anyio.from_thread.run(fetch)
+
+    async with CodeMode(tools=[Tool(name="s", fn=sync_tool, description="Five, from the loop.")]) as cm:
+        alone = await cm.execute("await tools.s()")
+        gathered = await cm.execute("import asyncio\nawait asyncio.gather(tools.s(), tools.s())")
+    assert alone.error is None and alone.value == 5, alone.error
+    assert gathered.error is None and gathered.value == [5, 5], gathered.error

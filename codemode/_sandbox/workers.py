@@ -14,8 +14,10 @@ which is dropped again when the worker ends.
 
 A job runs in a copy of the caller's context (the run's trace span, the
 approval gate's current run), as with anyio. Code on these threads reaches
-the loop through the run's `crossing.LoopCrossing`, not through
-`anyio.from_thread`, which knows only anyio's own workers.
+the loop through the run's `crossing.LoopCrossing`; a user's sync tool that
+calls `anyio.from_thread.run` itself (as it could on anyio's workers) finds
+the caller's event-loop token where anyio looks for it, so it works as it
+does when the tool runs in a gather, on anyio's own workers.
 
 Failure policy: a job's exception is raised to its awaiting caller; a caller
 that is cancelled stops waiting at once and the job runs on (the runner stops
@@ -34,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["WorkerPool"]
 
@@ -42,7 +45,14 @@ T = TypeVar("T")
 IDLE_S = 10.0
 """A worker idle this long ends (anyio's workers: the same)."""
 
-_Job = tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_Job = tuple[
+    contextvars.Context, Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop, Any
+]
+
+try:  # where `anyio.from_thread.run` looks for the loop of the thread's caller
+    from anyio._core._eventloop import threadlocals as _anyio_threadlocals
+except ImportError:  # pragma: no cover - another anyio: sync tools then need an explicit token
+    _anyio_threadlocals = None  # type: ignore[assignment]
 
 
 class WorkerPool:
@@ -61,7 +71,8 @@ class WorkerPool:
         async with limiter:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[T] = loop.create_future()
-            self._submit((contextvars.copy_context(), fn, args, future, loop))
+            token = anyio.lowlevel.current_token() if _anyio_threadlocals is not None else None
+            self._submit((contextvars.copy_context(), fn, args, future, loop, token))
             return await future
 
     def _submit(self, job: _Job) -> None:
@@ -102,14 +113,19 @@ class WorkerPool:
 
     @staticmethod
     def _execute(job: _Job) -> None:
-        context, fn, args, future, loop = job
+        context, fn, args, future, loop, token = job
         result: Any = None
         error: BaseException | None = None
         if not future.cancelled():
+            if token is not None:
+                _anyio_threadlocals.current_token = token
             try:
                 result = context.run(fn, *args)
             except BaseException as exc:  # handed to the caller, whatever it is
                 error = exc
+            finally:
+                if token is not None:
+                    del _anyio_threadlocals.current_token
         try:
             loop.call_soon_threadsafe(_settle, future, result, error)
         except RuntimeError:  # the loop is closed: nobody waits any more
