@@ -30,6 +30,10 @@ Failure policy:
   `UpstreamResultTooLarge`), and a malformed one (a null result, nesting too
   deep, an unknown content block) fails its call at once with a `ToolError`;
 - a call that exceeds the server's `timeout` fails with a `ToolError`;
+- a tool that requires a task (`execution.taskSupport: "required"`) is
+  called as one and polled to its end (see `tasks`), the whole exchange
+  within the server's `timeout` and the run's deadline; a task given up
+  before it ended is sent `tasks/cancel` in the background (bounded);
 - allow/deny lists are checked on the host for every call, not just listing.
 Messages never carry configured secrets: they are redacted from every text
 built from a lower-level error.
@@ -65,6 +69,7 @@ from .config import Config, HttpServer, ServerConfig, StdioServer
 from .logs import open_server_log, server_log_path
 from .resources import READ_RESOURCE, contents_value, read_resource_tool
 from .results import to_value
+from .tasks import call_as_task, cancel_task, requires_task, serves_tool_tasks
 
 __all__ = ["Hub", "ServerFailure", "ServerStatus"]
 
@@ -82,6 +87,8 @@ _BACKOFF_MAX = 30.0
 _SHORT_SESSION = 5.0
 # How often a ready session is checked for a transport that ended under it.
 _WATCH_INTERVAL = 0.25
+# A `tasks/cancel` for an abandoned task is sent in the background, and given up after this.
+_CANCEL_TIMEOUT = 5.0
 # Default cap on one message from a server (see `Hub`).
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1_000_000 + 65_536
 
@@ -335,6 +342,8 @@ class _Upstream:
         self.failure: ServerFailure | None = None
         self._schemas: dict[str, Mapping[str, Any] | None] = {}
         self._unwrap: dict[str, bool] = {}
+        self._as_task: set[str] = set()
+        """Tools whose listing requires a task (see `tasks`)."""
         self._signature: list[dict[str, Any]] | None = None
         self._client: Client | None = None
         self._settled = anyio.Event()  # set while not connecting
@@ -550,6 +559,7 @@ class _Upstream:
             return  # keep the same Tool objects, so stub caches keyed on them still hit
         self._signature = signature
         self._schemas = {t.name: t.output_schema for t in listed}
+        self._as_task = {t.name for t in listed if requires_task(t)}
         self.tools = [self._tool(t) for t in listed if self.server.codemode.permits(t.name) and self._nameable(t)]
         self.hub._tools_changed()
 
@@ -575,11 +585,16 @@ class _Upstream:
         # A server may write a configured secret into its own definitions; they
         # reach stubs, search and prompts, so they are redacted like results.
         redact = hub._redactor.value
+        description = hub.redact(tool.description or "")
+        if requires_task(tool):
+            description = (
+                f"{description}\n\n" if description else ""
+            ) + "Runs as an MCP task: the call returns when the server has finished it (within the server's timeout)."
         return Tool(
             name=name,
             namespace=namespace,
             fn=call,
-            description=hub.redact(tool.description or ""),
+            description=description,
             input_schema=redact(tool.input_schema),
             output_schema=redact(inner if inner is not None else tool.output_schema),
         )
@@ -609,7 +624,10 @@ class _Upstream:
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
         client = await self._ready_client()
         where = f"{self.namespace}.{name}"
-        result = await self._request(where, client, lambda: client.call_tool(name, arguments))
+        if name in self._as_task:
+            result = await self._request(where, client, lambda: self._call_as_task(client, where, name, arguments))
+        else:
+            result = await self._request(where, client, lambda: client.call_tool(name, arguments))
         try:
             value = to_value(result, output_schema=self._schemas.get(name))
             if self._unwrap.get(name) and isinstance(value, dict) and "result" in value:
@@ -627,6 +645,33 @@ class _Upstream:
         # As for tool results: code must never hold a secret the server echoes.
         contents: list[dict[str, Any]] = self.hub._redactor.value(contents_value(result))
         return contents
+
+    async def _call_as_task(self, client: Client, where: str, name: str, arguments: dict[str, Any]) -> Any:
+        if _is_modern(client) or not serves_tool_tasks(client):
+            raise ToolError(
+                f"{where} failed: the tool must run as a task, and its server does not declare "
+                "task-augmented tool calls for this connection"
+            )
+
+        def abandon(task_id: str) -> None:
+            tg = self.hub._tg
+            if tg is not None and not self.hub._closed:
+                tg.start_soon(self._cancel_task, client, where, task_id)
+
+        try:
+            return await call_as_task(
+                client, name, arguments, where=where, bound=self.server.codemode.timeout, on_abandon=abandon
+            )
+        except ToolError as exc:  # it may quote the server's status message, which may echo a secret
+            raise ToolError(self.hub.redact(exc.message)) from None
+
+    async def _cancel_task(self, client: Client, where: str, task_id: str) -> None:
+        """Best effort: the task may have ended meanwhile, or the server may be gone."""
+        with anyio.move_on_after(_CANCEL_TIMEOUT):
+            try:
+                await cancel_task(client, task_id)
+            except Exception:  # an answer to a courtesy cancel changes nothing for the run
+                logger.info("%s: tasks/cancel for an abandoned task failed", where, exc_info=True)
 
     async def _request(self, where: str, client: Client, request: Callable[[], Awaitable[_T]]) -> _T:
         """One request to the server, within its timeout; every way it can fail becomes a `ToolError`."""
