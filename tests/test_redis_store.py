@@ -240,3 +240,46 @@ async def test_a_run_keeps_its_last_events_and_a_late_subscriber_is_told_how_man
     assert names[0] == "events_dropped" and names[-1] == "result" and len(names) == 12
     assert ids == list(range(51, 61))
     assert tail == ["tool_call_started", "tool_call_finished", "result"]
+
+
+async def test_the_replica_carrying_out_a_run_tells_what_any_other_reads_from_redis(redis_url: str) -> None:
+    """The replica running a run answers its info and streams its events from what
+    it knows (no reads from Redis); another replica reads them from Redis. Both
+    must tell the same, while it runs and once it ended."""
+    gate = Gate()
+    common = {"store": redis_url, "max_concurrency": 1}
+    async with (
+        replica([gate.tool()], replica_id="a", **common) as (_, a),
+        replica([Gate().tool()], replica_id="b", **common) as (_, b),
+    ):
+        code = "first = await tools.gated()\nsecond = await tools.gated()\n[first, second]"
+        run_id = (await a.post("/v1/runs", json={"code": code})).json()["id"]
+        with anyio.fail_after(10):
+            while gate.entered < 1:
+                await anyio.sleep(0.01)
+        running = [(await c.get(f"/v1/runs/{run_id}")).json() for c in (a, b)]
+        streams: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+
+        async def follow(name: str, client: httpx.AsyncClient) -> None:
+            async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+                pair: list[str] = []
+                async for line in response.aiter_lines():
+                    if line.startswith(("id:", "event:", "data:")):
+                        pair.append(line)
+                    elif not line and pair:
+                        streams[name].append(tuple(pair))  # type: ignore[arg-type]
+                        pair = []
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow, "a", a)
+                tg.start_soon(follow, "b", b)
+                await anyio.sleep(0.2)  # both are following before the run goes on
+                gate.opened.set()
+        ended = [(await c.get(f"/v1/runs/{run_id}")).json() for c in (a, b)]
+
+    assert running[0] == running[1] and running[0]["status"] == "running" and running[0]["replica"] == "a"
+    assert ended[0] == ended[1] and ended[0]["result"]["value"] == ["opened", "opened"]
+    assert streams["a"] == streams["b"]
+    names = [line for entry in streams["a"] for line in entry if line.startswith("event:")]
+    assert names[-1] == "event: result" and names.count("event: tool_call_finished") == 2

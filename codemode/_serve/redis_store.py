@@ -39,6 +39,14 @@ finish, reap or start the same run; a replica that was taken for dead (it
 missed its lease) finds its runs no longer its own and stops them, and its
 late result is not written.
 
+The replica carrying out a run answers for it without asking Redis: its info
+(running, or the end it wrote) and its event stream (events are read back only
+when it wrote some the subscriber has not seen; the end, never). Redis holds
+the same, since this replica is the only writer of a run it carries out; a run
+that stops being its own (its lease lapsed, seen at the next renewal) is read
+from Redis again. That leaves two round trips on a short run's path: the
+submit and the end.
+
 Cancel: `DELETE` on any replica marks the run and publishes its id; the
 replica carrying it out cancels it on the message (sub-millisecond on a LAN),
 and checks the mark at each lease renewal in case the message was missed.
@@ -170,7 +178,7 @@ redis.call('LPUSH', P .. 'queue', ARGV[1])
 return 1
 """
 
-# ARGV: id replica started_at -> {code, limits, trace} if the run was queued (now running), else false
+# ARGV: id replica started_at -> {code, limits, trace, owner, created_at} if the run was queued (now running), else false
 _CLAIM = """
 local P = KEYS[1]
 local run = P .. 'run:' .. ARGV[1]
@@ -179,7 +187,7 @@ if redis.call('HGET', run, 'status') ~= 'queued' then
   return false
 end
 redis.call('HSET', run, 'status', 'running', 'replica', ARGV[2], 'started_at', ARGV[3])
-return redis.call('HMGET', run, 'code', 'limits', 'trace')
+return redis.call('HMGET', run, 'code', 'limits', 'trace', 'owner', 'created_at')
 """
 
 # ARGV: id replica -> 1 if the queued run went back to the head of the queue
@@ -192,7 +200,7 @@ return 1
 """
 
 # ARGV: id replica status result error held, then the seven of `prune` (run once the
-# run is recorded: one round trip for both) -> 1 if written, 0 if the run is no longer this replica's
+# run is recorded: one round trip for both) -> {1, finished_at} if written, 0 if the run is no longer this replica's
 _COMPLETE = (
     _FINISH
     + _PRUNE_FN
@@ -202,9 +210,9 @@ if redis.call('HGET', run, 'status') ~= 'running' or redis.call('HGET', run, 're
   redis.call('LREM', P .. 'taken:' .. ARGV[2], 0, ARGV[1])
   return 0
 end
-finish(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local at = finish(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 prune(unpack(ARGV, 7, 13))
-return 1
+return {1, tostring(at)}
 """
 )
 
@@ -268,12 +276,32 @@ class _Local:
     pending: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
     """(seq, event) not yet written; seq counts every event, written or not."""
     next_seq: int = 1
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    flushing: bool = False
+    """A task is writing its pending events (see `_drain`)."""
+    write_error: StoreUnavailable | RedisError | None = None
     sizes: deque[int] = field(default_factory=deque)
     """Sizes of the events in Redis (the last `max_events`), for the byte budget."""
     held: int = 0
     writing: anyio.Lock = field(default_factory=anyio.Lock)
     """One batch of events in flight at a time, so they reach the stream in order."""
+    owner: str = ""
+    """Set once the run is running here, with its times as Redis holds them."""
+    created_at: str = ""
+    started_at: str = ""
+    written: int = 0
+    """The seq of the last event written to the stream."""
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    """Set (and replaced) when events were written, and when the run ended."""
+    done: bool = False
+    """Set as the run ends, before its end is written."""
+    closed: bool = False
+    """Set once its end was written (or could not be): nothing more will change here."""
+    end: dict[str, str] | None = None
+    """The fields of the stream's end entry, once written: what a subscriber here is given."""
+
+    def wake_subscribers(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
 
 
 class RedisRunStore:
@@ -426,6 +454,8 @@ class RedisRunStore:
         if not answer:
             raise Busy(self.retry_after_s)
         if answer == 2 and ticket is not None and runs_tg is not None:
+            local.owner, local.created_at = owner, repr(created)
+            local.started_at = local.created_at
             runs_tg.start_soon(self._drive, local, ticket, [code, limits_json, "1" if trace else ""])
         return {
             "id": run_id,
@@ -439,10 +469,31 @@ class RedisRunStore:
         }
 
     async def info(self, run_id: str, owner: str) -> dict[str, Any] | None:
+        local = self._here(run_id)
+        if local is not None:  # what Redis holds for it, known without asking
+            if local.owner != owner:
+                return None
+            if local.end is not None:
+                return self._info(run_id, local.end)
+            return self._info(
+                run_id,
+                {
+                    "status": "running",
+                    "created_at": local.created_at,
+                    "started_at": local.started_at,
+                    "replica": self.me,
+                },
+            )
         fields = await self._read(run_id)
         if not fields or fields.get("owner") != owner:
             return None
         return self._info(run_id, fields)
+
+    def _here(self, run_id: str) -> _Local | None:
+        """The run, if this replica carries it out and it is still its own (so
+        what Redis holds for it is what this replica last wrote)."""
+        local = self._local.get(run_id)
+        return local if local is not None and local.owner and not local.lost else None
 
     async def _read(self, run_id: str) -> dict[str, str]:
         """The run's fields but its code, with the result from the end of its
@@ -483,13 +534,31 @@ class RedisRunStore:
     async def events(self, run_id: str, after: int, ping_s: float) -> AsyncIterator[Event]:
         stream = self._key("ev:", run_id)
         first = True
+        # A run carried out here is followed here (its end is known without reading it
+        # back); held, not looked up again, since it leaves `_local` as it ends.
+        local = self._here(run_id)
         while True:
-            # Answers at once with what is there after `after`, else waits for it up to `ping_s`.
-            got = await self._call(
-                "read events",
-                self.redis.xread({stream: f"0-{after}"}, count=_BATCH, block=max(1, int(ping_s * 1000))),
-            )
+            if local is not None and local.lost:
+                local = None  # no longer this replica's: what Redis says is the truth
+            if local is not None and local.written <= after:
+                if local.end is not None:
+                    yield "result", None, self._info(run_id, local.end)
+                    return
+                if local.closed:  # ended without writing its end here: read what Redis holds
+                    local = None
+                    continue
+                if not await self._wait_here(local, ping_s):
+                    yield "ping", None, None
+                continue
+            # Answers at once with what is there after `after`, else waits for it up to `ping_s`
+            # (for a run carried out here there is something new: no need to wait).
+            block = None if local is not None else max(1, int(ping_s * 1000))
+            got = await self._call("read events", self.redis.xread({stream: f"0-{after}"}, count=_BATCH, block=block))
             entries = got[0][1] if got else []
+            if not entries and local is not None:
+                if not await self._wait_here(local, ping_s):
+                    yield "ping", None, None
+                continue
             if not entries:
                 if not await self._call("read a run", self.redis.exists(self._key("run:", run_id))):
                     return  # forgotten while we waited
@@ -508,6 +577,14 @@ class RedisRunStore:
                     return
                 event = json.loads(data["e"])
                 yield str(event.get("type", "event")), seq, event
+
+    @staticmethod
+    async def _wait_here(local: _Local, ping_s: float) -> bool:
+        """Wait up to `ping_s` for a run carried out here to write events or end; False if it did neither."""
+        changed = local.changed
+        with anyio.move_on_after(ping_s) as waited:
+            await changed.wait()
+        return not waited.cancelled_caught
 
     async def decide(self, run_id: str, call_id: str, *, approved: bool, by: str, reason: str = "") -> bool:
         # A fleet's runs are given no approver (a decision would have to reach the replica
@@ -561,7 +638,8 @@ class RedisRunStore:
                 local = self._local[str(run_id)] = _Local(str(run_id))
                 # Started here, before the next BLMOVE, so that it starts at once.
                 try:
-                    claimed = await self._script("claim", local.id, self.me, repr(time.time()))
+                    started_at = repr(time.time())
+                    claimed = await self._script("claim", local.id, self.me, started_at)
                 except StoreUnavailable as exc:
                     # Left in our taken list: requeued (or failed, if it did start) when this replica stops.
                     logger.error("could not start run %s: %s", local.id, exc)
@@ -569,6 +647,8 @@ class RedisRunStore:
                 if not claimed:  # cancelled while it waited in the queue
                     self._local.pop(local.id, None)
                     continue
+                local.owner, local.created_at = str(claimed[3] or ""), str(claimed[4] or "")
+                local.started_at = started_at
                 ticket = self.admission.reserve(queued_elsewhere=True)
                 self._runs_tg.start_soon(self._drive, local, ticket, claimed)
         finally:
@@ -581,15 +661,12 @@ class RedisRunStore:
         try:
             with local.scope:
                 async with ticket:
-                    code, limits_json, trace = claimed
+                    code, limits_json, trace = claimed[:3]
                     limits = Limits(**json.loads(limits_json))
-                    async with anyio.create_task_group() as writers:
-                        writers.start_soon(self._write_events, local)
-                        try:
-                            result = await self.executor.run(code, limits, lambda e: self._publish(local, e))
-                        finally:
-                            await self._flush(local)
-                            writers.cancel_scope.cancel()
+                    try:
+                        result = await self.executor.run(code, limits, lambda e: self._publish(local, e))
+                    finally:
+                        await self._flush(local)
                     status = "succeeded" if result.ok else "failed"
                     result_json = _json(_preview_result(result).to_dict(trace=bool(trace)))
         except (StoreUnavailable, RedisError) as exc:
@@ -603,9 +680,12 @@ class RedisRunStore:
                 problem = _problem("internal_error", "an unexpected error; see the server log", 500)
             status, error_json = "failed", _json(problem)
         finally:
+            local.done = True
             ticket.release()
             self._room.set()
-            self._local.pop(local.id, None)
+            if local.write_error is not None:
+                logger.error("run %s: the run store failed: %s", local.id, local.write_error)
+                status, error_json = "failed", _json(_problem("store_unavailable", str(local.write_error), 503))
             if not local.lost:
                 if status == "cancelled" and not local.cancelled_by_user:
                     status = "failed"
@@ -620,8 +700,23 @@ class RedisRunStore:
                         )
                         if not written:
                             logger.warning("run %s was taken from this replica (lease lost); result dropped", local.id)
+                        else:
+                            # What the end entry holds: subscribers here need not read it back.
+                            local.end = {
+                                "end": "1",
+                                "status": status,
+                                "finished_at": str(written[1]),
+                                "result": result_json,
+                                "error": error_json,
+                                "created_at": local.created_at,
+                                "started_at": local.started_at,
+                                "replica": self.me,
+                            }
                     except (StoreUnavailable, RedisError) as exc:
                         logger.error("run %s: could not record its end: %s", local.id, exc)
+            local.closed = True
+            self._local.pop(local.id, None)
+            local.wake_subscribers()
 
     def _publish(self, local: _Local, event: dict[str, Any]) -> None:
         local.pending.append((local.next_seq, _preview_event(event)))
@@ -630,13 +725,23 @@ class RedisRunStore:
             # It would be trimmed from the stream anyway; its seq stays spent, so the
             # gap before the first event kept is what a late subscriber is told it missed.
             local.pending.popleft()
-        local.wake.set()
+        runs_tg = self._runs_tg
+        if not local.flushing and runs_tg is not None:
+            # A writer only while there is something to write: a run without events starts none.
+            local.flushing = True
+            runs_tg.start_soon(self._drain, local)
 
-    async def _write_events(self, local: _Local) -> None:
-        while True:
-            await local.wake.wait()
-            local.wake = anyio.Event()
-            await self._flush(local)
+    async def _drain(self, local: _Local) -> None:
+        """Write a run's events as they come, until none is pending. A store that
+        fails stops the run (it then fails with `store_unavailable`)."""
+        try:
+            while local.pending and local.write_error is None:
+                await self._flush(local)
+        except (StoreUnavailable, RedisError) as exc:
+            local.write_error = exc
+            local.scope.cancel()
+        finally:
+            local.flushing = False
 
     async def _flush(self, local: _Local) -> None:
         """Write the pending events, in order, in one round trip."""
@@ -662,6 +767,8 @@ class RedisRunStore:
             pipe.incrby(self._key("bytes"), delta)
             await self._call("write events", pipe.execute())
         local.held += delta
+        local.written = batch[-1][0]
+        local.wake_subscribers()
 
     # -- leases, cancels, retention -----------------------------------------------------------------------------------
 
@@ -710,7 +817,7 @@ class RedisRunStore:
             rows = await self._call("check runs", pipe.execute())
         for run_id, (status, replica, cancel) in zip(ids, rows):
             local = self._local.get(run_id)
-            if local is None or status == "queued":
+            if local is None or local.done or status == "queued":
                 continue
             if status != "running" or replica != self.me:
                 logger.warning("run %s is no longer this replica's (its lease lapsed); stopping it", run_id)
