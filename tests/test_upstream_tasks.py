@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import mcp_types as types
 import pytest
 
 from codemode import CodeMode, Limits, parse_config
+from tests.fixtures.helpers import _free_port
 from tests.reference_servers import Unavailable, npm_bin
 
 pytestmark = pytest.mark.anyio
@@ -83,6 +87,38 @@ async def test_a_program_gets_the_real_result_of_a_tool_that_requires_a_task(eve
     assert "Stage 4: Generating report ✓" in result.value
     [call] = result.tool_calls
     assert call.ok and call.wire_name == "simulate-research-query"
+
+
+async def test_a_task_tool_works_over_streamable_http_too(tmp_path: Path) -> None:
+    try:
+        command = str(npm_bin("mcp-server-everything"))
+    except Unavailable as exc:
+        pytest.skip(f"the pinned reference servers cannot be installed: {exc}")
+    port = _free_port()
+    with open(tmp_path / "everything.log", "wb") as log:
+        server = subprocess.Popen(
+            [command, "streamableHttp"], env={**os.environ, "PORT": str(port)}, stdout=log, stderr=log
+        )
+    try:
+        with anyio.fail_after(30):
+            while True:  # a port that is not open yet has no event to wait on
+                assert server.poll() is None, (tmp_path / "everything.log").read_text()
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    await anyio.sleep(0.1)
+        config = {"mcpServers": {"everything": {"type": "http", "url": f"http://127.0.0.1:{port}/mcp"}}}
+        async with CodeMode(config=parse_config(config)) as cm:
+            assert cm.failures == {}, cm.failures
+            result = await cm.execute(
+                'await everything.simulate_research_query(topic="over http")', limits=Limits(timeout=60)
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert result.ok, result.error
+    assert result.value.startswith("# Research Report: over http\n")
 
 
 async def test_the_stub_of_a_task_tool_says_it_runs_as_a_task(everything: CodeMode) -> None:
