@@ -359,6 +359,9 @@ class RedisRunStore:
             ]
         }
         self._local: dict[str, _Local] = {}
+        self._dirty: dict[str, _Local] = {}
+        """Runs with events to write and no writer yet (see `_publish`)."""
+        self._dirty_wake = anyio.Event()
         self._intake = True
         self._room = anyio.Event()
         self._tg: TaskGroup | None = None
@@ -388,6 +391,7 @@ class RedisRunStore:
         await self._runs_tg.__aenter__()
         self._tg.start_soon(self._keep_lease)
         self._tg.start_soon(self._listen_for_cancels)
+        self._tg.start_soon(self._start_writers)
         self._tg.start_soon(self._take_runs)
         return self
 
@@ -725,11 +729,25 @@ class RedisRunStore:
             # It would be trimmed from the stream anyway; its seq stays spent, so the
             # gap before the first event kept is what a late subscriber is told it missed.
             local.pending.popleft()
-        runs_tg = self._runs_tg
-        if not local.flushing and runs_tg is not None:
+        if not local.flushing:
             # A writer only while there is something to write: a run without events starts none.
+            # (Called from a loop callback, not a task, so the writer is started by `_start_writers`.)
             local.flushing = True
-            runs_tg.start_soon(self._drain, local)
+            self._dirty[local.id] = local
+            self._dirty_wake.set()
+
+    async def _start_writers(self) -> None:
+        """Start `_drain` for each run `_publish` marked, as it marks them."""
+        while True:
+            await self._dirty_wake.wait()
+            self._dirty_wake = anyio.Event()
+            dirty = list(self._dirty.values())
+            self._dirty.clear()
+            for local in dirty:
+                if self._runs_tg is None:
+                    local.flushing = False  # stopping: `_drive` writes what is left
+                else:
+                    self._runs_tg.start_soon(self._drain, local)
 
     async def _drain(self, local: _Local) -> None:
         """Write a run's events as they come, until none is pending. A store that
