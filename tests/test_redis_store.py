@@ -283,3 +283,26 @@ async def test_the_replica_carrying_out_a_run_tells_what_any_other_reads_from_re
     assert streams["a"] == streams["b"]
     names = [line for entry in streams["a"] for line in entry if line.startswith("event:")]
     assert names[-1] == "event: result" and names.count("event: tool_call_finished") == 2
+
+
+async def test_a_lease_check_while_a_run_is_being_submitted_does_not_take_it_for_lost(redis_url: str) -> None:
+    """A run is registered here just before its submit reaches Redis; a lease
+    check that reads it in between found no such run, took it for lost and
+    stopped it, which left it `running` in Redis for ever. (The window is one
+    round trip, so the check is called at that point here rather than raced.)"""
+    from codemode._serve.metrics import Metrics
+    from codemode._serve.redis_store import RedisRunStore, _Local
+    from codemode._serve.runs import Admission, Executor
+
+    async with CodeMode() as cm:
+        executor = Executor(cm, Metrics(queue_depth=lambda: 0, in_flight=lambda: 0))
+        async with RedisRunStore(redis_url, executor, Admission(max_running=1, max_waiting=1), replica_id="a") as store:
+            pending = store._local["run_on_its_way"] = _Local("run_on_its_way")
+            await store._check_local()
+            assert not pending.lost and not pending.scope.cancel_called
+            del store._local["run_on_its_way"]
+            run = await store.submit("1 + 1", cm.sandbox.limits, trace=False, owner="me")
+            with anyio.fail_after(30):
+                async for name, _, data in store.events(run["id"], 0, 5):
+                    if name == "result":
+                        assert data["status"] == "succeeded" and data["result"]["value"] == 2

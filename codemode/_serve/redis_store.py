@@ -696,12 +696,20 @@ class RedisRunStore:
                     error_json = _json(
                         _problem("shutting_down", "the replica carrying out the run stopped before it finished", 503)
                     )
-                held = len(result_json) + len(error_json) + local.held
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     try:
-                        written = await self._script(
-                            "complete", local.id, self.me, status, result_json, error_json, held, *self._prune_args()
-                        )
+                        async with local.writing:  # an event write on its way lands before the end
+                            held = len(result_json) + len(error_json) + local.held
+                            written = await self._script(
+                                "complete",
+                                local.id,
+                                self.me,
+                                status,
+                                result_json,
+                                error_json,
+                                held,
+                                *self._prune_args(),
+                            )
                         if not written:
                             logger.warning("run %s was taken from this replica (lease lost); result dropped", local.id)
                         else:
@@ -753,7 +761,7 @@ class RedisRunStore:
         """Write a run's events as they come, until none is pending. A store that
         fails stops the run (it then fails with `store_unavailable`)."""
         try:
-            while local.pending and local.write_error is None:
+            while local.pending and local.write_error is None and not local.done:
                 await self._flush(local)
         except (StoreUnavailable, RedisError) as exc:
             local.write_error = exc
@@ -767,8 +775,8 @@ class RedisRunStore:
             await self._write(local)
 
     async def _write(self, local: _Local) -> None:
-        if not local.pending:
-            return
+        if not local.pending or local.done:
+            return  # once the run ended, its end entry is the stream's last
         batch = list(local.pending)
         local.pending.clear()
         stream = self._key("ev:", local.id)
@@ -835,8 +843,8 @@ class RedisRunStore:
             rows = await self._call("check runs", pipe.execute())
         for run_id, (status, replica, cancel) in zip(ids, rows):
             local = self._local.get(run_id)
-            if local is None or local.done or status == "queued":
-                continue
+            if local is None or local.done or not local.owner or status == "queued":
+                continue  # not started here yet (its submit or claim is on its way), or ended
             if status != "running" or replica != self.me:
                 logger.warning("run %s is no longer this replica's (its lease lapsed); stopping it", run_id)
                 local.lost = True
