@@ -168,6 +168,16 @@ async def test_the_server_timeout_bounds_a_task_that_never_ends(tmp_path: Path) 
         assert (await until_cancel_sent(log))["params"]["taskId"] == "task-1"
 
 
+async def test_a_server_may_answer_a_task_call_at_once(tmp_path: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    async with CodeMode(config=task_config(log)) as cm:
+        result = await cm.execute("await tasks.answers_at_once()")
+    assert result.value == "at once", result.error
+    [call] = [r for r in requests(log) if r["method"] == "tools/call"]
+    assert "task" in call["params"]
+    assert not [r for r in requests(log) if r["method"].startswith("tasks/")]
+
+
 @pytest.mark.parametrize(
     ("tool", "polled", "cancelled"),
     [
