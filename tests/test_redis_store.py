@@ -170,6 +170,8 @@ async def test_an_unreachable_redis_is_a_typed_503_and_the_replica_stays_up(redi
 
     async with replica([SINK], store=redis_url) as (_, client):
         created = await client.post("/v1/runs", json={"code": "1"})
+        # Ended, so it is read from Redis (while it runs, the replica carrying it out answers for it).
+        await finished(client, created.json()["id"])
         db = aioredis.Redis.from_url(redis_url)
         with contextlib.suppress(Exception):
             await db.shutdown(nosave=True)  # the server goes away for good
