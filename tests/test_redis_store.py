@@ -184,6 +184,24 @@ async def test_an_unreachable_redis_is_a_typed_503_and_the_replica_stays_up(redi
     assert health.status_code == 200 and execute.json()["value"] == 2
 
 
+async def test_with_redis_unreachable_a_run_going_here_is_still_answered_as_running(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    gate = Gate()
+    async with replica([gate.tool()], store=redis_url) as (_, client):
+        run_id = (await client.post("/v1/runs", json={"code": "await tools.gated()"})).json()["id"]
+        with anyio.fail_after(10):
+            while gate.entered < 1:
+                await anyio.sleep(0.01)
+        db = aioredis.Redis.from_url(redis_url)
+        with contextlib.suppress(Exception):
+            await db.shutdown(nosave=True)
+        info = await client.get(f"/v1/runs/{run_id}")
+        gate.opened.set()
+
+    assert info.status_code == 200 and info.json()["status"] == "running"
+
+
 def test_a_redis_store_without_the_client_says_which_extra_to_install() -> None:
     """The client is made unimportable in a fresh process, as on an install without the extra."""
     import subprocess
