@@ -587,9 +587,7 @@ class _Upstream:
         redact = hub._redactor.value
         description = hub.redact(tool.description or "")
         if requires_task(tool):
-            description = (
-                f"{description}\n\n" if description else ""
-            ) + "Runs as an MCP task: the call returns when the server has finished it (within the server's timeout)."
+            description = (f"{description}\n\n" if description else "") + "Runs as an MCP task."
         return Tool(
             name=name,
             namespace=namespace,
