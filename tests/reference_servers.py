@@ -100,18 +100,25 @@ def _pypi_venv(name: str, pins: dict[str, str]) -> Path:
 
 def time_server() -> list[str]:
     """The command that runs the pinned `mcp-server-time` (installing it if needed)."""
-    python = _pypi_venv("venv-time", PYPI) / ("python.exe" if os.name == "nt" else "python")
-    return [str(python), "-m", "mcp_server_time", "--local-timezone", "UTC"]
+    return [_venv_python("venv-time", PYPI), "-m", "mcp_server_time", "--local-timezone", "UTC"]
+
+
+def _venv_python(name: str, pins: dict[str, str]) -> str:
+    # The venv's interpreter, not its console scripts: a script's shebang names the
+    # path the venv was made at, so a cache reached through another path (a
+    # symlink, a moved checkout) would hold scripts that cannot start.
+    return str(_pypi_venv(name, pins) / ("python.exe" if os.name == "nt" else "python"))
 
 
 def git_server(repository: Path) -> list[str]:
     """The command that runs the pinned `mcp-server-git` on `repository` (installing it if needed)."""
-    return [str(_pypi_venv("venv-git", PYPI_GIT) / "mcp-server-git"), "--repository", str(repository)]
+    return [_venv_python("venv-git", PYPI_GIT), "-m", "mcp_server_git", "--repository", str(repository)]
 
 
 def sqlite_server(db_path: Path) -> list[str]:
     """The command that runs the pinned `mcp-server-sqlite` on `db_path` (installing it if needed)."""
-    return [str(_pypi_venv("venv-sqlite", PYPI_SQLITE) / "mcp-server-sqlite"), "--db-path", str(db_path)]
+    main = "import sys; from mcp_server_sqlite import main; sys.exit(main())"  # the package has no __main__
+    return [_venv_python("venv-sqlite", PYPI_SQLITE), "-c", main, "--db-path", str(db_path)]
 
 
 def installed(name: str) -> bool:
