@@ -106,3 +106,38 @@ async def test_a_sync_tool_may_call_anyio_from_thread_alone_or_in_a_gather() -> 
         gathered = await cm.execute("import asyncio\nawait asyncio.gather(tools.s(), tools.s())")
     assert alone.error is None and alone.value == 5, alone.error
     assert gathered.error is None and gathered.value == [5, 5], gathered.error
+
+
+async def test_a_tool_that_raises_system_exit_or_keyboard_interrupt_fails_only_its_call() -> None:
+    # argparse calls sys.exit on arguments it refuses: a model's bad arguments
+    # could end the service. In a gather (anyio's threads) SystemExit left the
+    # event loop and ended the process; alone, on the run's worker, it trapped
+    # the guest (`sandbox_crashed`). (An async tool's SystemExit is left to
+    # asyncio: on the loop's thread it may be a signal handler's.)
+    def cli(how: str) -> str:
+        if how == "exit":
+            raise SystemExit(2)
+        if how == "interrupt":
+            raise KeyboardInterrupt
+        return how
+
+    program = (
+        "import asyncio\n"
+        "out = []\n"
+        "for how in ('exit', 'interrupt'):\n"
+        "    try:\n"
+        "        await tools.cli(how=how)\n"
+        "    except ToolError as e:\n"
+        "        out.append(e.code)\n"
+        "got = await asyncio.gather(tools.cli(how='exit'), tools.cli(how='ok'), return_exceptions=True)\n"
+        "out + [g.code if isinstance(g, ToolError) else g for g in got]"
+    )
+    schema = {"type": "object", "properties": {"how": {"type": "string"}}, "required": ["how"]}
+    tools = [Tool(name="cli", fn=cli, description="A CLI.", input_schema=schema)]
+    with anyio.fail_after(60):
+        async with CodeMode(tools=tools) as cm:
+            result = await cm.execute(program)
+            after = await cm.execute("1 + 1")
+    assert result.error is None, result.error
+    assert result.value == ["tool_error", "tool_error", "tool_error", "ok"]
+    assert after.value == 2

@@ -12,7 +12,6 @@ the guest reports.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -149,6 +148,27 @@ def _validation_error(binding: ToolBinding, arguments: dict[str, Any]) -> str | 
         parts[0] = py_names.get(parts[0], parts[0])
     path = ".".join(str(p) for p in parts)
     return f"{path}: {error.message}" if path else error.message
+
+
+class _Exited(Exception):
+    """A SystemExit or KeyboardInterrupt a sync tool raised, carried as a failure of its call."""
+
+    def __init__(self, exited: SystemExit | KeyboardInterrupt) -> None:
+        super().__init__(repr(exited))
+        self.exited = exited
+
+
+def _call_sync_tool(fn: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """`fn(**arguments)` on the thread the sync tool runs on. A SystemExit or
+    KeyboardInterrupt it raises (argparse exits on arguments it refuses) fails
+    the call like any exception: raised on as they are, they trapped the guest
+    on the run's worker and, from anyio's thread in a gather, left the event
+    loop and ended the process. On this thread only the tool can raise them:
+    signals are handled on the main thread."""
+    try:
+        return fn(**arguments)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Exited(exc) from None
 
 
 class _Failure(Exception):
@@ -329,7 +349,7 @@ class Dispatcher:
         wire_args: dict[str, Any] = {}
         try:
             binding, wire_args = self._prepare(item, known)
-            value = binding.tool.fn(**wire_args)
+            value = _call_sync_tool(binding.tool.fn, wire_args)
             if hasattr(value, "__await__"):  # a sync function that returned an awaitable
                 value = await_on_loop(_await, value)
             return self._success(item, binding, wire_args, value, started, batch)
@@ -351,7 +371,7 @@ class Dispatcher:
             if binding.tool.is_async:
                 value = await binding.tool.fn(**wire_args)
             else:  # sync tools in a gather: each on a thread of its own
-                value = await anyio.to_thread.run_sync(functools.partial(binding.tool.fn, **wire_args))
+                value = await anyio.to_thread.run_sync(_call_sync_tool, binding.tool.fn, wire_args)
                 if hasattr(value, "__await__"):
                     value = await value
             return self._success(item, binding, wire_args, value, started, batch)
@@ -394,8 +414,9 @@ class Dispatcher:
         if isinstance(exc, (_Failure, ToolError)):
             code, message = exc.code, exc.message
         else:  # a tool's own bug becomes a ToolError for the model
-            logger.warning("tool %s raised", binding.qualified_name if binding else "?", exc_info=exc)
-            code, message = "tool_error", f"{type(exc).__name__}: {exc}"
+            raised = exc.exited if isinstance(exc, _Exited) else exc
+            logger.warning("tool %s raised", binding.qualified_name if binding else "?", exc_info=raised)
+            code, message = "tool_error", f"{type(raised).__name__}: {raised}"
         namespace = binding.namespace if binding else item.ns
         name = binding.name if binding else item.tool
         tool = binding.tool if binding else None
