@@ -5,12 +5,13 @@ stdio to a real MCP server, and the worker thread it runs on."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import anyio
 import pytest
 
-from codemode import CodeMode, Limits, Tool, parse_config
+from codemode import CodeMode, Limits, Sandbox, Tool, parse_config
 from tests.fixtures.helpers import stdio_entry
 
 pytestmark = pytest.mark.anyio
@@ -78,3 +79,34 @@ async def test_a_cancelled_run_logs_no_traceback(caplog: pytest.LogCaptureFixtur
     text = caplog.text
     assert "Traceback" not in text and "wasm backtrace" not in text, text[-3000:]
     assert "host function failed" not in text
+
+
+async def test_a_sync_tool_waiting_on_the_loop_when_its_run_is_cancelled_logs_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sync tool that returns an awaitable waits for it on the run's worker
+    (as a sync tool's approval does): cancelling the run then is as ordinary
+    as cancelling one in an async tool."""
+    started = anyio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    def sync_hang() -> object:
+        return hang()
+
+    caplog.set_level("DEBUG")
+    # One slot: the run after starts only once the cancelled run's worker is done.
+    async with Sandbox(pool_warm=1, pool_max=1) as sandbox:
+        tools = [Tool(name="hang", namespace="host", fn=sync_hang)]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(sandbox.run, "await host.hang()", tools=tools))
+            with anyio.fail_after(30):
+                await started.wait()
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(30):
+            assert (await sandbox.run("1 + 1")).value == 2
+    text = caplog.text
+    assert "Traceback" not in text and "wasm backtrace" not in text, text[-3000:]
+    assert "raised" not in text, text[-3000:]

@@ -35,13 +35,17 @@ from typing import Any, TypeVar
 
 import anyio.from_thread
 
-__all__ = ["LoopCrossing", "await_on_loop", "bound"]
+__all__ = ["LoopCrossing", "RunEnded", "await_on_loop", "bound"]
 
 T = TypeVar("T")
 
 # Past the run's deadline, a wait on the loop gets this long to end by itself.
 _GRACE_S = 1.0
 _local = threading.local()
+
+
+class RunEnded(concurrent.futures.CancelledError):
+    """`await_on_loop`'s wait ended because its run did (cancelled, or past its deadline)."""
 
 
 class LoopCrossing:
@@ -122,8 +126,8 @@ def await_on_loop(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """From a worker thread: `await fn(*args)` on the run's event loop; its
     result, or its exception raised here.
 
-    Raises `concurrent.futures.CancelledError` if the run was cancelled or its
-    deadline (plus a grace) passed first, and `anyio.NoEventLoopError` on a
+    Raises `RunEnded` (a `concurrent.futures.CancelledError`) if the run was
+    cancelled or its deadline (plus a grace) passed first, and `anyio.NoEventLoopError` on a
     thread that belongs to no run and is not one of anyio's."""
     current: tuple[LoopCrossing, float] | None = getattr(_local, "bound", None)
     if current is None:
@@ -131,5 +135,5 @@ def await_on_loop(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     crossing, deadline = current
     finished, value = crossing._run(fn, args, deadline - time.monotonic() + _GRACE_S)
     if not finished:
-        raise concurrent.futures.CancelledError("the run ended while waiting on its event loop")
+        raise RunEnded("the run ended while waiting on its event loop")
     return value  # type: ignore[return-value]

@@ -35,7 +35,7 @@ from .._limits import Limits
 from .._result import ToolCallRecord
 from .._stubgen import ToolBinding
 from .._tools import Tool
-from .crossing import await_on_loop
+from .crossing import RunEnded, await_on_loop
 from .frames import Call, FrameRefused, log_refusal
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ logger = logging.getLogger("codemode")
 _validators: weakref.WeakKeyDictionary[Tool, jsonschema.protocols.Validator | None] = weakref.WeakKeyDictionary()
 _fast_checks: weakref.WeakKeyDictionary[Tool, Callable[[dict[str, Any]], bool] | None] = weakref.WeakKeyDictionary()
 _encode = json.JSONEncoder(allow_nan=False).encode
+_RUN_CANCELLED = json.dumps({"abort": "the run was cancelled"})
 
 # JSON Schema's types, as Python checks (bool is not a number; 1.0 is an integer).
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -271,8 +272,16 @@ class Dispatcher:
         if refused is not None:
             return refused
         t0 = time.monotonic()
-        answer = "[" + self._call_sync(item, self._batches, binding) + "]"
-        self.tools_s += time.monotonic() - t0
+        try:
+            answer = "[" + self._call_sync(item, self._batches, binding) + "]"
+        except RunEnded:
+            # The tool (or its approval) waited on the loop past the run's end:
+            # the run is over, not the tool at fault (nor worth a traceback).
+            if time.monotonic() >= self.deadline:
+                return self._abort(RunTimeout(f"the run exceeded its {self.limits.timeout:g} s timeout"))
+            return _RUN_CANCELLED
+        finally:
+            self.tools_s += time.monotonic() - t0
         return answer
 
     async def run_batch(self, batch: list[Call]) -> str:
@@ -353,6 +362,8 @@ class Dispatcher:
             if hasattr(value, "__await__"):  # a sync function that returned an awaitable
                 value = await_on_loop(_await, value)
             return self._success(item, binding, wire_args, value, started, batch)
+        except RunEnded:
+            raise
         except Exception as exc:
             return self._failure(item, binding, wire_args, exc, started, batch)
 
