@@ -9,7 +9,7 @@ import anyio
 import anyio.from_thread
 import pytest
 
-from codemode import CodeMode, Tool
+from codemode import CodeMode, Limits, RunTimeout, Sandbox, Tool
 from codemode._sandbox import workers
 from codemode._sandbox.crossing import LoopCrossing, await_on_loop, bound
 from codemode._sandbox.workers import WorkerPool
@@ -141,3 +141,26 @@ async def test_a_tool_that_raises_system_exit_or_keyboard_interrupt_fails_only_i
     assert result.error is None, result.error
     assert result.value == ["tool_error", "tool_error", "tool_error", "ok"]
     assert after.value == 2
+
+
+async def test_a_sync_tool_blocked_past_the_deadline_frees_its_caller_and_holds_its_slot_until_it_returns() -> None:
+    # What the README says of plain functions: nothing can cut a Python call on
+    # another thread, so the run's worker and its wasm slot wait for it.
+    release = threading.Event()
+
+    def stuck() -> int:
+        release.wait(60)
+        return 1
+
+    tools = [Tool(name="stuck", fn=stuck, description="Blocks.")]
+    async with Sandbox(pool_warm=1, pool_max=1) as sandbox:
+        try:
+            with anyio.fail_after(10):
+                held = await sandbox.run("await tools.stuck()", tools=tools, limits=Limits(timeout=0.3))
+                assert isinstance(held.error, RunTimeout)
+                waited = await sandbox.run("1 + 1", limits=Limits(timeout=0.3))
+                assert isinstance(waited.error, RunTimeout)  # the one slot is still the stuck run's
+        finally:
+            release.set()
+        with anyio.fail_after(10):
+            assert (await sandbox.run("1 + 1")).value == 2
