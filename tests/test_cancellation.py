@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from typing import Any
 
 import anyio
 import pytest
 
 from codemode import CodeMode, Limits, Sandbox, Tool, parse_config
+from codemode._sandbox.epoch import RunGuard
+from codemode._sandbox.runner import _backend
 from tests.fixtures.helpers import stdio_entry
 
 pytestmark = pytest.mark.anyio
@@ -21,6 +24,28 @@ async def _until(predicate: object, seconds: float) -> None:
     with anyio.fail_after(seconds):
         while not predicate():  # type: ignore[operator]
             await anyio.sleep(0.01)  # a thread ending and a server's process table have no event to wait on
+
+
+class _Watched:
+    """The process's wasm backend, noting when an `execute` returns: when the
+    run's worker thread is free. (Runs execute on codemode's own workers,
+    which `threading.active_count()` does not count.)"""
+
+    name = "wasm"
+
+    def __init__(self) -> None:
+        self.inner = _backend("wasm")
+        self.returned = threading.Event()
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def execute(self, request_json: str, host_call: Any, limits: Limits, guard: RunGuard) -> tuple[str, float]:
+        self.returned.clear()
+        try:
+            return self.inner.execute(request_json, host_call, limits, guard)
+        finally:
+            self.returned.set()
 
 
 @pytest.mark.parametrize("how", ["wait_for", "task_cancel"])
@@ -39,9 +64,9 @@ async def test_asyncio_cancellation_stops_the_run_its_tool_calls_and_threads(how
     waiter = Tool(name="wait", namespace="host", fn=wait)
     config = parse_config({"mcpServers": {"local": stdio_entry(timeout=60)}})
     code = "import asyncio\nawait asyncio.gather(host.wait(), local.slow(seconds=60))"
-    async with CodeMode(config=config, tools=[waiter]) as cm:
+    watched = _Watched()
+    async with CodeMode(config=config, tools=[waiter], backend=watched) as cm:
         await cm.execute("1")  # warm the pool and the threads
-        threads = threading.active_count()
         run = asyncio.ensure_future(cm.execute(code, limits=Limits(timeout=60)))
         with anyio.fail_after(30):
             await started.wait()
@@ -54,7 +79,7 @@ async def test_asyncio_cancellation_stops_the_run_its_tool_calls_and_threads(how
                 await run
         with anyio.fail_after(5):  # not the run's 60 s timeout
             await stopped.wait()
-        await _until(lambda: threading.active_count() <= threads, 5)
+        await _until(watched.returned.is_set, 5)  # its worker is free: not at the run's 60 s timeout
         result = await cm.execute("1 + 1")
         assert result.value == 2
 
