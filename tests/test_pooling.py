@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import anyio
 import pytest
 
 from codemode import Limits, MemoryLimitExceeded, RunTimeout, Sandbox, Tool
+from codemode._sandbox.epoch import RunGuard
 from codemode._sandbox.pooling import PoolSettings
 from codemode._sandbox.wasm import WasmBackend
 
@@ -266,3 +268,55 @@ async def test_a_memory_limit_below_the_guests_initial_memory_is_refused_naming_
     assert sandbox.backend.min_memory == GUEST_MIN_MEMORY
     at_minimum = await sandbox.run("1 + 1", limits=Limits(memory=GUEST_MIN_MEMORY))
     assert at_minimum.value == 2, at_minimum.error
+
+
+class _Returns:
+    """A backend noting each `execute` that has returned: its worker is free."""
+
+    name = "wasm"
+
+    def __init__(self, inner: WasmBackend) -> None:
+        self.inner = inner
+        self.returned = 0
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def execute(self, request_json: str, host_call: Any, limits: Limits, guard: RunGuard) -> tuple[str, float]:
+        try:
+            return self.inner.execute(request_json, host_call, limits, guard)
+        finally:
+            self.returned += 1
+
+
+async def test_a_run_cancelled_while_it_waits_for_a_slot_frees_its_worker_and_takes_no_slot() -> None:
+    # It used to wait on for a slot until its deadline, holding its worker,
+    # and then take the slot from a run still wanted.
+    backend = _Returns(WasmBackend(pool=PoolSettings(warm=1, max=1)))
+    sandbox = Sandbox(backend=backend)
+    await sandbox.load()
+    release, holding = anyio.Event(), anyio.Event()
+
+    async def hold() -> str:
+        holding.set()
+        await release.wait()
+        return "held"
+
+    tools = [Tool(name="hold", fn=hold)]
+    held: list[Any] = []
+
+    async def holder() -> None:
+        held.append(await sandbox.run("await tools.hold()", tools=tools, limits=Limits(timeout=120)))
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await holding.wait()
+            with anyio.move_on_after(0.3):  # waits for the one slot, then is cancelled
+                await sandbox.run("1 + 1", limits=Limits(timeout=100))
+            with anyio.fail_after(10):  # not its 100 s timeout, nor when the slot frees
+                while backend.returned < 1:  # no event to wait on: a worker thread returning
+                    await anyio.sleep(0.01)
+            release.set()
+    assert held[0].value == "held", held[0].error
+    assert backend.returned == 2

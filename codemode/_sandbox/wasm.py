@@ -334,7 +334,7 @@ class WasmBackend:
     def _instance(self, limits: Limits, guard: epoch.RunGuard) -> tuple[Store, Func, _Tier]:
         """The spare if there is one, else a new instance in a free slot (resident
         ones first, waiting a moment for one being reset); while none is free,
-        wait (polling for a spare too) until the run's deadline."""
+        wait (polling for a spare too) until the run's deadline or its cancel."""
         if self.min_memory is not None and limits.memory < self.min_memory:
             raise WasmTrap(
                 MemoryLimitExceeded(
@@ -358,6 +358,10 @@ class WasmBackend:
             if tier is None:
                 tier = next((t for t in self._tiers[1:] if t.acquire()), None)
             if tier is None:
+                if guard.cancelled.is_set():
+                    # Its caller is gone: waiting on would hold this worker and
+                    # take a slot from a run still wanted.
+                    raise WasmTrap(RunCancelled("the run was cancelled while it waited for a sandbox slot"))
                 remaining = guard.deadline - time.monotonic()
                 last = self._tiers[-1]
                 if last.acquire(timeout=max(0.0, min(_SLOT_POLL_S, remaining))):
