@@ -135,3 +135,37 @@ async def test_a_sync_tool_waiting_on_the_loop_when_its_run_is_cancelled_logs_no
     text = caplog.text
     assert "Traceback" not in text and "wasm backtrace" not in text, text[-3000:]
     assert "raised" not in text, text[-3000:]
+
+
+async def test_a_cancelled_run_makes_no_more_sync_tool_calls() -> None:
+    """A sync tool is called on the run's worker, not through the loop; the
+    guest could go on calling one until its next epoch check (up to a tick):
+    up to 338 calls of a tight loop were made after its caller was told it
+    was cancelled."""
+    told = threading.Event()  # set once the caller has seen its run cancelled
+    calls = after = 0
+
+    def send() -> int:
+        nonlocal calls, after
+        calls += 1
+        after += told.is_set()
+        return 1
+
+    tools = [Tool(name="send", fn=send)]
+    async with Sandbox() as sandbox:
+        for _ in range(5):
+            told.clear()
+            calls = 0
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        functools.partial(
+                            sandbox.run, "while True:\n    await tools.send()", tools=tools, limits=Limits(timeout=60)
+                        )
+                    )
+                    while calls < 50:  # the guest is calling away
+                        await anyio.sleep(0.001)
+                    tg.cancel_scope.cancel()
+            told.set()
+        assert (await sandbox.run("1 + 1")).value == 2
+    assert after <= 5  # a call under way as the cancel came (at most one a round)

@@ -333,6 +333,10 @@ class _HostCalls:
         return self.dispatcher.refuse(refused)
 
     def __call__(self, frame: str) -> str:
+        if self.guard.cancelled.is_set():
+            # A sync tool is answered here, not on the loop: without this the
+            # guest went on calling one until its next epoch check.
+            return _CANCELLED
         try:
             batch = parse_frame(frame, self.max_frame_bytes)
         except FrameRefused as refused:
@@ -342,8 +346,6 @@ class _HostCalls:
         answer = self.dispatcher.try_inline(batch)
         if answer is not None:
             return answer
-        if self.guard.cancelled.is_set():
-            return _CANCELLED
         # The batch ends itself at the deadline; the bound is for a loop that stopped answering.
         timeout = self.guard.deadline - time.monotonic() + _GRACE_S
         answer = self.crossing.run(self.dispatcher.run_batch, batch, timeout=timeout)
