@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
+from typing import Any
 
 import anyio
 import anyio.from_thread
 import pytest
 
-from codemode import CodeMode, Limits, RunTimeout, Sandbox, Tool
+from codemode import CodeMode, Limits, RunResult, RunTimeout, Sandbox, Tool
 from codemode._sandbox import workers
 from codemode._sandbox.crossing import LoopCrossing, await_on_loop, bound
+from codemode._sandbox.epoch import RunGuard
 from codemode._sandbox.workers import WorkerPool
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +167,47 @@ async def test_a_sync_tool_blocked_past_the_deadline_frees_its_caller_and_holds_
             release.set()
         with anyio.fail_after(10):
             assert (await sandbox.run("1 + 1")).value == 2
+
+
+def test_a_run_whose_event_loop_closes_under_it_ends_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    # asyncio.run per request (a sync web app): the run times out and its loop
+    # closes while a sync tool still holds the worker. When the tool returned,
+    # its `tool_call_finished` event could not reach the closed loop: the call
+    # was logged as a tool that raised, then as a failed host call, with tracebacks.
+    release, returned = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        release.wait(30)
+        return 1
+
+    inner = Sandbox().backend
+
+    class Watched:
+        name = "wasm"
+
+        def load(self) -> None:
+            inner.load()
+
+        def execute(self, request_json: str, host_call: Any, limits: Limits, guard: RunGuard) -> tuple[str, float]:
+            try:
+                return inner.execute(request_json, host_call, limits, guard)
+            finally:
+                returned.set()
+
+    sandbox = Sandbox(backend=Watched())
+    events: list[dict[str, Any]] = []
+
+    async def request() -> RunResult:
+        tools = [Tool(name="slow", fn=slow, description="Slow.")]
+        return await sandbox.run("await tools.slow()", tools=tools, limits=Limits(timeout=0.3), on_event=events.append)
+
+    caplog.set_level("DEBUG")
+    try:
+        result = asyncio.run(request())
+    finally:
+        release.set()
+    assert isinstance(result.error, RunTimeout)
+    assert returned.wait(20)
+    text = caplog.text
+    assert "Traceback" not in text and "host function failed" not in text, text[-3000:]
+    assert [e["type"] for e in events] == ["tool_call_started"]

@@ -356,15 +356,21 @@ def _on_loop(callback: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, 
     """`callback`, delivered on the current event loop from whatever thread calls
     it. From another thread it is queued, not waited for: events keep their
     order, and each reaches the loop before the run's own end does (both go
-    through the loop's FIFO of callbacks), without a worker waiting on a hop."""
+    through the loop's FIFO of callbacks), without a worker waiting on a hop.
+    Events after the loop has closed are dropped."""
     loop_thread = threading.get_ident()
     loop = asyncio.get_running_loop()
 
     def deliver(event: dict[str, Any]) -> None:
         if threading.get_ident() == loop_thread:
             callback(event)
-        else:
+            return
+        try:
             loop.call_soon_threadsafe(callback, event)
+        except RuntimeError:
+            # The loop has closed (asyncio.run ended) while this run's worker
+            # was still busy: nobody is listening any more.
+            pass
 
     return deliver
 
