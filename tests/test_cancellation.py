@@ -169,3 +169,31 @@ async def test_a_cancelled_run_makes_no_more_sync_tool_calls() -> None:
             told.set()
         assert (await sandbox.run("1 + 1")).value == 2
     assert after <= 5  # a call under way as the cancel came (at most one a round)
+
+
+async def test_an_awaitable_a_sync_tool_returns_is_cut_at_the_deadline_like_an_async_tool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It was awaited until the crossing's grace past the deadline (1 s; 30 s
+    # here, so the difference cannot hide in scheduling), holding the worker and
+    # the slot, where an async tool's call is cut at the deadline itself.
+    from codemode._sandbox import crossing, runner
+
+    monkeypatch.setattr(crossing, "_GRACE_S", 30.0)
+    monkeypatch.setattr(runner, "_GRACE_S", 30.0)
+    cancelled = anyio.Event()
+
+    async def hang() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    def sync_hang() -> Any:
+        return hang()
+
+    tools = [Tool(name="sync_hang", fn=sync_hang, description="Returns an awaitable that never ends.")]
+    with anyio.fail_after(10):  # before: the run and the awaitable both lasted the 30 s grace
+        result = await Sandbox().run("await tools.sync_hang()", tools=tools, limits=Limits(timeout=0.3))
+        await cancelled.wait()
+    assert result.error is not None and result.error.code == "timeout", result.error

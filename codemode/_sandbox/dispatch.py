@@ -360,7 +360,12 @@ class Dispatcher:
             binding, wire_args = self._prepare(item, known)
             value = _call_sync_tool(binding.tool.fn, wire_args)
             if hasattr(value, "__await__"):  # a sync function that returned an awaitable
-                value = await_on_loop(_await, value)
+                try:  # cut at the run's deadline, as an async tool's call is (not a grace later)
+                    value = await_on_loop(_await_until, value, self.deadline)
+                except TimeoutError:
+                    if time.monotonic() < self.deadline:
+                        raise  # the tool's own timeout: its failure
+                    raise RunEnded("the run's deadline passed while a tool's awaitable ran") from None
             return self._success(item, binding, wire_args, value, started, batch)
         except RunEnded:
             raise
@@ -457,5 +462,7 @@ class Dispatcher:
             self.on_event({"type": "tool_call_finished", **self._as_record(*entry).to_dict()})
 
 
-async def _await(value: Any) -> Any:
-    return await value
+async def _await_until(value: Any, deadline: float) -> Any:
+    """`await value` on the loop, cut when the run's `deadline` (monotonic) passes."""
+    async with asyncio.timeout(deadline - time.monotonic()):
+        return await value
