@@ -39,7 +39,7 @@ from benchmarks._agents import AgentRun, BenchmarkError, run_code_mode, run_dire
 from benchmarks._report import render_markdown, write_chart, write_json
 from benchmarks._tokens import CACHE_READ_PRICE, CACHE_WRITE_PRICE, ENCODING, ModelTiming
 from benchmarks._workloads import TASKS, UNTYPED_SERVERS, Task, Workspace, server_config
-from codemode import Hub, Sandbox
+from codemode import Config, Hub, Sandbox
 from tests.reference_servers import Unavailable, installed
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,6 +61,11 @@ def _workdir() -> Iterator[Path]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            print(
+                f"note: another run holds {fixed}; this one works in a temporary directory, "
+                "so its token counts differ from the committed results by a few tokens",
+                file=sys.stderr,
+            )
             with tempfile.TemporaryDirectory(prefix="codemode-bench-") as tmp:
                 yield Path(tmp)
             return
@@ -68,6 +73,23 @@ def _workdir() -> Iterator[Path]:
             if child.name != ".lock":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         yield fixed
+
+
+def _workspace(tmp: Path, needed: set[str]) -> tuple[Workspace, Config]:
+    """A fresh workspace under `tmp` (a git repository and a database only if a
+    task needs them) and the server config pointing at it."""
+    ws = Workspace(tmp / "workspace", tmp / "memory.jsonl")
+    if "git" in needed:
+        ws.make_repo()
+    if "sqlite" in needed:
+        ws.make_db()
+    config = server_config(
+        ws.root,
+        ws.memory_file,
+        repo=ws.repo if "git" in needed else None,
+        db=ws.db if "sqlite" in needed else None,
+    )
+    return ws, config
 
 
 def _savings(tasks: list[dict[str, Any]], base: str) -> dict[str, Any]:
@@ -253,17 +275,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         tasks = [t for t in tasks if t.name not in skipped]
     needed = {ns for t in tasks for ns in t.servers}
     with _workdir() as tmp:
-        ws = Workspace(tmp / "workspace", tmp / "memory.jsonl")
-        if "git" in needed:
-            ws.make_repo()
-        if "sqlite" in needed:
-            ws.make_db()
-        config = server_config(
-            ws.root,
-            ws.memory_file,
-            repo=ws.repo if "git" in needed else None,
-            db=ws.db if "sqlite" in needed else None,
-        )
+        ws, config = _workspace(tmp, needed)
         t0 = time.perf_counter()
         async with Hub(config) as hub:
             if hub.failures:
@@ -357,17 +369,7 @@ async def measure_model(args: argparse.Namespace) -> dict[str, Any]:
     needed = {ns for t in tasks for ns in t.servers}
     out_tasks = []
     with _workdir() as tmp:
-        ws = Workspace(tmp / "workspace", tmp / "memory.jsonl")
-        if "git" in needed:
-            ws.make_repo()
-        if "sqlite" in needed:
-            ws.make_db()
-        config = server_config(
-            ws.root,
-            ws.memory_file,
-            repo=ws.repo if "git" in needed else None,
-            db=ws.db if "sqlite" in needed else None,
-        )
+        ws, config = _workspace(tmp, needed)
         async with Hub(config) as hub, ModelClient(model) as client:
             if hub.failures:
                 raise BenchmarkError(
