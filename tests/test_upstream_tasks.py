@@ -44,10 +44,11 @@ async def everything() -> AsyncIterator[CodeMode]:
         yield cm
 
 
-def task_config(log: Path, **codemode: Any) -> Any:
+def task_config(log: Path, env: dict[str, str] | None = None, **codemode: Any) -> Any:
     entry = {
         "command": sys.executable,
         "args": [str(TASK_SERVER), str(log)],
+        "env": env or {},
         "codemode": {"protocol": "legacy", **codemode},
     }
     return parse_config({"mcpServers": {"tasks": entry}})
@@ -216,3 +217,26 @@ caught
         assert (await cm.execute("await tasks.finishes()")).value == "finished"
         if not cancelled:  # checked after a later call, so a stray background cancel would show
             assert not [r for r in requests(log) if r["method"] == "tasks/cancel"]
+
+
+@pytest.mark.parametrize("tool", ["secret_in_message", "secret_in_status"])
+async def test_a_secret_a_task_echoes_is_redacted_even_where_its_text_is_capped(tmp_path: Path, tool: str) -> None:
+    # The server's status text is capped in the error; a cap that falls inside the
+    # secret must not leave its first characters for redaction to miss.
+    secret = "tsk-" + "9f3a2c71d4e8b605" * 2
+    log = tmp_path / "requests.jsonl"
+    config = task_config(log, env={"TASK_SECRET": secret})
+    code = f"""
+try:
+    await tasks.{tool}()
+except ToolError as exc:
+    caught = str(exc)
+caught
+"""
+    async with CodeMode(config=config) as cm:
+        with anyio.fail_after(20):
+            result = await cm.execute(code)
+    assert result.ok, result.error
+    message = result.value
+    assert message.startswith(f"tasks.{tool} failed")
+    assert not [i for i in range(len(secret) - 5) if secret[i : i + 6] in message], message

@@ -658,7 +658,13 @@ class _Upstream:
 
         try:
             return await call_as_task(
-                client, name, arguments, where=where, bound=self.server.codemode.timeout, on_abandon=abandon
+                client,
+                name,
+                arguments,
+                where=where,
+                bound=self.server.codemode.timeout,
+                on_abandon=abandon,
+                redact=self.hub.redact,
             )
         except ToolError as exc:  # it may quote the server's status message, which may echo a secret
             raise ToolError(self.hub.redact(exc.message)) from None

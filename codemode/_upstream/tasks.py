@@ -11,9 +11,11 @@ Trust boundary: every answer of the server is untrusted. A malformed task,
 a task id that changes, an unknown status, a task that needs input
 (`input_required`: codemode serves no elicitation), one the server failed or
 cancelled: each is a `ToolError` (code `tool_error`) naming the tool, never a
-traceback, and the server's text in it is capped. Time is not this module's
-business: the caller bounds the whole exchange (the hub: the server's
-`timeout`; the run: its deadline), and a task that never ends is cut there.
+traceback, and the server's text in it is redacted, then capped (a cap that
+fell inside a secret would leave its start for redaction to miss). Time is
+not this module's business: the caller bounds the whole exchange (the hub:
+the server's `timeout`; the run: its deadline), and a task that never ends is
+cut there.
 
 Failure policy: whenever the exchange stops before the task reached a
 terminal status (cancelled by the run or its deadline, timed out, refused
@@ -88,9 +90,11 @@ async def call_as_task(
     where: str,
     bound: float,
     on_abandon: Callable[[str], None],
+    redact: Callable[[str], str] = lambda text: text,
 ) -> types.CallToolResult:
     """Call tool `name` as a task and wait for its result. `bound` (seconds)
     is how long the caller will wait; it sets the retention we ask for.
+    `redact` is applied to the server's text before it is capped.
 
     Raises `ToolError` for every answer that does not lead to a result (see
     the module docstring), `MCPError` for a JSON-RPC error, and
@@ -103,7 +107,7 @@ async def call_as_task(
     if "task" not in created and "content" in created:
         # A server may carry the call out at once, ignoring the task (the spec allows it).
         return types.CallToolResult.model_validate(created, by_name=False)
-    task = _parse_task(created.get("task"), where, expected_id=None)
+    task = _parse_task(created.get("task"), where, expected_id=None, redact=redact)
     settled = False
     try:
         while task.status not in TERMINAL:
@@ -114,7 +118,7 @@ async def call_as_task(
                 )
             await anyio.sleep(task.poll_interval)
             answer = await _send(client, types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task.task_id)))
-            task = _parse_task(answer, where, expected_id=task.task_id)
+            task = _parse_task(answer, where, expected_id=task.task_id, redact=redact)
         settled = True
         if task.status == "cancelled":
             raise ToolError(f"{where} failed: the server cancelled the task ({task.message or 'no message'})")
@@ -147,7 +151,7 @@ async def _send(client: Client, request: types.Request[Any, Any]) -> Mapping[str
     return raw
 
 
-def _parse_task(raw: Any, where: str, *, expected_id: str | None) -> _Task:
+def _parse_task(raw: Any, where: str, *, expected_id: str | None, redact: Callable[[str], str]) -> _Task:
     """The fields of a task we act on, checked; a `ToolError` for anything else."""
     if not isinstance(raw, Mapping):
         raise ToolError(f"{where} failed: the server's task answer is malformed: no task object")
@@ -158,10 +162,10 @@ def _parse_task(raw: Any, where: str, *, expected_id: str | None) -> _Task:
         raise ToolError(f"{where} failed: the server answered about another task than the one asked for")
     status = raw.get("status")
     if status not in _KNOWN:
-        shown = repr(status)[:40] if isinstance(status, str) else type(status).__name__
+        shown = redact(repr(status))[:40] if isinstance(status, str) else type(status).__name__
         raise ToolError(f"{where} failed: the server reports an unknown task status {shown}")
     message = raw.get("statusMessage")
-    message = message[:_MAX_MESSAGE_CHARS] if isinstance(message, str) else ""
+    message = redact(message)[:_MAX_MESSAGE_CHARS] if isinstance(message, str) else ""
     return _Task(task_id=task_id, status=str(status), message=message, poll_interval=_poll_seconds(raw))
 
 
