@@ -515,3 +515,20 @@ async def test_a_task_outlives_its_replica_and_any_replica_returns_its_result(
     async with serve(files, *store, "--replica-id", "a") as again, connect(again.url) as client:
         result = await task_result(client, task.task_id)
         assert result.structured_content is not None and result.structured_content["value"]["n"] == 42
+
+
+async def test_a_replica_not_carrying_the_task_waits_out_a_quiet_run_for_its_result(
+    files: tuple[Path, Path], redis_url: str
+) -> None:
+    # redis-py's reads give up after 5 s (its default socket timeout): a wait for
+    # the run's events must not block longer than that in one read.
+    store = ("--store", redis_url)
+    async with serve(files, *store, "--replica-id", "a") as a:
+        async with connect(a.url) as on_a:
+            task = (await start_task(on_a, SLOW.replace("SECONDS", "12"))).task
+            async with serve(files, *store, "--replica-id", "b") as b, connect(b.url) as on_b:
+                # a has carried it out from the start: b only reads it, quiet, for several seconds
+                result = await task_result(on_b, task.task_id)
+    assert not result.is_error, result
+    assert result.structured_content is not None
+    assert result.structured_content["value"] == {"said": "slept 12.0", "n": 42}

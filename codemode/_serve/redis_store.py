@@ -92,6 +92,9 @@ logger = logging.getLogger("codemode.http")
 _GONE_TTL_S = 86_400
 _FIELDS = ["owner", "status", "created_at", "started_at", "finished_at", "error", "replica"]
 _BATCH = 200
+_MAX_BLOCK_S = 2.0
+"""Longest one blocking XREAD waits: well inside redis-py's socket timeout (5 s by
+default in redis-py 8), past which the read fails instead of coming back empty."""
 
 # Shared by the scripts below: finish run `id` (status, result and error as JSON
 # text, "" for none) if it is `from_status` (and, if `owner_replica` is not "",
@@ -541,6 +544,7 @@ class RedisRunStore:
         # A run carried out here is followed here (its end is known without reading it
         # back); held, not looked up again, since it leaves `_local` as it ends.
         local = self._here(run_id)
+        quiet_since = anyio.current_time()
         while True:
             if local is not None and local.lost:
                 local = None  # no longer this replica's: what Redis says is the truth
@@ -556,7 +560,7 @@ class RedisRunStore:
                 continue
             # Answers at once with what is there after `after`, else waits for it up to `ping_s`
             # (for a run carried out here there is something new: no need to wait).
-            block = None if local is not None else max(1, int(ping_s * 1000))
+            block = None if local is not None else max(1, int(min(ping_s, _MAX_BLOCK_S) * 1000))
             got = await self._call("read events", self.redis.xread({stream: f"0-{after}"}, count=_BATCH, block=block))
             entries = got[0][1] if got else []
             if not entries and local is not None:
@@ -566,8 +570,11 @@ class RedisRunStore:
             if not entries:
                 if not await self._call("read a run", self.redis.exists(self._key("run:", run_id))):
                     return  # forgotten while we waited
-                yield "ping", None, None
+                if anyio.current_time() - quiet_since >= ping_s:
+                    quiet_since = anyio.current_time()
+                    yield "ping", None, None
                 continue
+            quiet_since = anyio.current_time()
             if first:
                 lost = int(entries[0][0].split("-")[1]) - (after + 1)
                 if lost > 0:
