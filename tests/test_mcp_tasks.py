@@ -405,6 +405,23 @@ async def test_tasks_result_waiters_are_bounded_per_task(server: Server) -> None
         assert (await task_result(client, task.task_id)).is_error  # ended: answered at once, never refused
 
 
+async def test_each_task_takes_a_queue_place_and_past_them_the_call_is_refused_busy(server: Server) -> None:
+    # 4 running slots and 16 queue places (mcp --http's defaults): task 21 is refused at once.
+    async with connect(server.url) as client:
+        started: list[str] = []
+        try:
+            for _ in range(20):
+                started.append((await start_task(client, SLOW.replace("SECONDS", "30"))).task.task_id)
+            with pytest.raises(MCPError) as busy:
+                await start_task(client, "1")
+            assert busy.value.code == -32000 and isinstance(busy.value.data, dict)
+            assert busy.value.data["code"] == "busy" and busy.value.data["retry_after_s"] >= 1
+        finally:
+            for task_id in started:
+                await cancel_task(client, task_id)
+        assert (await start_task(client, "1")).task.status == "working"  # places given back
+
+
 async def test_a_task_with_bad_arguments_is_a_clear_error_not_a_task(server: Server) -> None:
     async with connect(server.url) as client:
         for arguments in ({}, {"code": 42}, {"code": "1", "trace": "very"}):
