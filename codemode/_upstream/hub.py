@@ -627,7 +627,7 @@ class _Upstream:
         else:
             result = await self._request(where, client, lambda: client.call_tool(name, arguments))
         try:
-            value = to_value(result, output_schema=self._schemas.get(name))
+            value = to_value(result, output_schema=self._schemas.get(name), redact=self.hub.redact)
             if self._unwrap.get(name) and isinstance(value, dict) and "result" in value:
                 value = value["result"]
             # A server may echo what it was configured with: code never gets it.

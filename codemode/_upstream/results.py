@@ -22,7 +22,7 @@ SDK's model classes; `to_value` also accepts the SDK's `CallToolResult`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -38,8 +38,12 @@ _MAX_ERROR_CHARS = 4_000
 _DROPPED_KEYS = frozenset({"annotations", "_meta"})
 
 
-def to_value(result: Any, *, output_schema: Mapping[str, Any] | None = None) -> Any:
+def to_value(
+    result: Any, *, output_schema: Mapping[str, Any] | None = None, redact: Callable[[str], str] = lambda text: text
+) -> Any:
     """The sandbox value of an MCP `CallToolResult` (wire dict or SDK model).
+    An error's text is passed through `redact` before it is capped (a cap inside
+    a secret would leave its start for a later redaction to miss).
 
     Raises `ToolError` when the result is an error, or its structured content
     does not match `output_schema` (or is missing although a schema is declared)."""
@@ -48,7 +52,7 @@ def to_value(result: Any, *, output_schema: Mapping[str, Any] | None = None) -> 
     if not isinstance(content, list):
         content = []
     if wire.get("isError"):
-        raise ToolError(_error_message(content))
+        raise ToolError(_error_message(content, redact))
     structured = wire.get("structuredContent")
     if output_schema:
         if structured is None:
@@ -111,9 +115,9 @@ def _b64_size(data: str) -> int:
     return max(0, len(compact) * 3 // 4 - compact[-2:].count("="))
 
 
-def _error_message(content: list[Any]) -> str:
+def _error_message(content: list[Any], redact: Callable[[str], str]) -> str:
     texts = [str(b.get("text", "")) for b in content if isinstance(b, Mapping) and b.get("type") == "text"]
-    message = "\n".join(t for t in texts if t).strip() or "the tool reported an error without a message"
+    message = redact("\n".join(t for t in texts if t).strip()) or "the tool reported an error without a message"
     if len(message) > _MAX_ERROR_CHARS:
         message = message[:_MAX_ERROR_CHARS] + f"…[truncated {len(message) - _MAX_ERROR_CHARS} characters]"
     return message
