@@ -326,3 +326,32 @@ async def test_a_lease_check_while_a_run_is_being_submitted_does_not_take_it_for
                 async for name, _, data in store.events(run["id"], 0, 5):
                     if name == "result":
                         assert data["status"] == "succeeded" and data["result"]["value"] == 2
+
+
+async def test_another_replica_follows_a_run_that_is_quiet_longer_than_a_redis_read_may_block(redis_url: str) -> None:
+    """redis-py gives up a read after 5 s (its default socket timeout): b's stream
+    of a's run, quiet for longer than that, must go on to the run's result."""
+    gate = Gate()
+    common = {"store": redis_url, "max_concurrency": 1}
+    async with (
+        replica([gate.tool()], replica_id="a", **common) as (_, a),
+        replica([Gate().tool()], replica_id="b", **common) as (_, b),
+    ):
+        run_id = (await a.post("/v1/runs", json={"code": "await tools.gated()"})).json()["id"]
+        with anyio.fail_after(10):
+            while gate.entered < 1:
+                await anyio.sleep(0.01)
+        names: list[str] = []
+
+        async def follow() -> None:
+            async with b.stream("GET", f"/v1/runs/{run_id}/events") as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("event:"):
+                        names.append(line)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                await anyio.sleep(6)  # the run stays quiet past the 5 s a single read may take
+                gate.opened.set()
+    assert names[-1] == "event: result", names
