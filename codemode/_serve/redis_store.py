@@ -568,11 +568,12 @@ class RedisRunStore:
                     yield "ping", None, None
                 continue
             if not entries:
+                if anyio.current_time() - quiet_since < ping_s:
+                    continue  # a read shorter than the ping interval came back empty: read again
                 if not await self._call("read a run", self.redis.exists(self._key("run:", run_id))):
                     return  # forgotten while we waited
-                if anyio.current_time() - quiet_since >= ping_s:
-                    quiet_since = anyio.current_time()
-                    yield "ping", None, None
+                quiet_since = anyio.current_time()
+                yield "ping", None, None
                 continue
             quiet_since = anyio.current_time()
             if first:
