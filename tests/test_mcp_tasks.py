@@ -378,6 +378,9 @@ async def test_unknown_and_other_clients_task_ids_are_the_same_clear_error(serve
                 assert foreign.value.code == unknown.value.code == INVALID_PARAMS
                 assert "no task" in foreign.value.message and "of yours" in foreign.value.message
         assert (await get_task(alice, task.task_id)).status == "completed"
+        with pytest.raises(MCPError) as huge:  # a 100 kB id is not echoed back whole
+            await get_task(alice, "x" * 100_000)
+        assert huge.value.code == INVALID_PARAMS and len(huge.value.message) < 300, len(huge.value.message)
 
 
 async def test_tasks_result_waiters_are_bounded_per_task(server: Server) -> None:

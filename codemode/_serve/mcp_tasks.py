@@ -303,7 +303,7 @@ class McpTasks:
         if _STATUS.get(info["status"]) in _TERMINAL:
             raise MCPError(
                 code=INVALID_PARAMS,
-                message=f"task {params.task_id!r} has already ended ({_STATUS[info['status']]}); it cannot be cancelled",
+                message=f"task {_shown(params.task_id)} has already ended ({_STATUS[info['status']]}); it cannot be cancelled",
             )
         info = await self.runs.cancel(params.task_id, self.cancel_wait_s) or info
         return CancelTaskResult(**self._task(info).model_dump())
@@ -318,7 +318,7 @@ class McpTasks:
         if _STATUS.get(info["status"]) not in _TERMINAL:
             raise MCPError(
                 code=REQUEST_TIMEOUT,
-                message=f"task {params.task_id!r} is still working after {wait_s:g} s; ask for its result again",
+                message=f"task {_shown(params.task_id)} is still working after {wait_s:g} s; ask for its result again",
             )
         result = _call_result(info).model_dump(by_alias=True, mode="json", exclude_none=True)
         result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": params.task_id}}
@@ -383,10 +383,12 @@ class McpTasks:
             return info
         why = await self.runs.why_forgotten(task_id, client)
         if why is not None:
-            raise MCPError(code=INVALID_PARAMS, message=f"task {task_id!r} has ended and is no longer kept: {why}")
+            raise MCPError(
+                code=INVALID_PARAMS, message=f"task {_shown(task_id)} has ended and is no longer kept: {why}"
+            )
         raise MCPError(
             code=INVALID_PARAMS,
-            message=f"there is no task {task_id!r} of yours: it never existed, or ended long ago and was forgotten",
+            message=f"there is no task {_shown(task_id)} of yours: it never existed, or ended long ago and was forgotten",
         )
 
     def _task(self, info: Mapping[str, Any]) -> Task:
@@ -471,3 +473,9 @@ def _call_result(info: Mapping[str, Any]) -> CallToolResult:
         structured_content={"ok": False, "value": None, "error": {"code": code, "message": detail}},
         is_error=True,
     )
+
+
+def _shown(task_id: str) -> str:
+    """A task id as an error quotes it: whole if it is of a plausible length, else its start
+    (a caller's 100 kB id was echoed back whole)."""
+    return repr(task_id) if len(task_id) <= 80 else repr(task_id[:40]) + f"… ({len(task_id)} characters)"
