@@ -60,8 +60,8 @@ from .._errors import CodemodeError, ConfigError, SandboxUnavailable
 from .._limits import Limits
 from .._policy import Approval, ToolCall
 from .._prompt import EXECUTE_DESCRIPTION, GET_STUBS_DESCRIPTION, SEARCH_DESCRIPTION, inline_contract
-from .._render import render_for_model
 from .._result import RunResult
+from .mcp_format import format_run
 from .mcp_rounds import NO_ELICITATION, Rounds, approval_message
 from .mcp_tasks import McpTasks
 from .settings import McpSettings
@@ -267,30 +267,6 @@ async def _run_reporting_progress(cm: CodeMode, code: str, limits: Limits, ctx: 
         with send:  # closing it ends `report` once the queued notifications are out
             result = await cm.execute(code, limits=limits, on_event=send.send_nowait, approver=_elicit_approver(ctx))
     return result
-
-
-def format_run(result: RunResult, *, trace: bool = False) -> CallToolResult:
-    """A run as an MCP tool result: `render_for_model`'s text, the same data
-    structured, the error as `isError`, and the tool-call log only when `trace`
-    is set."""
-    structured: dict[str, Any] = {
-        "ok": result.ok,
-        "value": result.value,
-        "value_truncated": result.value_truncated,
-        "stdout": result.stdout,
-        "stdout_truncated": result.stdout_truncated,
-        "error": result.error.to_dict() if result.error else None,
-    }
-    if result.trace_id is not None:  # the caller's trace (from `_meta.traceparent`) or ours
-        structured["trace_id"] = result.trace_id
-    if trace:
-        structured["tool_calls"] = [call.to_dict() for call in result.tool_calls]
-        structured["timings"] = result.timings.to_dict()
-    return CallToolResult(
-        content=[TextContent(type="text", text=render_for_model(result, trace=trace))],
-        structured_content=structured,
-        is_error=not result.ok,
-    )
 
 
 def _text(text: str) -> CallToolResult:

@@ -85,6 +85,7 @@ from pydantic import BaseModel, ValidationError
 from .._limits import Limits
 from .._result import RunResult
 from .guards import ANONYMOUS
+from .mcp_format import format_run
 from .runs import Busy
 from .store import Runs
 
@@ -456,8 +457,6 @@ def _failure_line(info: Mapping[str, Any]) -> str:
 
 def _call_result(info: Mapping[str, Any]) -> CallToolResult:
     """What a plain execute_code call would have answered for the run `info` describes."""
-    from .mcp_server import format_run  # mcp_server imports this module
-
     result = info.get("result")
     if isinstance(result, dict):
         return format_run(RunResult.from_dict(result), trace="tool_calls" in result)
