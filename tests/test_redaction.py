@@ -243,10 +243,5 @@ async def test_a_secret_a_server_puts_in_its_tool_definitions_never_reaches_the_
         assert _leaks(text) == [], text[:300]
     assert REDACTED in cm.stubs(["echo.signed"])
     # A name cannot be redacted (calls need it), so a tool named with the key is left out.
-    assert sorted(t.name for t in cm.tools()) == [
-        "crash_on_stderr",
-        "read_resource",
-        "reveal",
-        "reveal_in_error",
-        "signed",
-    ]
+    names = {t.name for t in cm.tools()}
+    assert "signed" in names and f"k{SECRET.encode().hex()}" not in names, names

@@ -199,3 +199,44 @@ async def test_a_run_naming_a_server_that_never_came_up_fails_with_server_unavai
         result = await cm.execute("await raw.echo(text='x')")
     assert result.error is not None
     assert result.error.code == "server_unavailable" and "'raw'" in result.error.message
+
+
+ECHO = Path(__file__).resolve().parent / "fixtures" / "servers" / "echo_server.py"
+
+
+async def test_a_50_mb_answer_over_http_is_refused_within_bounded_memory() -> None:
+    # The SDK's client read a JSON answer (how the SDK's server answers a tool
+    # call) whole before parsing it: a server reached over HTTP could make the
+    # host allocate whatever it sent.
+    from tests.fixtures.helpers import _free_port
+
+    port = _free_port()
+    args = [str(ECHO), "http", str(port), "json"]
+    async with await anyio.open_process([sys.executable, *args]) as proc:
+        try:
+            cap = 2_000_000
+            url = f"http://127.0.0.1:{port}/mcp"
+            entry = {"type": "http", "url": url, "codemode": {"timeout": 60}}
+            with anyio.fail_after(30):
+                while True:  # a port that is not up yet: there is no event to wait on
+                    try:
+                        await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
+                        break
+                    except OSError:
+                        await anyio.sleep(0.05)
+            async with hub_for({"echo": entry}, max_message_bytes=cap) as hub:
+                assert await hub.call_tool("echo", "blob", {"size": 5}) == "xxxxx"
+                tracemalloc.start()
+                try:
+                    with anyio.fail_after(20):
+                        with pytest.raises(ToolError) as info:
+                            await hub.call_tool("echo", "blob", {"size": 50_000_000})
+                    _, peak = tracemalloc.get_traced_memory()
+                finally:
+                    tracemalloc.stop()
+                assert info.value.code == "tool_result_too_large", info.value
+                assert peak < 3 * cap, peak
+                with anyio.fail_after(10):  # the session goes on
+                    assert await hub.call_tool("echo", "blob", {"size": 1_000_000}) == "x" * 1_000_000
+        finally:
+            proc.terminate()

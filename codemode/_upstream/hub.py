@@ -56,15 +56,13 @@ import mcp_types as types
 import pydantic
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .._errors import ServerUnavailable, ToolError, UpstreamResultTooLarge
 from .._redact import Redactor
 from .._tools import Tool
-from . import stdio
+from . import http, stdio
 from .config import Config, HttpServer, ServerConfig, StdioServer
 from .logs import open_server_log, server_log_path
 from .resources import READ_RESOURCE, contents_value, read_resource_tool
@@ -513,7 +511,11 @@ class _Upstream:
                 errlog=errlog or sys.stderr,
             )
         assert isinstance(server, HttpServer)
-        return _http_transport(server.url, {k: v.get_secret_value() for k, v in server.headers.items()})
+        return http.http_transport(
+            server.url,
+            {k: v.get_secret_value() for k, v in server.headers.items()},
+            max_message_bytes=self.hub.max_message_bytes,
+        )
 
     # -- tool lists --------------------------------------------------------
 
@@ -700,7 +702,7 @@ class _Upstream:
 
     def _call_error(self, where: str, client: Client, exc: MCPError) -> ToolError:
         marker = exc.data.get("codemode") if isinstance(exc.data, dict) else None
-        if marker == stdio.TOO_LARGE:
+        if marker == stdio.TOO_LARGE or http.TOO_LARGE in exc.message or http.SSE_TOO_LARGE in exc.message:
             return UpstreamResultTooLarge(f"{where} failed: {exc.message}")
         if marker == stdio.MALFORMED:
             return ToolError(f"{where} failed: {exc.message}")
@@ -768,14 +770,6 @@ class _Upstream:
         return ServerFailure(
             server=self.server.name, namespace=self.namespace, code=code, message=self.hub.redact(message)
         )
-
-
-@asynccontextmanager
-async def _http_transport(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
-    # The SDK's own client factory, so timeouts match its defaults; we own its lifetime.
-    async with create_mcp_http_client(headers=headers) as http:
-        async with streamable_http_client(url, http_client=http) as streams:
-            yield streams
 
 
 def _known_closed(client: Client) -> bool:
