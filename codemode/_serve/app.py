@@ -70,7 +70,7 @@ from .models import (
 )
 from .runs import Admission, Busy, Executor, RunStore, Ticket
 from .settings import ServeSettings
-from .store import Runs
+from .store import STORE_URL_PROBLEM, Runs, is_store_url
 
 __all__ = ["HttpSettings", "cli_main", "create_app"]
 
@@ -172,9 +172,8 @@ class HttpSettings:
             out.append("--max-body-bytes must be at least 1")
         if self.max_store_bytes < 1:
             out.append("--max-store-mb (or $CODEMODE_MAX_STORE_MB) must be a positive number of MB")
-        if self.store not in (None, "", "memory") and not self.store.startswith(("redis://", "rediss://", "unix://")):
-            # Not echoed: the URL may hold Redis's password.
-            out.append("--store must be 'memory' or a redis://, rediss:// or unix:// URL")
+        if not is_store_url(self.store):
+            out.append(STORE_URL_PROBLEM)
         if self.max_listeners < 1 or self.max_listeners_per_run < 1:
             out.append("--max-listeners (and the per-run cap) must be at least 1")
         if self.lease_s <= 0:

@@ -65,6 +65,7 @@ from .mcp_format import format_run
 from .mcp_rounds import NO_ELICITATION, Rounds, approval_message
 from .mcp_tasks import McpTasks
 from .settings import McpSettings
+from .store import STORE_URL_PROBLEM, is_store_url
 
 __all__ = ["build_server", "cli_main", "format_run", "serve_stdio", "server_instructions"]
 
@@ -449,8 +450,8 @@ def cli_main(options: McpSettings) -> int:
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    if options.store not in (None, "", "memory") and not options.store.startswith(("redis://", "rediss://", "unix://")):
-        print("codemode: --store must be 'memory' or a redis://, rediss:// or unix:// URL", file=sys.stderr)
+    if not is_store_url(options.store):
+        print(f"codemode: {STORE_URL_PROBLEM}", file=sys.stderr)
         return EXIT_USAGE
     if options.http and not is_loopback(options.host) and not (options.token or tokens):
         print(

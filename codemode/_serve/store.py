@@ -20,7 +20,16 @@ from typing import Any, Protocol, Self
 
 from .._limits import Limits
 
-__all__ = ["Event", "Runs"]
+__all__ = ["STORE_URL_PROBLEM", "Event", "Runs", "is_store_url"]
+
+STORE_URL_PROBLEM = "--store must be 'memory' or a redis://, rediss:// or unix:// URL"
+"""What is wrong with a `--store` that `is_store_url` refuses (the URL is not echoed: it may hold a password)."""
+
+
+def is_store_url(store: str | None) -> bool:
+    """Whether `store` names a run store: none or "memory" (this process), or a Redis URL."""
+    return store in (None, "", "memory") or store.startswith(("redis://", "rediss://", "unix://"))
+
 
 Event = tuple[str, int | None, Any]
 """(SSE event name, sequence number or None, data)."""
