@@ -161,6 +161,34 @@ def _add_network_flags(p: argparse.ArgumentParser, *, port: int) -> None:
     )
 
 
+def _add_fleet_flags(p: argparse.ArgumentParser, *, holds: str, prefix: str) -> None:
+    """`--store`, `--replica-id` and `--lease`: where `holds` live, and this replica in a fleet."""
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help=_env(
+            f"{prefix}where {holds} live: 'memory' (this process, the default) or redis://HOST:PORT/DB, shared "
+            "by every replica of a fleet (needs pip install 'codemode[redis]')",
+            "store",
+            True,
+        ),
+    )
+    p.add_argument(
+        "--replica-id", help=_env("this replica's name in a fleet (default hostname-pid)", "replica_id", True)
+    )
+    p.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help=_env(
+            f"with --store redis: a replica silent this long is taken for dead; its running {holds.split()[-1]} "
+            "fail with replica_lost (default 5)",
+            "lease",
+            True,
+        ),
+    )
+
+
 def _add_backend_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", choices=["wasm", "restricted"], help=_env("sandbox backend (default wasm)", "backend", True)
@@ -296,30 +324,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=int, help=_env("request body limit (default 1000000)", "max_body_bytes", True)
     )
     _add_backend_flag(serve)
-    serve.add_argument(
-        "--store",
-        metavar="URL",
-        help=_env(
-            "where background runs live: 'memory' (this process, the default) or redis://HOST:PORT/DB, shared "
-            "by every replica of a fleet (needs pip install 'codemode[redis]')",
-            "store",
-            True,
-        ),
-    )
-    serve.add_argument(
-        "--replica-id", help=_env("this replica's name in a fleet (default hostname-pid)", "replica_id", True)
-    )
-    serve.add_argument(
-        "--lease",
-        type=float,
-        metavar="SECONDS",
-        help=_env(
-            "with --store redis: a replica silent this long is taken for dead; its running runs fail "
-            "with replica_lost (default 5)",
-            "lease",
-            True,
-        ),
-    )
+    _add_fleet_flags(serve, holds="background runs", prefix="")
     serve.add_argument(
         "--shutdown-grace",
         type=float,
@@ -365,29 +370,7 @@ def _parser() -> argparse.ArgumentParser:
             True,
         ),
     )
-    mcp.add_argument(
-        "--store",
-        metavar="URL",
-        help=_env(
-            "with --http: where execute_code tasks live: 'memory' (this process, the default) or "
-            "redis://HOST:PORT/DB, shared by every replica (needs pip install 'codemode[redis]')",
-            "store",
-            True,
-        ),
-    )
-    mcp.add_argument(
-        "--replica-id", help=_env("this replica's name with --store redis (default hostname-pid)", "replica_id", True)
-    )
-    mcp.add_argument(
-        "--lease",
-        type=float,
-        metavar="SECONDS",
-        help=_env(
-            "with --store redis: a replica silent this long is taken for dead; its running tasks fail (default 5)",
-            "lease",
-            True,
-        ),
-    )
+    _add_fleet_flags(mcp, holds="execute_code tasks", prefix="with --http: ")
     _add_backend_flag(mcp)
     _add_run_limits(mcp, env=True)
 
