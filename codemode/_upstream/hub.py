@@ -658,18 +658,16 @@ class _Upstream:
             if tg is not None and not self.hub._closed:
                 tg.start_soon(self._cancel_task, client, where, task_id)
 
-        try:
-            return await call_as_task(
-                client,
-                name,
-                arguments,
-                where=where,
-                bound=self.server.codemode.timeout,
-                on_abandon=abandon,
-                redact=self.hub.redact,
-            )
-        except ToolError as exc:  # it may quote the server's status message, which may echo a secret
-            raise ToolError(self.hub.redact(exc.message)) from None
+        # Every server text its errors quote goes through `redact` before it is capped.
+        return await call_as_task(
+            client,
+            name,
+            arguments,
+            where=where,
+            bound=self.server.codemode.timeout,
+            on_abandon=abandon,
+            redact=self.hub.redact,
+        )
 
     async def _cancel_task(self, client: Client, where: str, task_id: str) -> None:
         """Best effort: the task may have ended meanwhile, or the server may be gone."""
