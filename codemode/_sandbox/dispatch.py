@@ -41,7 +41,7 @@ from .frames import Call, FrameRefused, log_refusal
 if TYPE_CHECKING:
     from .._tracing import RunTrace
 
-__all__ = ["Dispatcher"]
+__all__ = ["RUN_CANCELLED", "Dispatcher"]
 
 logger = logging.getLogger("codemode")
 
@@ -49,7 +49,8 @@ logger = logging.getLogger("codemode")
 _validators: weakref.WeakKeyDictionary[Tool, jsonschema.protocols.Validator | None] = weakref.WeakKeyDictionary()
 _fast_checks: weakref.WeakKeyDictionary[Tool, Callable[[dict[str, Any]], bool] | None] = weakref.WeakKeyDictionary()
 _encode = json.JSONEncoder(allow_nan=False).encode
-_RUN_CANCELLED = json.dumps({"abort": "the run was cancelled"})
+RUN_CANCELLED = json.dumps({"abort": "the run was cancelled"})
+"""The answer that tells the guest its run was cancelled."""
 
 # JSON Schema's types, as Python checks (bool is not a number; 1.0 is an integer).
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -279,7 +280,7 @@ class Dispatcher:
             # the run is over, not the tool at fault (nor worth a traceback).
             if time.monotonic() >= self.deadline:
                 return self._abort(RunTimeout(f"the run exceeded its {self.limits.timeout:g} s timeout"))
-            return _RUN_CANCELLED
+            return RUN_CANCELLED
         finally:
             self.tools_s += time.monotonic() - t0
         return answer

@@ -41,7 +41,7 @@ from .._result import RunResult, RunTimings
 from .._stubgen import StubSet, render_stubs
 from .._tools import Tool
 from .crossing import LoopCrossing, bound
-from .dispatch import Dispatcher
+from .dispatch import RUN_CANCELLED, Dispatcher
 from .epoch import RunGuard
 from .frames import FrameRefused
 from .frames import parse as parse_frame
@@ -59,7 +59,6 @@ logger = logging.getLogger("codemode")
 # A thread abandoned at its deadline (the restricted backend, which cannot cut a
 # long C call) gets this long to notice before the run reports its timeout.
 _GRACE_S = 1.0
-_CANCELLED = json.dumps({"abort": "the run was cancelled"})
 
 
 class Backend(Protocol):
@@ -336,7 +335,7 @@ class _HostCalls:
         if self.guard.cancelled.is_set():
             # A sync tool is answered here, not on the loop: without this the
             # guest went on calling one until its next epoch check.
-            return _CANCELLED
+            return RUN_CANCELLED
         try:
             batch = parse_frame(frame, self.max_frame_bytes)
         except FrameRefused as refused:
@@ -349,7 +348,7 @@ class _HostCalls:
         # The batch ends itself at the deadline; the bound is for a loop that stopped answering.
         timeout = self.guard.deadline - time.monotonic() + _GRACE_S
         answer = self.crossing.run(self.dispatcher.run_batch, batch, timeout=timeout)
-        return answer if answer is not None else _CANCELLED
+        return answer if answer is not None else RUN_CANCELLED
 
 
 def _on_loop(callback: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
