@@ -240,3 +240,37 @@ async def test_a_50_mb_answer_over_http_is_refused_within_bounded_memory() -> No
                     assert await hub.call_tool("echo", "blob", {"size": 1_000_000}) == "x" * 1_000_000
         finally:
             proc.terminate()
+
+
+GZIP = Path(__file__).resolve().parent / "fixtures" / "servers" / "gzip_server.py"
+
+
+async def test_a_compressed_answer_over_http_is_refused_unread() -> None:
+    # A gzip bomb (about 100 kB that inflate to 100 MB) passed a count of the
+    # bytes that arrive: the client asked for gzip and inflated it whole.
+    from tests.fixtures.helpers import _free_port
+
+    port = _free_port()
+    async with await anyio.open_process([sys.executable, str(GZIP), str(port)]) as proc:
+        try:
+            with anyio.fail_after(30):
+                while True:  # a port that is not up yet: there is no event to wait on
+                    try:
+                        await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
+                        break
+                    except OSError:
+                        await anyio.sleep(0.05)
+            entry = {"type": "http", "url": f"http://127.0.0.1:{port}/mcp", "codemode": {"timeout": 60}}
+            async with hub_for({"gz": entry}, max_message_bytes=2_000_000) as hub:
+                tracemalloc.start()
+                try:
+                    with anyio.fail_after(20):
+                        with pytest.raises(ToolError) as info:
+                            await hub.call_tool("gz", "bomb", {})
+                    _, peak = tracemalloc.get_traced_memory()
+                finally:
+                    tracemalloc.stop()
+                assert "compressed" in info.value.message, info.value
+                assert peak < 6_000_000, peak
+        finally:
+            proc.terminate()

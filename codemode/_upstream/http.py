@@ -8,7 +8,10 @@ allocate whatever it sends. Here every answer is held to the hub's
   the limit: `SSE_TOO_LARGE`);
 - a JSON body, by a transport that counts its bytes as they arrive and stops
   reading past the cap (its error carries `TOO_LARGE`); a `Content-Length`
-  over the cap is refused before a byte of the body is read.
+  over the cap is refused before a byte of the body is read;
+- a compressed answer, whose few bytes could inflate to gigabytes past any
+  count of what arrives: the client asks for `identity`, and an answer with
+  another `Content-Encoding` is refused unread (a clear error for its call).
 The SDK turns either into a JSON-RPC error for the request, which the hub
 reports as `tool_result_too_large`; the session goes on.
 """
@@ -32,6 +35,25 @@ SSE_TOO_LARGE = "Server-sent event exceeded the"  # httpx2's words for an SSE ev
 class _AnswerTooLarge(httpx2.StreamError):
     def __init__(self, cap: int) -> None:
         super().__init__(f"{TOO_LARGE}: the server's answer is larger than {cap} bytes")
+
+
+class _Compressed(httpx2.StreamError):
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"codemode: the server's answer is compressed ({encoding[:40]}), which was not asked for")
+
+
+class _Refused(httpx2.AsyncByteStream):
+    """A body not read at all: iterating it raises `error`."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, error: httpx2.StreamError) -> None:
+        self._inner, self._error = inner, error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise self._error
+        yield b""  # pragma: no cover - makes this an async generator
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class _CappedBody(httpx2.AsyncByteStream):
@@ -64,10 +86,14 @@ class _CappedTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            response.stream = _Refused(response.stream, _Compressed(encoding))
+            return response
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return response
         length = response.headers.get("content-length", "")
-        assert isinstance(response.stream, httpx2.AsyncByteStream)
         declared = int(length) if length.isdigit() else None
         response.stream = _CappedBody(response.stream, self._cap, declared=declared)
         return response
@@ -81,7 +107,8 @@ async def http_transport(url: str, headers: dict[str, str], *, max_message_bytes
     """The SDK's Streamable HTTP client streams for `url`, every answer capped at `max_message_bytes`."""
     # The SDK's own timeouts (`create_mcp_http_client`); we own the client's lifetime.
     client = httpx2.AsyncClient(
-        headers=headers,
+        # Not compressed: a compressed answer's size is not known until it is inflated.
+        headers={**headers, "Accept-Encoding": "identity"},
         timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
         transport=_CappedTransport(httpx2.AsyncHTTPTransport(), max_message_bytes),
     )
